@@ -1,0 +1,3 @@
+from pullthrough.cli import main
+
+raise SystemExit(main())

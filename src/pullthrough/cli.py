@@ -1,0 +1,97 @@
+"""Command line: ``pullthrough serve [CONFIG]`` and ``pullthrough check CONFIG``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from pullthrough import __version__
+from pullthrough.config import Config, ConfigError, load
+from pullthrough.logs import setup as setup_logging
+
+log = logging.getLogger("pullthrough")
+
+ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs "%{User-Agent}i"'
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pullthrough", description="A pull-through cache for container registries."
+    )
+    parser.add_argument("--version", action="version", version=f"pullthrough {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the mirror")
+    serve.add_argument("config", nargs="?", help="distribution-style config.yml (optional)")
+    check = sub.add_parser("check", help="validate a config file without serving")
+    check.add_argument("config", help="distribution-style config.yml")
+    args = parser.parse_args(argv)
+
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(f"pullthrough: config error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check":
+        for warning in config.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(
+            f"config OK: upstream {config.upstream.name} ({config.upstream.url}), "
+            f"storage {config.root}, listening on {config.host}:{config.port}"
+        )
+        return 0
+    setup_logging(config)
+    for warning in config.warnings:
+        log.warning("config: %s", warning)
+    return _run(config)
+
+
+def _run(config: Config) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; stay usable without it
+        return asyncio.run(_serve(config))
+    return uvloop.run(_serve(config))
+
+
+async def _serve(config: Config) -> int:
+    from pullthrough.server.app import build_app
+
+    app = build_app(config)
+    runner = web.AppRunner(
+        app,
+        access_log_format=ACCESS_LOG_FORMAT,
+        access_log=logging.getLogger("aiohttp.access") if config.accesslog else None,
+        handle_signals=False,
+    )
+    await runner.setup()
+    site = web.TCPSite(
+        runner,
+        host=config.host,
+        port=config.port,
+        ssl_context=config.ssl_context(),
+        reuse_address=True,
+        backlog=1024,
+    )
+    try:
+        await site.start()
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
+        await runner.cleanup()
+        return 1
+    scheme = "https" if config.tls_certificate else "http"
+    log.info(
+        "pullthrough %s listening on %s://%s:%d", __version__, scheme, config.host, config.port
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await runner.cleanup()
+    return 0

@@ -1,0 +1,98 @@
+"""Registry errors, one type per OCI error code.
+
+Raised where the fact is known (parsing, the mirror policy, the upstream client) and
+turned into an OCI error body in one place, the server's error middleware.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RegistryError(Exception):
+    """An error the client sees as ``{"errors":[{"code", "message", "detail"}]}``."""
+
+    code: str = "UNKNOWN"
+    status: int = 500
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        detail: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.detail is not None:
+            entry["detail"] = self.detail
+        return {"errors": [entry]}
+
+
+class NameInvalid(RegistryError):
+    code, status = "NAME_INVALID", 400
+
+
+class NameUnknown(RegistryError):
+    code, status = "NAME_UNKNOWN", 404
+
+
+class TagInvalid(RegistryError):
+    code, status = "TAG_INVALID", 400
+
+
+class DigestInvalid(RegistryError):
+    code, status = "DIGEST_INVALID", 400
+
+
+class ManifestUnknown(RegistryError):
+    code, status = "MANIFEST_UNKNOWN", 404
+
+
+class ManifestInvalid(RegistryError):
+    code, status = "MANIFEST_INVALID", 502
+
+
+class BlobUnknown(RegistryError):
+    code, status = "BLOB_UNKNOWN", 404
+
+
+class RangeInvalid(RegistryError):
+    code, status = "RANGE_INVALID", 416
+
+
+class PaginationInvalid(RegistryError):
+    code, status = "PAGINATION_NUMBER_INVALID", 400
+
+
+class Unsupported(RegistryError):
+    code, status = "UNSUPPORTED", 405
+
+
+class Unauthorized(RegistryError):
+    code, status = "UNAUTHORIZED", 401
+
+
+class Denied(RegistryError):
+    code, status = "DENIED", 403
+
+
+class TooManyRequests(RegistryError):
+    code, status = "TOOMANYREQUESTS", 429
+
+
+class UpstreamUnavailable(RegistryError):
+    """The upstream could not be reached (or failed) and nothing cached can answer."""
+
+    code, status = "UNAVAILABLE", 503
+
+
+class UpstreamInvalid(RegistryError):
+    """The upstream answered with something that cannot be trusted (wrong digest, bad body)."""
+
+    code, status = "UPSTREAM_INVALID", 502

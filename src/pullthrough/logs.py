@@ -1,0 +1,40 @@
+"""Logging set-up from the config: level, text or JSON lines, access log on or off."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+from pullthrough.config import Config
+
+ACCESS_LOGGER = "pullthrough.access"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup(config: Config) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if config.log_formatter == "text":
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.log_level.upper())
+    logging.getLogger("aiohttp.access").setLevel(
+        logging.INFO if config.accesslog else logging.CRITICAL + 1
+    )

@@ -1,0 +1,255 @@
+"""The one fetch of a digest: upstream body → temp file → verify → fsync → rename.
+
+There is at most one Fetch per digest in the process. It runs as its own task, so it
+finishes and stores the blob even when every client that asked for it has gone. Clients
+do not wait for it to end: each one reads the growing temp file at its own pace, up to
+``readable()``, which holds back the last byte until the digest is verified. A client can
+therefore never complete a transfer of bytes that turn out wrong; on a mismatch the fetch
+fails and every reader aborts its connection.
+
+If the upstream connection breaks mid-body, the fetch resumes with a Range request from
+the byte it had reached (a few times, then gives up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from pullthrough.errors import BlobUnknown, RegistryError, UpstreamInvalid, UpstreamUnavailable
+from pullthrough.reference import Digest
+from pullthrough.store.blobs import BlobStore, hasher_for
+from pullthrough.upstream.client import UpstreamClient
+
+log = logging.getLogger(__name__)
+
+MAX_RESUMES = 3
+# Gather small network reads into writes of about this size: fewer thread hops per GiB.
+WRITE_BATCH = 1024 * 1024
+
+
+class Fetch:
+    """One download of ``digest`` from ``repo`` on ``upstream`` into the store."""
+
+    def __init__(
+        self,
+        *,
+        digest: Digest,
+        upstream: UpstreamClient,
+        repo: str,
+        store: BlobStore,
+        on_stored: Callable[[Fetch], Awaitable[None]],
+    ) -> None:
+        self.digest = digest
+        self.upstream = upstream
+        self.repo = repo
+        self.store = store
+        self.temp_path: Path = store.temp_path(digest)
+        self.final_path: Path = store.path_for(digest)
+        self.size: int | None = None  # the blob's total size, once the upstream said it
+        self.written = 0
+        self.verified = False
+        self.error: RegistryError | None = None
+        self.upstream_bytes = 0
+        self._on_stored = on_stored
+        self._started = asyncio.get_running_loop().create_future()
+        self._changed = asyncio.Event()
+
+    # --- for readers -------------------------------------------------------------------
+
+    async def started(self) -> None:
+        """Wait until the upstream answered with a body (size known); raises its error."""
+        await asyncio.shield(self._started)
+
+    @property
+    def finished(self) -> bool:
+        return self.verified or self.error is not None
+
+    def readable(self) -> int:
+        """How many leading bytes of the temp file a reader may send now."""
+        if self.error is not None:
+            raise self.error
+        if self.verified:
+            return self.written
+        return max(0, self.written - 1)
+
+    async def wait_readable(self, beyond: int) -> int:
+        """Wait until more than ``beyond`` bytes are readable or the fetch ended; returns
+        ``readable()`` (raising the fetch's error if it failed)."""
+        while True:
+            available = self.readable()
+            if available > beyond or self.verified:
+                return available
+            event = self._changed
+            await event.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # --- the download ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        fd = await asyncio.to_thread(
+            os.open, self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
+        )
+        hasher = hasher_for(self.digest)
+        try:
+            await self._download(fd, hasher)
+            if self.size is not None and self.written != self.size:
+                raise UpstreamInvalid(
+                    f"upstream sent {self.written} bytes of {self.digest}, expected {self.size}"
+                )
+            if hasher.hexdigest() != self.digest.hex:
+                raise UpstreamInvalid(
+                    f"upstream sent bytes for {self.digest} that do not match that digest; "
+                    "nothing was stored"
+                )
+            await asyncio.to_thread(self._commit, fd)
+            fd = -1
+            await self._on_stored(self)
+            self.verified = True
+            log.info(
+                "stored %s (%d bytes) from %s/%s",
+                self.digest,
+                self.written,
+                self.upstream.name,
+                self.repo,
+            )
+        except Exception as exc:
+            self.error = (
+                exc
+                if isinstance(exc, RegistryError)
+                else UpstreamUnavailable(f"fetching {self.digest} failed: {exc}")
+            )
+            if not isinstance(exc, RegistryError):
+                log.exception("fetch of %s failed", self.digest)
+            else:
+                log.warning("fetch of %s failed: %s", self.digest, exc)
+            await asyncio.to_thread(self._discard, fd)
+        finally:
+            if not self._started.done():
+                self._started.set_exception(self.error or UpstreamUnavailable("fetch ended early"))
+                self._started.exception()  # retrieved: readers may all have gone
+            self._notify()
+
+    async def _download(self, fd: int, hasher: object) -> None:
+        resumes = 0
+        while True:
+            try:
+                async with self.upstream.blob(self.repo, str(self.digest), self.written) as stream:
+                    if stream is None:
+                        raise BlobUnknown(
+                            f"blob {self.digest} is unknown to upstream {self.upstream.name} "
+                            f"in repository {self.repo}"
+                        )
+                    if self.size is None:
+                        self.size = stream.size
+                    if not self._started.done():
+                        self._started.set_result(None)
+                    batch: list[bytes] = []
+                    pending = 0
+                    async for chunk in stream.chunks():
+                        self.upstream_bytes += len(chunk)
+                        batch.append(chunk)
+                        pending += len(chunk)
+                        # First bytes go out at once (time to first byte), later ones batched.
+                        if pending >= WRITE_BATCH or self.written == 0:
+                            await self._write(fd, hasher, batch)
+                            batch, pending = [], 0
+                        if self.size is not None and self.written + pending > self.size:
+                            raise UpstreamInvalid(
+                                f"upstream sent more bytes for {self.digest} than it announced"
+                            )
+                    if batch:
+                        await self._write(fd, hasher, batch)
+                if self.size is None or self.written >= self.size:
+                    return
+                raise UpstreamUnavailable(
+                    f"upstream closed the body of {self.digest} at {self.written} of {self.size}"
+                )
+            except UpstreamUnavailable as exc:
+                if self.written == 0 and not self._started.done():
+                    raise
+                resumes += 1
+                if resumes > MAX_RESUMES:
+                    raise
+                log.warning("resuming %s at byte %d after: %s", self.digest, self.written, exc)
+                await asyncio.sleep(0.2 * resumes)
+
+    async def _write(self, fd: int, hasher: object, batch: list[bytes]) -> None:
+        data = batch[0] if len(batch) == 1 else b"".join(batch)
+        await asyncio.to_thread(_write_and_hash, fd, hasher, data)
+        self.written += len(data)
+        self._notify()
+
+    def _commit(self, fd: int) -> None:
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.store.commit_sync(self.temp_path, self.digest)
+
+    def _discard(self, fd: int) -> None:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            self.temp_path.unlink()
+
+
+def _write_and_hash(fd: int, hasher: object, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    hasher.update(data)  # type: ignore[attr-defined]
+
+
+class Fetches:
+    """The process-wide table of fetches in flight: at most one per digest."""
+
+    def __init__(self, store: BlobStore, on_stored: Callable[[Fetch], Awaitable[None]]) -> None:
+        self._store = store
+        self._on_stored = on_stored
+        self._running: dict[str, Fetch] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def get(self, digest: Digest) -> Fetch | None:
+        return self._running.get(str(digest))
+
+    def start(self, digest: Digest, upstream: UpstreamClient, repo: str) -> Fetch:
+        """The running fetch of ``digest``, or a new one from ``repo`` on ``upstream``."""
+        key = str(digest)
+        fetch = self._running.get(key)
+        if fetch is not None:
+            return fetch
+        fetch = Fetch(
+            digest=digest,
+            upstream=upstream,
+            repo=repo,
+            store=self._store,
+            on_stored=self._on_stored,
+        )
+        self._running[key] = fetch
+        task = asyncio.get_running_loop().create_task(self._run(key, fetch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return fetch
+
+    async def _run(self, key: str, fetch: Fetch) -> None:
+        try:
+            await fetch.run()
+        finally:
+            if self._running.get(key) is fetch:
+                del self._running[key]
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    async def wait_all(self, seconds: float) -> None:
+        """Give running fetches up to ``timeout`` seconds to finish (at shutdown)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=seconds)

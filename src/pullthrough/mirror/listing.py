@@ -1,0 +1,63 @@
+"""Tag lists and the catalog.
+
+Tag lists ask the upstream first (it knows tags the mirror never saw) and fall back to the
+tags cached here when the upstream cannot answer. The catalog lists cached repositories
+only: a mirror cannot enumerate Docker Hub, and should not try.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from dataclasses import dataclass
+
+from pullthrough.errors import NameUnknown, TooManyRequests, UpstreamUnavailable
+from pullthrough.store.index import Index
+from pullthrough.upstream.client import UpstreamClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[str]
+    more: bool
+
+
+def page(items: list[str], n: int | None, last: str | None) -> Page:
+    """``items`` (sorted) after ``last`` (exclusive), at most ``n`` of them."""
+    start = bisect.bisect_right(items, last) if last else 0
+    rest = items[start:]
+    if n is None:
+        return Page(rest, False)
+    return Page(rest[:n], len(rest) > n)
+
+
+class Listing:
+    def __init__(self, *, index: Index) -> None:
+        self.index = index
+
+    async def tags(
+        self, upstream: UpstreamClient, repo: str, n: int | None, last: str | None
+    ) -> Page:
+        try:
+            got = await upstream.tags(repo, n, last)
+        except (UpstreamUnavailable, TooManyRequests) as exc:
+            cached = await self.index.tags(upstream.name, repo)
+            if not cached:
+                raise
+            log.warning("tag list of %s from cache (stale): %s", repo, exc)
+            return page(cached, n, last)
+        if got is None:
+            raise NameUnknown(
+                f"repository {repo} is unknown to upstream {upstream.name}",
+                detail={"name": repo},
+            )
+        tags, more = got
+        tags = sorted(set(tags))
+        if n is not None and len(tags) > n:  # an upstream that ignores n
+            return Page(tags[:n], True)
+        return Page(tags, more)
+
+    async def catalog(self, upstream: UpstreamClient, n: int | None, last: str | None) -> Page:
+        return page(await self.index.repositories(upstream.name), n, last)

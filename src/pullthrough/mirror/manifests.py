@@ -1,0 +1,221 @@
+"""Manifest policy.
+
+By digest: served from the store once cached, never asked for again (it cannot change).
+By tag: revalidated with one upstream HEAD (concurrent revalidations of a tag coalesce into
+one), served from the store when the digest is unchanged, fetched when it changed. When the
+upstream is unreachable, times out, answers 5xx or 429, the cached copy is served (stale,
+logged at warning); an upstream 404 is authoritative and drops the cached tag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+
+from pullthrough.errors import (
+    ManifestUnknown,
+    TooManyRequests,
+    UpstreamInvalid,
+    UpstreamUnavailable,
+)
+from pullthrough.manifest import acceptable, children, detect_media_type, upstream_accept
+from pullthrough.reference import Digest, parse_digest
+from pullthrough.singleflight import SingleFlight
+from pullthrough.store.blobs import BlobStore, DigestMismatch
+from pullthrough.store.index import Index, TagRecord
+from pullthrough.upstream.client import ManifestHead, UpstreamClient
+
+log = logging.getLogger(__name__)
+
+_STALE_ERRORS = (UpstreamUnavailable, TooManyRequests)
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A verified manifest as the client gets it."""
+
+    digest: str
+    media_type: str
+    body: bytes
+    stale: bool = False
+
+
+class ManifestService:
+    def __init__(self, *, store: BlobStore, index: Index) -> None:
+        self.store = store
+        self.index = index
+        self._heads: SingleFlight[ManifestHead | None] = SingleFlight()
+        self._gets: SingleFlight[Manifest] = SingleFlight()
+
+    async def by_digest(self, upstream: UpstreamClient, repo: str, digest: Digest) -> Manifest:
+        """The manifest ``digest`` of ``repo``: local if present and known to belong to the
+        repository, else fetched, verified and stored."""
+        local = await self._local(upstream, repo, str(digest))
+        if local is not None:
+            return local
+        return await self._gets.do(
+            ("digest", upstream.name, repo, str(digest)),
+            lambda: self._fetch(upstream, repo, str(digest), digest, ()),
+        )
+
+    async def by_tag(
+        self, upstream: UpstreamClient, repo: str, tag: str, accept: tuple[str, ...]
+    ) -> Manifest:
+        """The manifest ``tag`` points at now, or the cached one when the upstream cannot say."""
+        cached = self._pick(await self.index.tag(upstream.name, repo, tag), accept)
+        freshness = upstream.config.tag_freshness
+        if cached is not None and freshness > 0 and time.time() - cached.checked < freshness:
+            local = await self._stored(cached.digest, cached.media_type)
+            if local is not None:
+                return local
+        wanted = upstream_accept(accept)
+        try:
+            head = await self._heads.do(
+                (upstream.name, repo, tag, wanted),
+                lambda: upstream.head_manifest(repo, tag, wanted),
+            )
+            if head is None:
+                await self.index.drop_tag(upstream.name, repo, tag)
+                raise ManifestUnknown(
+                    f"manifest {repo}:{tag} is unknown to upstream {upstream.name}",
+                    detail={"name": repo, "tag": tag},
+                )
+            if head.digest:
+                local = await self._stored(head.digest, None)
+                if local is not None and acceptable(local.media_type, accept):
+                    await self.index.record(
+                        head.digest,
+                        len(local.body),
+                        media_type=local.media_type,
+                        upstream=upstream.name,
+                        repo=repo,
+                        children=_all_children(local.body),
+                    )
+                    await self.index.set_tag(
+                        upstream.name, repo, tag, media_type=local.media_type, digest=head.digest
+                    )
+                    return local
+            # Fetch by digest when the HEAD named one: immutable, and verifiable on arrival.
+            expected = _maybe_digest(head.digest)
+            reference = str(expected) if expected else tag
+            return await self._gets.do(
+                ("tag", upstream.name, repo, tag, wanted, reference),
+                lambda: self._fetch(upstream, repo, reference, expected, wanted, tag=tag),
+            )
+        except _STALE_ERRORS as exc:
+            if cached is None:
+                raise
+            local = await self._stored(cached.digest, cached.media_type)
+            if local is None:
+                raise
+            log.warning("serving %s:%s from cache (stale, %s): %s", repo, tag, cached.digest, exc)
+            return Manifest(local.digest, local.media_type, local.body, stale=True)
+
+    async def _fetch(
+        self,
+        upstream: UpstreamClient,
+        repo: str,
+        reference: str,
+        expected: Digest | None,
+        accept: tuple[str, ...],
+        *,
+        tag: str | None = None,
+    ) -> Manifest:
+        got = await upstream.get_manifest(repo, reference, upstream_accept(accept))
+        if got is None:
+            if tag is not None:
+                await self.index.drop_tag(upstream.name, repo, tag)
+            raise ManifestUnknown(
+                f"manifest {repo}:{tag or reference} is unknown to upstream {upstream.name}",
+                detail={"name": repo, "reference": reference},
+            )
+        digest = _verify(got.body, expected, got.digest, upstream.name, reference)
+        media_type = detect_media_type(got.body, got.media_type)
+        try:
+            await self.store.put(digest, got.body)
+        except DigestMismatch as exc:  # pragma: no cover - _verify computed this digest
+            raise UpstreamInvalid(str(exc)) from exc
+        await self.index.record(
+            str(digest),
+            len(got.body),
+            media_type=media_type,
+            upstream=upstream.name,
+            repo=repo,
+            children=_all_children(got.body),
+        )
+        if tag is not None:
+            await self.index.set_tag(
+                upstream.name, repo, tag, media_type=media_type, digest=str(digest)
+            )
+        return Manifest(str(digest), media_type, got.body)
+
+    async def _local(self, upstream: UpstreamClient, repo: str, digest: str) -> Manifest | None:
+        if not await self.index.is_linked(upstream.name, repo, digest):
+            # Present for another repository (or not at all): the upstream must confirm it.
+            if not await self.store.exists(parse_digest(digest)):
+                return None
+            head = await upstream.head_manifest(repo, digest, upstream_accept(()))
+            if head is None:
+                raise ManifestUnknown(
+                    f"manifest {digest} is unknown to repository {repo} on upstream "
+                    f"{upstream.name}",
+                    detail={"name": repo, "digest": digest},
+                )
+            await self.index.link(upstream.name, repo, digest)
+        return await self._stored(digest, None)
+
+    async def _stored(self, digest: str, media_type: str | None) -> Manifest | None:
+        parsed = parse_digest(digest)
+        body = await self.store.read(parsed)
+        if body is None:
+            return None
+        if media_type is None:
+            record = await self.index.blob(digest)
+            media_type = record.media_type if record and record.media_type else None
+        self.index.touch(digest)
+        return Manifest(digest, media_type or detect_media_type(body, None), body)
+
+    @staticmethod
+    def _pick(records: list[TagRecord], accept: tuple[str, ...]) -> TagRecord | None:
+        for record in records:
+            if acceptable(record.media_type, accept):
+                return record
+        return None
+
+
+def _all_children(body: bytes) -> tuple[str, ...]:
+    kids = children(body)
+    return (*kids.blobs, *kids.manifests)
+
+
+def _maybe_digest(text: str | None) -> Digest | None:
+    if not text:
+        return None
+    try:
+        return parse_digest(text)
+    except Exception:
+        return None
+
+
+def _verify(
+    body: bytes, expected: Digest | None, header: str | None, upstream: str, reference: str
+) -> Digest:
+    """The digest of ``body``; raises UpstreamInvalid when it is not the one asked for or
+    the one the upstream claimed."""
+    algorithm = expected.algorithm if expected else "sha256"
+    actual = Digest(algorithm, hashlib.new(algorithm, body).hexdigest())
+    if expected is not None and actual != expected:
+        raise UpstreamInvalid(
+            f"upstream {upstream} sent a manifest for {reference} whose digest is {actual}, "
+            f"not {expected}; it was not stored"
+        )
+    if header and expected is None:
+        claimed = _maybe_digest(header)
+        if claimed is not None and claimed.algorithm == algorithm and claimed != actual:
+            raise UpstreamInvalid(
+                f"upstream {upstream} sent a manifest for {reference} whose digest {actual} "
+                f"does not match its Docker-Content-Digest {claimed}; it was not stored"
+            )
+    return actual

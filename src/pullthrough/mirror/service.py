@@ -1,0 +1,65 @@
+"""The mirror as one object: the store, the index, the upstream clients and the policies
+that join them. The server holds one Mirror; nothing below it knows about HTTP routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from pullthrough.config import Config
+from pullthrough.mirror.blobs import BlobService
+from pullthrough.mirror.fetch import Fetch, Fetches
+from pullthrough.mirror.listing import Listing
+from pullthrough.mirror.manifests import ManifestService
+from pullthrough.store.blobs import BlobStore
+from pullthrough.store.index import Index
+from pullthrough.upstream.client import UpstreamClient
+
+log = logging.getLogger(__name__)
+
+ACCESS_FLUSH_INTERVAL = 5.0
+
+
+class Mirror:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store = BlobStore(config.root)
+        self.index = Index(config.index_path)
+        self.upstream = UpstreamClient(config.upstream)
+        self.fetches = Fetches(self.store, self._blob_stored)
+        self.blobs = BlobService(store=self.store, index=self.index, fetches=self.fetches)
+        self.manifests = ManifestService(store=self.store, index=self.index)
+        self.listing = Listing(index=self.index)
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.store.prepare)
+        await self.index.open()
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
+
+    async def stop(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.fetches.wait_all(seconds=5.0)
+        await self.upstream.close()
+        await self.index.close()
+
+    async def _blob_stored(self, fetch: Fetch) -> None:
+        await self.index.record(
+            str(fetch.digest),
+            fetch.written,
+            media_type=None,
+            upstream=fetch.upstream.name,
+            repo=fetch.repo,
+        )
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(ACCESS_FLUSH_INTERVAL)
+            try:
+                await self.index.flush_access()
+            except Exception:  # keep flushing later; a failed batch only loses access times
+                log.exception("flushing access times failed")

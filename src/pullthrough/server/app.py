@@ -1,0 +1,38 @@
+"""The aiohttp application: one catch-all route into the registry API, the error
+middleware, and the mirror's lifecycle bound to the app's."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from pullthrough.config import Config
+from pullthrough.mirror.service import Mirror
+from pullthrough.server.errors import oci_errors
+from pullthrough.server.routes import MIRROR_KEY, dispatch
+
+log = logging.getLogger(__name__)
+
+# Pull requests carry no body; anything larger is refused before it is read.
+MAX_REQUEST_BODY = 64 * 1024
+
+
+def build_app(config: Config) -> web.Application:
+    """A ready-to-run application for ``config``; the mirror starts with the app."""
+    app = web.Application(middlewares=[oci_errors], client_max_size=MAX_REQUEST_BODY)
+    mirror = Mirror(config)
+    app[MIRROR_KEY] = mirror
+
+    async def lifecycle(_: web.Application) -> AsyncIterator[None]:
+        await mirror.start()
+        log.info(
+            "mirroring %s (%s) into %s", config.upstream.name, config.upstream.url, config.root
+        )
+        yield
+        await mirror.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_route("*", "/{tail:.*}", dispatch)
+    return app

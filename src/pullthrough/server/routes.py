@@ -1,0 +1,163 @@
+"""The registry API's pull side: every ``/v2/`` request is parsed and dispatched here.
+
+Repository names contain slashes, so the path is matched by suffix (``/manifests/<ref>``,
+``/blobs/<digest>``, ``/tags/list``) rather than by aiohttp's router; the name and the
+reference are validated before anything reaches the mirror.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from aiohttp import web
+
+from pullthrough.errors import PaginationInvalid, RegistryError, Unsupported
+from pullthrough.manifest import parse_accept
+from pullthrough.mirror.listing import Page
+from pullthrough.mirror.service import Mirror
+from pullthrough.reference import is_digest, parse_digest, validate_tag
+from pullthrough.server.ranges import parse_range
+from pullthrough.server.routing import resolve
+from pullthrough.server.transfer import send_blob
+
+MIRROR_KEY = web.AppKey("mirror", Mirror)
+
+API_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
+READ_METHODS = ("GET", "HEAD")
+MAX_PAGE = 10_000
+
+_ROUTES = [
+    ("base", re.compile(r"^/v2/?$")),
+    ("catalog", re.compile(r"^/v2/_catalog/?$")),
+    ("upload", re.compile(r"^/v2/(?P<name>.+)/blobs/uploads(?:/.*)?$")),
+    ("manifest", re.compile(r"^/v2/(?P<name>.+)/manifests/(?P<ref>[^/]*)$")),
+    ("blob", re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>[^/]*)$")),
+    ("tags", re.compile(r"^/v2/(?P<name>.+)/tags/list/?$")),
+]
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    """Match the path, refuse writes, and hand the request to the right handler."""
+    path = request.rel_url.raw_path
+    for kind, pattern in _ROUTES:
+        match = pattern.match(path)
+        if match is None:
+            continue
+        if request.method not in READ_METHODS or kind == "upload":
+            raise Unsupported(
+                f"{request.method} is not supported: pullthrough is a read-only mirror",
+                headers={"Allow": "GET, HEAD"},
+            )
+        handler = _HANDLERS[kind]
+        return await handler(request, match.groupdict())
+    raise _not_found(path)
+
+
+def _not_found(path: str) -> RegistryError:
+    err = RegistryError(f"no such endpoint: {path[:200]}")
+    err.code, err.status = "NOT_FOUND", 404
+    return err
+
+
+async def base(request: web.Request, _: dict[str, str]) -> web.StreamResponse:
+    return web.json_response({}, headers=API_HEADERS)
+
+
+async def manifest(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
+    mirror = request.app[MIRROR_KEY]
+    upstream, repo = resolve(mirror, params["name"], request.query.get("ns"))
+    ref = params["ref"]
+    if is_digest(ref):
+        found = await mirror.manifests.by_digest(upstream, repo, parse_digest(ref))
+    else:
+        accept = parse_accept(request.headers.getall("Accept", []))
+        found = await mirror.manifests.by_tag(upstream, repo, validate_tag(ref), accept)
+    headers = {
+        **API_HEADERS,
+        "Content-Type": found.media_type,
+        "Docker-Content-Digest": found.digest,
+        "ETag": f'"{found.digest}"',
+    }
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(len(found.body))
+        return web.Response(headers=headers)
+    return web.Response(body=found.body, headers=headers)
+
+
+async def blob(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
+    mirror = request.app[MIRROR_KEY]
+    upstream, repo = resolve(mirror, params["name"], request.query.get("ns"))
+    digest = parse_digest(params["digest"])
+    headers = {
+        **API_HEADERS,
+        "Content-Type": "application/octet-stream",
+        "Docker-Content-Digest": str(digest),
+        "Accept-Ranges": "bytes",
+        "ETag": f'"{digest}"',
+    }
+    if request.method == "HEAD":
+        size = await mirror.blobs.head(upstream, repo, digest)
+        if size is not None:
+            headers["Content-Length"] = str(size)
+        return web.Response(headers=headers)
+    body = await mirror.blobs.get(upstream, repo, digest)
+    try:
+        byte_range = (
+            parse_range(request.headers.get("Range"), body.size) if body.size is not None else None
+        )
+    except RegistryError:
+        if body.cached is not None:
+            body.cached.close()
+        raise
+    return await send_blob(request, body, byte_range, headers)
+
+
+async def tags(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
+    mirror = request.app[MIRROR_KEY]
+    upstream, repo = resolve(mirror, params["name"], request.query.get("ns"))
+    n, last = _paging(request)
+    found = await mirror.listing.tags(upstream, repo, n, last)
+    return _page_response(request, {"name": params["name"], "tags": found.items}, found, n)
+
+
+async def catalog(request: web.Request, _: dict[str, str]) -> web.StreamResponse:
+    mirror = request.app[MIRROR_KEY]
+    n, last = _paging(request)
+    found = await mirror.listing.catalog(mirror.upstream, n, last)
+    return _page_response(request, {"repositories": found.items}, found, n)
+
+
+def _paging(request: web.Request) -> tuple[int | None, str | None]:
+    raw_n = request.query.get("n")
+    n: int | None = None
+    if raw_n not in (None, ""):
+        if not raw_n.isdigit() or len(raw_n) > 9:
+            raise PaginationInvalid(f"n must be a whole number from 0 to {MAX_PAGE}, got {raw_n!r}")
+        n = min(int(raw_n), MAX_PAGE)
+    last = request.query.get("last") or None
+    if last is not None and len(last) > 512:
+        raise PaginationInvalid("last is too long")
+    return n, last
+
+
+def _page_response(
+    request: web.Request, doc: dict[str, object], found: Page, n: int | None
+) -> web.StreamResponse:
+    headers = dict(API_HEADERS)
+    if found.more and found.items:
+        query = {"last": found.items[-1], **({"n": str(n)} if n is not None else {})}
+        url = request.rel_url.with_query(query)
+        headers["Link"] = f'<{url}>; rel="next"'
+    return web.Response(
+        body=json.dumps(doc).encode(), content_type="application/json", headers=headers
+    )
+
+
+_HANDLERS = {
+    "base": base,
+    "catalog": catalog,
+    "manifest": manifest,
+    "blob": blob,
+    "tags": tags,
+}

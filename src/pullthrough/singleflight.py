@@ -1,0 +1,39 @@
+"""Coalesce concurrent calls for the same key into one.
+
+A hundred clients asking for ``alpine:latest`` at once cause one upstream HEAD: the first
+caller runs the work, everyone who arrives while it runs awaits the same result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class SingleFlight(Generic[T]):
+    """Run at most one ``work()`` per key at a time; concurrent callers share its outcome."""
+
+    def __init__(self) -> None:
+        self._inflight: dict[Hashable, asyncio.Future[T]] = {}
+
+    async def do(self, key: Hashable, work: Callable[[], Awaitable[T]]) -> T:
+        future = self._inflight.get(key)
+        if future is None:
+            future = asyncio.ensure_future(self._run(key, work))
+            self._inflight[key] = future
+            # Mark the outcome retrieved even if every caller went away before it came.
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        # shield: one impatient caller going away must not cancel the others' result.
+        return await asyncio.shield(future)
+
+    async def _run(self, key: Hashable, work: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await work()
+        finally:
+            self._inflight.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._inflight)

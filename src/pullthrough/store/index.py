@@ -1,0 +1,248 @@
+"""The SQLite index: what the store holds and what it means.
+
+It records, per digest, its size and media type; which (upstream, repository) each digest
+was fetched for or confirmed in (the rule that keeps one repository's blobs from being read
+through another's name); tag → digest per media type; and last access times.
+
+SQLite runs in WAL mode on one dedicated thread, so calls never block the event loop and
+never contend with each other. Access times are kept in memory and flushed in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blobs (
+    digest TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    media_type TEXT,
+    created REAL NOT NULL,
+    last_access REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS links (
+    upstream TEXT NOT NULL,
+    repo TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    PRIMARY KEY (upstream, repo, digest)
+);
+CREATE TABLE IF NOT EXISTS tags (
+    upstream TEXT NOT NULL,
+    repo TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    media_type TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    checked REAL NOT NULL,
+    PRIMARY KEY (upstream, repo, tag, media_type)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRecord:
+    digest: str
+    size: int
+    media_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TagRecord:
+    media_type: str
+    digest: str
+    checked: float
+
+
+class Index:
+    """Async facade over one SQLite database file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index")
+        self._conn: sqlite3.Connection | None = None
+        self._pending_access: dict[str, float] = {}
+
+    async def open(self) -> None:
+        await self._run(self._open_sync)
+
+    def _open_sync(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.executescript(_SCHEMA)
+        self._conn = conn
+
+    async def close(self) -> None:
+        await self.flush_access()
+        await self._run(self._close_sync)
+        self._executor.shutdown(wait=True)
+
+    def _close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        assert self._conn is not None, "Index.open() was not awaited"
+        return self._conn
+
+    # --- blobs and links -------------------------------------------------------------
+
+    async def record(
+        self,
+        digest: str,
+        size: int,
+        *,
+        media_type: str | None,
+        upstream: str,
+        repo: str,
+        children: Iterable[str] = (),
+    ) -> None:
+        """Record a stored digest, link it (and what it references) to (upstream, repo)."""
+        now = time.time()
+        linked = [digest, *children]
+
+        def work() -> None:
+            db = self._db
+            with db:
+                db.execute("BEGIN")
+                db.execute(
+                    "INSERT INTO blobs(digest, size, media_type, created, last_access) "
+                    "VALUES (?,?,?,?,?) ON CONFLICT(digest) DO UPDATE SET "
+                    "size=excluded.size, media_type=COALESCE(excluded.media_type, media_type), "
+                    "last_access=excluded.last_access",
+                    (digest, size, media_type, now, now),
+                )
+                db.executemany(
+                    "INSERT OR IGNORE INTO links(upstream, repo, digest) VALUES (?,?,?)",
+                    [(upstream, repo, d) for d in linked],
+                )
+
+        await self._run(work)
+
+    async def link(self, upstream: str, repo: str, digest: str) -> None:
+        """Note that the upstream confirmed ``repo`` holds ``digest``."""
+        await self._run(
+            lambda: self._db.execute(
+                "INSERT OR IGNORE INTO links(upstream, repo, digest) VALUES (?,?,?)",
+                (upstream, repo, digest),
+            )
+        )
+
+    async def is_linked(self, upstream: str, repo: str, digest: str) -> bool:
+        row = await self._run(
+            lambda: self._db.execute(
+                "SELECT 1 FROM links WHERE upstream=? AND repo=? AND digest=?",
+                (upstream, repo, digest),
+            ).fetchone()
+        )
+        return row is not None
+
+    async def blob(self, digest: str) -> BlobRecord | None:
+        row = await self._run(
+            lambda: self._db.execute(
+                "SELECT digest, size, media_type FROM blobs WHERE digest=?", (digest,)
+            ).fetchone()
+        )
+        return BlobRecord(*row) if row else None
+
+    async def forget(self, digest: str) -> None:
+        """Drop a digest whose file is gone, so nothing trusts the entry any more."""
+
+        def work() -> None:
+            db = self._db
+            with db:
+                db.execute("BEGIN")
+                db.execute("DELETE FROM blobs WHERE digest=?", (digest,))
+                db.execute("DELETE FROM links WHERE digest=?", (digest,))
+                db.execute("DELETE FROM tags WHERE digest=?", (digest,))
+
+        await self._run(work)
+
+    # --- tags ------------------------------------------------------------------------
+
+    async def set_tag(
+        self, upstream: str, repo: str, tag: str, *, media_type: str, digest: str
+    ) -> None:
+        now = time.time()
+        await self._run(
+            lambda: self._db.execute(
+                "INSERT INTO tags(upstream, repo, tag, media_type, digest, checked) "
+                "VALUES (?,?,?,?,?,?) ON CONFLICT(upstream, repo, tag, media_type) "
+                "DO UPDATE SET digest=excluded.digest, checked=excluded.checked",
+                (upstream, repo, tag, media_type, digest, now),
+            )
+        )
+
+    async def tag(self, upstream: str, repo: str, tag: str) -> list[TagRecord]:
+        """Every cached resolution of a tag (one per media type), freshest first."""
+        rows = await self._run(
+            lambda: self._db.execute(
+                "SELECT media_type, digest, checked FROM tags "
+                "WHERE upstream=? AND repo=? AND tag=? ORDER BY checked DESC",
+                (upstream, repo, tag),
+            ).fetchall()
+        )
+        return [TagRecord(*row) for row in rows]
+
+    async def drop_tag(self, upstream: str, repo: str, tag: str) -> None:
+        await self._run(
+            lambda: self._db.execute(
+                "DELETE FROM tags WHERE upstream=? AND repo=? AND tag=?", (upstream, repo, tag)
+            )
+        )
+
+    async def tags(self, upstream: str, repo: str) -> list[str]:
+        rows = await self._run(
+            lambda: self._db.execute(
+                "SELECT DISTINCT tag FROM tags WHERE upstream=? AND repo=? ORDER BY tag",
+                (upstream, repo),
+            ).fetchall()
+        )
+        return [row[0] for row in rows]
+
+    async def repositories(self, upstream: str) -> list[str]:
+        """Repositories with at least one cached manifest, in lexical order."""
+        rows = await self._run(
+            lambda: self._db.execute(
+                "SELECT DISTINCT l.repo FROM links l JOIN blobs b ON b.digest = l.digest "
+                "WHERE l.upstream=? AND b.media_type IS NOT NULL ORDER BY l.repo",
+                (upstream,),
+            ).fetchall()
+        )
+        return [row[0] for row in rows]
+
+    # --- access times ----------------------------------------------------------------
+
+    def touch(self, digest: str) -> None:
+        """Note an access now; written by the next flush, never per request."""
+        self._pending_access[digest] = time.time()
+
+    async def flush_access(self) -> None:
+        if not self._pending_access or self._conn is None:
+            return
+        batch, self._pending_access = self._pending_access, {}
+        await self._run(
+            lambda: self._db.executemany(
+                "UPDATE blobs SET last_access=MAX(last_access, ?) WHERE digest=?",
+                [(ts, d) for d, ts in batch.items()],
+            )
+        )
+
+    async def integrity_check(self) -> str:
+        row = await self._run(lambda: self._db.execute("PRAGMA integrity_check").fetchone())
+        return str(row[0])

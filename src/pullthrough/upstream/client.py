@@ -1,0 +1,400 @@
+"""One client per remote registry: pooled connections, auth challenges, redirects, time-outs.
+
+Every failure leaves this module as a registry error the mirror can act on:
+UpstreamUnavailable (unreachable, timed out, 5xx), TooManyRequests (429, with Retry-After),
+Unauthorized/Denied (the upstream refused the mirror's credentials). A 404 is returned as
+``None`` by the methods that ask "does it exist": the caller decides what it means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+from multidict import CIMultiDict
+
+from pullthrough.config import UpstreamConfig
+from pullthrough.errors import (
+    Denied,
+    TooManyRequests,
+    Unauthorized,
+    UpstreamInvalid,
+    UpstreamUnavailable,
+)
+from pullthrough.manifest import MAX_MANIFEST_SIZE
+from pullthrough.singleflight import SingleFlight
+from pullthrough.upstream.auth import (
+    DEFAULT_TOKEN_LIFETIME,
+    TokenCache,
+    basic_header,
+    parse_challenge,
+    same_registrable_domain,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_REDIRECTS = 5
+# Large reads keep the per-chunk overhead (thread hops, hashing calls) small on big blobs.
+READ_BUFSIZE = 4 * 1024 * 1024
+
+_NETWORK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestHead:
+    digest: str | None
+    media_type: str | None
+    size: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestBody:
+    body: bytes
+    media_type: str | None
+    digest: str | None  # the upstream's Docker-Content-Digest header, if it sent one
+
+
+@dataclass(slots=True)
+class BlobStream:
+    """An open upstream blob body starting at ``offset``; ``size`` is the whole blob's."""
+
+    response: aiohttp.ClientResponse
+    offset: int
+    size: int | None
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self.response.content.iter_any()
+
+
+class UpstreamClient:
+    """Talks to one remote registry on behalf of the mirror."""
+
+    def __init__(self, config: UpstreamConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.base = config.url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+        self._tokens = TokenCache()
+        self._token_flight: SingleFlight[str] = SingleFlight()
+        self._scheme: str | None = None  # "basic" or "bearer", learnt from the first challenge
+        self._bearer_params: dict[str, str] = {}
+        self.token_requests = 0
+        self.rate_limit: dict[str, str] = {}
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            timeout = aiohttp.ClientTimeout(
+                total=None,
+                connect=self.config.connect_timeout,
+                sock_connect=self.config.connect_timeout,
+                sock_read=self.config.read_timeout,
+            )
+            self._session = aiohttp.ClientSession(
+                timeout=timeout,
+                read_bufsize=READ_BUFSIZE,
+                auto_decompress=False,
+                trust_env=False,
+                connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=60),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # --- public calls ------------------------------------------------------------------
+
+    async def head_manifest(
+        self, repo: str, reference: str, accept: tuple[str, ...]
+    ) -> ManifestHead | None:
+        """What ``reference`` resolves to upstream (no body), or None when it does not exist."""
+        async with self._request(
+            "HEAD", repo, f"manifests/{reference}", headers={"Accept": ", ".join(accept)}
+        ) as resp:
+            if resp.status == 404:
+                return None
+            self._expect_ok(resp)
+            return ManifestHead(
+                digest=resp.headers.get("Docker-Content-Digest"),
+                media_type=_media_type(resp),
+                size=resp.content_length,
+            )
+
+    async def get_manifest(
+        self, repo: str, reference: str, accept: tuple[str, ...]
+    ) -> ManifestBody | None:
+        """The manifest's bytes as the upstream sent them, or None when it does not exist."""
+        async with self._request(
+            "GET", repo, f"manifests/{reference}", headers={"Accept": ", ".join(accept)}
+        ) as resp:
+            if resp.status == 404:
+                return None
+            self._expect_ok(resp)
+            if (resp.content_length or 0) > MAX_MANIFEST_SIZE:
+                raise UpstreamInvalid(f"upstream {self.name} sent a manifest over 4 MiB")
+            try:
+                body = await resp.content.read(MAX_MANIFEST_SIZE + 1)
+            except _NETWORK_ERRORS as exc:
+                raise self._unavailable(exc) from exc
+            if len(body) > MAX_MANIFEST_SIZE:
+                raise UpstreamInvalid(f"upstream {self.name} sent a manifest over 4 MiB")
+            return ManifestBody(body, _media_type(resp), resp.headers.get("Docker-Content-Digest"))
+
+    async def head_blob(self, repo: str, digest: str) -> int | None:
+        """The blob's size if the upstream has it in ``repo``, else None. Downloads nothing."""
+        async with self._request("HEAD", repo, f"blobs/{digest}") as resp:
+            if resp.status == 404:
+                return None
+            self._expect_ok(resp)
+            return resp.content_length if resp.content_length is not None else -1
+
+    @asynccontextmanager
+    async def blob(
+        self, repo: str, digest: str, offset: int = 0
+    ) -> AsyncIterator[BlobStream | None]:
+        """The blob's body from ``offset`` on (a Range request when offset > 0), or None on 404."""
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        async with self._request("GET", repo, f"blobs/{digest}", headers=headers) as resp:
+            if resp.status == 404:
+                yield None
+                return
+            self._expect_ok(resp)
+            if offset and resp.status != 206:
+                raise UpstreamUnavailable(
+                    f"upstream {self.name} ignored a Range request for {digest}; cannot resume"
+                )
+            yield BlobStream(resp, offset, _total_size(resp, offset))
+
+    async def tags(
+        self, repo: str, n: int | None, last: str | None
+    ) -> tuple[list[str], bool] | None:
+        """One page of the upstream's tag list and whether more follow; None when the
+        repository does not exist upstream."""
+        params: dict[str, str] = {}
+        if n is not None:
+            params["n"] = str(n)
+        if last:
+            params["last"] = last
+        async with self._request("GET", repo, "tags/list", params=params) as resp:
+            if resp.status == 404:
+                return None
+            self._expect_ok(resp)
+            try:
+                doc = json.loads(await resp.content.read(16 * 1024 * 1024))
+            except _NETWORK_ERRORS as exc:
+                raise self._unavailable(exc) from exc
+            except ValueError as exc:
+                raise UpstreamInvalid(f"upstream {self.name} sent an unreadable tag list") from exc
+            tags = doc.get("tags") if isinstance(doc, dict) else None
+            if not isinstance(tags, list):
+                tags = []
+            return [t for t in tags if isinstance(t, str)], "next" in resp.links
+
+    # --- the request path --------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _request(
+        self,
+        method: str,
+        repo: str,
+        path: str,
+        *,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        scope = f"repository:{repo}:pull"
+        url = f"{self.base}/v2/{repo}/{path}"
+        resp = await self._send_authed(method, url, scope, headers or {}, params)
+        try:
+            yield resp
+        except _NETWORK_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+        finally:
+            resp.release()
+
+    async def _send_authed(
+        self,
+        method: str,
+        url: str,
+        scope: str,
+        headers: dict[str, str],
+        params: dict[str, str] | None,
+    ) -> aiohttp.ClientResponse:
+        for attempt in range(2):
+            auth = self._auth_header(scope)
+            resp = await self._send(method, url, headers, params, auth)
+            if resp.status != 401:
+                self._note_rate_limit(resp)
+                return resp
+            challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
+            resp.release()
+            if attempt == 1 or challenge is None:
+                break
+            await self._answer_challenge(challenge, scope, had_auth=auth is not None)
+        hint = (
+            "the upstream rejected the configured proxy.username/proxy.password"
+            if self.config.username
+            else "the upstream requires credentials: set proxy.username and proxy.password"
+        )
+        raise Unauthorized(f"upstream {self.name} refused the mirror: {hint}")
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        params: dict[str, str] | None,
+        auth: str | None,
+    ) -> aiohttp.ClientResponse:
+        """Send, following redirects here (the client never sees a CDN redirect).
+        Authorization goes only to the upstream's own origin."""
+        origin = _origin(self.base)
+        for _ in range(MAX_REDIRECTS + 1):
+            hdrs = CIMultiDict(headers)
+            if auth and _origin(url) == origin:
+                hdrs["Authorization"] = auth
+            try:
+                resp = await self.session.request(
+                    method, url, headers=hdrs, params=params, allow_redirects=False
+                )
+            except _NETWORK_ERRORS as exc:
+                raise self._unavailable(exc) from exc
+            if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
+                url = urljoin(url, resp.headers["Location"])
+                params = None  # the Location carries its own query
+                resp.release()
+                continue
+            return resp
+        raise UpstreamInvalid(f"upstream {self.name}: too many redirects")
+
+    def _auth_header(self, scope: str) -> str | None:
+        if self._scheme == "bearer":
+            token = self._tokens.get(scope)
+            return f"Bearer {token}" if token else None
+        if self._scheme == "basic" and self.config.username:
+            return basic_header(self.config.username, self.config.password or "")
+        return None
+
+    async def _answer_challenge(self, challenge: Any, scope: str, *, had_auth: bool) -> None:
+        if challenge.scheme == "basic":
+            if not self.config.username:
+                return  # the retry fails the same way and reports that credentials are needed
+            self._scheme = "basic"
+            return
+        if challenge.scheme != "bearer" or "realm" not in challenge.params:
+            raise UpstreamInvalid(
+                f"upstream {self.name} sent an authentication challenge pullthrough cannot answer"
+            )
+        self._scheme = "bearer"
+        self._bearer_params = challenge.params
+        if had_auth:
+            self._tokens.drop(scope)  # expired or revoked: fetch a fresh one, once
+        await self._token_flight.do(scope, lambda: self._fetch_token(challenge.params, scope))
+
+    async def _fetch_token(self, params: dict[str, str], scope: str) -> str:
+        realm = params["realm"]
+        if urlsplit(realm).scheme not in ("http", "https"):
+            raise UpstreamInvalid(f"upstream {self.name} named an unusable token realm {realm!r}")
+        query = {"scope": scope}
+        if "service" in params:
+            query["service"] = params["service"]
+        headers: dict[str, str] = {}
+        if self.config.username:
+            if not same_registrable_domain(realm, self.base):
+                raise Unauthorized(
+                    f"upstream {self.name} sent its token realm {urlsplit(realm).hostname}, "
+                    "outside its own domain; pullthrough will not send the configured "
+                    "credentials there"
+                )
+            headers["Authorization"] = basic_header(
+                self.config.username, self.config.password or ""
+            )
+        self.token_requests += 1
+        try:
+            async with self.session.get(realm, params=query, headers=headers) as resp:
+                if resp.status in (401, 403):
+                    raise Unauthorized(
+                        f"upstream {self.name}'s token service refused the configured credentials"
+                    )
+                if resp.status == 429:
+                    raise self._too_many(resp)
+                if resp.status != 200:
+                    raise UpstreamUnavailable(
+                        f"upstream {self.name}'s token service answered {resp.status}"
+                    )
+                doc = await resp.json(content_type=None)
+        except _NETWORK_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+        except ValueError as exc:
+            raise UpstreamInvalid(f"upstream {self.name}'s token service sent no JSON") from exc
+        token = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
+        if not isinstance(token, str) or not token:
+            raise UpstreamInvalid(f"upstream {self.name}'s token service sent no token")
+        expires_in = doc.get("expires_in", DEFAULT_TOKEN_LIFETIME)
+        if not isinstance(expires_in, int | float) or expires_in <= 0:
+            expires_in = DEFAULT_TOKEN_LIFETIME
+        self._tokens.put(scope, token, float(expires_in))
+        return token
+
+    # --- error mapping -----------------------------------------------------------------
+
+    def _expect_ok(self, resp: aiohttp.ClientResponse) -> None:
+        if resp.status < 300:
+            return
+        if resp.status == 429:
+            raise self._too_many(resp)
+        if resp.status == 403:
+            raise Denied(f"upstream {self.name} denied access (403)")
+        if resp.status >= 500:
+            raise UpstreamUnavailable(f"upstream {self.name} answered {resp.status}")
+        raise UpstreamInvalid(f"upstream {self.name} answered {resp.status} unexpectedly")
+
+    def _too_many(self, resp: aiohttp.ClientResponse) -> TooManyRequests:
+        retry_after = resp.headers.get("Retry-After")
+        headers = {"Retry-After": retry_after} if retry_after else {}
+        return TooManyRequests(
+            f"upstream {self.name} is rate-limiting the mirror (429); nothing cached can answer",
+            headers=headers,
+        )
+
+    def _unavailable(self, exc: BaseException) -> UpstreamUnavailable:
+        reason = str(exc) or type(exc).__name__
+        if isinstance(exc, asyncio.TimeoutError):
+            reason = "timed out"
+        return UpstreamUnavailable(f"upstream {self.name} could not be reached: {reason}")
+
+    def _note_rate_limit(self, resp: aiohttp.ClientResponse) -> None:
+        for key in ("ratelimit-limit", "ratelimit-remaining"):
+            value = resp.headers.get(key)
+            if value is not None:
+                self.rate_limit[key] = value
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def _media_type(resp: aiohttp.ClientResponse) -> str | None:
+    value = resp.headers.get("Content-Type")
+    return value.split(";", 1)[0].strip() if value else None
+
+
+def _total_size(resp: aiohttp.ClientResponse, offset: int) -> int | None:
+    if resp.status == 206:
+        content_range = resp.headers.get("Content-Range", "")
+        total = content_range.rpartition("/")[2]
+        return int(total) if total.isdigit() else None
+    if resp.content_length is not None:
+        return offset + resp.content_length
+    return None
