@@ -138,8 +138,10 @@ class Fetch:
             self._notify()
 
     async def _download(self, fd: int, hasher: object) -> None:
-        resumes = 0
+        failures = 0
         while True:
+            reached = self.written
+            batch: list[bytes] = []
             try:
                 async with self.upstream.blob(self.repo, str(self.digest), self.written) as stream:
                     if stream is None:
@@ -151,37 +153,40 @@ class Fetch:
                         self.size = stream.size
                     if not self._started.done():
                         self._started.set_result(None)
-                    batch: list[bytes] = []
                     pending = 0
                     async for chunk in stream.chunks():
                         self.upstream_bytes += len(chunk)
                         batch.append(chunk)
                         pending += len(chunk)
-                        # First bytes go out at once (time to first byte), later ones batched.
-                        if pending >= WRITE_BATCH or self.written == 0:
-                            await self._write(fd, hasher, batch)
-                            batch, pending = [], 0
                         if self.size is not None and self.written + pending > self.size:
                             raise UpstreamInvalid(
                                 f"upstream sent more bytes for {self.digest} than it announced"
                             )
-                    if batch:
-                        await self._write(fd, hasher, batch)
+                        # First bytes go out at once (time to first byte), later ones batched.
+                        if pending >= WRITE_BATCH or self.written == 0:
+                            await self._write(fd, hasher, batch)
+                            batch, pending = [], 0
+                    await self._write(fd, hasher, batch)
                 if self.size is None or self.written >= self.size:
                     return
                 raise UpstreamUnavailable(
                     f"upstream closed the body of {self.digest} at {self.written} of {self.size}"
                 )
             except UpstreamUnavailable as exc:
-                if self.written == 0 and not self._started.done():
-                    raise
-                resumes += 1
-                if resumes > MAX_RESUMES:
+                if not self._started.done():
+                    raise  # nothing arrived yet: fail fast, the client is waiting for headers
+                await self._write(fd, hasher, batch)  # bytes that arrived before the break
+                # A connection that keeps breaking but makes progress is worth resuming;
+                # one that breaks without delivering anything is given a few tries.
+                failures = 0 if self.written > reached else failures + 1
+                if failures > MAX_RESUMES:
                     raise
                 log.warning("resuming %s at byte %d after: %s", self.digest, self.written, exc)
-                await asyncio.sleep(0.2 * resumes)
+                await asyncio.sleep(0.2 * failures)
 
     async def _write(self, fd: int, hasher: object, batch: list[bytes]) -> None:
+        if not batch:
+            return
         data = batch[0] if len(batch) == 1 else b"".join(batch)
         await asyncio.to_thread(_write_and_hash, fd, hasher, data)
         self.written += len(data)
