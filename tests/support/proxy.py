@@ -1,0 +1,487 @@
+"""A recording, fault-injecting HTTP reverse proxy for standing in front of an upstream registry.
+
+The proxy runs an aiohttp server on ``127.0.0.1:<port>`` in a background thread
+(own event loop). Every request is forwarded verbatim to ``target`` (minus Host
+and hop-by-hop headers), the response is streamed back without following
+redirects, and each exchange is recorded once it finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from .net import LOOPBACK
+
+# RFC 9110 hop-by-hop headers plus ones aiohttp must compute itself.
+_HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Connection",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+    )
+)
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One proxied request as seen by the client.
+
+    ``status`` is what the client got (``0`` if the connection was dropped before
+    headers); ``bytes_sent`` counts response body bytes written to the client;
+    ``forwarded`` tells whether the upstream was contacted at all; ``fault`` names
+    the injected fault (``"fail_status"``, ``"corrupt"``, ``"drop"``, ``"stall"``) or
+    is ``None``; ``error`` describes an upstream connection failure.
+    """
+
+    method: str
+    path: str
+    query: str
+    status: int
+    bytes_sent: int
+    forwarded: bool
+    fault: str | None = None
+    error: str | None = None
+    request_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False, compare=False)
+    response_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False, compare=False)
+    started: float = field(default=0.0, repr=False, compare=False)
+    duration: float = field(default=0.0, repr=False, compare=False)
+
+    @property
+    def is_blob_get(self) -> bool:
+        return self.method == "GET" and _is_blob_path(self.path)
+
+    def request_header(self, name: str) -> list[str]:
+        """All values of request header ``name`` (case-insensitive), in order.
+
+        Clients may repeat a header (skopeo sends one ``Accept`` line per media type).
+        """
+        return [v for k, v in self.request_headers if k.lower() == name.lower()]
+
+    def response_header(self, name: str) -> list[str]:
+        """All values of response header ``name`` (case-insensitive), in order."""
+        return [v for k, v in self.response_headers if k.lower() == name.lower()]
+
+    def as_tuple(self) -> tuple[str, str, int, int]:
+        """``(method, path, status, bytes_sent)``."""
+        return (self.method, self.path, self.status, self.bytes_sent)
+
+
+def _is_blob_path(path: str) -> bool:
+    return "/blobs/" in path and "/blobs/uploads" not in path
+
+
+class RecordingProxy:
+    """Reverse proxy to ``target`` (e.g. ``http://127.0.0.1:5000``) that records traffic.
+
+    Fault knobs are plain attributes, safe to flip from the test thread at any time;
+    each request reads them once when it arrives:
+
+    * ``fail_status``: answer every request with this status, upstream untouched.
+    * ``stall_seconds``: sleep this long before handling a request.
+    * ``corrupt_blobs``: on ``GET .../blobs/<digest>`` flip one byte of the body
+      (the middle byte if the length is known, else the first); length unchanged.
+    * ``drop_after``: on ``GET .../blobs/<digest>`` close the connection after this
+      many body bytes (headers, incl. the full Content-Length, are already sent).
+    * ``fault_path_contains``: if set, ``fail_status`` and ``stall_seconds`` only
+      apply to paths containing this substring.
+
+    Location headers pointing at ``target`` are rewritten to point at the proxy.
+    """
+
+    def __init__(self, target: str, *, port: int = 0, chunk_size: int = 64 * 1024) -> None:
+        self.target = target.rstrip("/")
+        self.chunk_size = chunk_size
+        self._port = port
+        self._lock = threading.Lock()
+        self._log: list[Exchange] = []
+        self.fail_status: int | None = None
+        self.stall_seconds: float = 0.0
+        self.corrupt_blobs: bool = False
+        self.drop_after: int | None = None
+        self.fault_path_contains: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    # ------------------------------------------------------------------ addressing
+    @property
+    def port(self) -> int:
+        """Bound port (valid after ``start()``; kept across ``stop()``/``start()``)."""
+        if not self._port:
+            raise RuntimeError("proxy not started")
+        return self._port
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:PORT``."""
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT`` (no trailing slash)."""
+        return f"http://{self.host}"
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # ------------------------------------------------------------------ faults
+    def clear_faults(self) -> None:
+        """Reset every fault knob to its harmless default."""
+        self.fail_status = None
+        self.stall_seconds = 0.0
+        self.corrupt_blobs = False
+        self.drop_after = None
+        self.fault_path_contains = None
+
+    # ------------------------------------------------------------------ records
+    def requests(
+        self,
+        method: str | None = None,
+        path_contains: str | None = None,
+        *,
+        status: int | None = None,
+    ) -> list[Exchange]:
+        """Snapshot of recorded exchanges, oldest first, optionally filtered."""
+        with self._lock:
+            items = list(self._log)
+        return [
+            e
+            for e in items
+            if (method is None or e.method == method.upper())
+            and (path_contains is None or path_contains in e.path)
+            and (status is None or e.status == status)
+        ]
+
+    def count(
+        self,
+        method: str | None = None,
+        path_contains: str | None = None,
+        *,
+        status: int | None = None,
+    ) -> int:
+        """Number of recorded exchanges matching the filters."""
+        return len(self.requests(method, path_contains, status=status))
+
+    def bytes_for(self, path_contains: str | None = None, method: str | None = "GET") -> int:
+        """Total response body bytes sent to clients for matching exchanges."""
+        return sum(e.bytes_sent for e in self.requests(method, path_contains))
+
+    def blob_gets(self) -> list[Exchange]:
+        """Recorded ``GET .../blobs/<digest>`` exchanges."""
+        return [e for e in self.requests("GET") if _is_blob_path(e.path)]
+
+    def reset(self) -> None:
+        """Forget all recorded exchanges (faults are kept; see ``clear_faults``)."""
+        with self._lock:
+            self._log.clear()
+
+    def wait_for(
+        self,
+        method: str | None = None,
+        path_contains: str | None = None,
+        *,
+        at_least: int = 1,
+        timeout: float = 10.0,
+    ) -> list[Exchange]:
+        """Block until ``at_least`` matching exchanges are recorded; ``TimeoutError`` otherwise."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.requests(method, path_contains)
+            if len(found) >= at_least:
+                return found
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"{len(found)}/{at_least} {method} {path_contains!r} after {timeout}s"
+                )
+            time.sleep(0.02)
+
+    def _record(self, exchange: Exchange) -> None:
+        with self._lock:
+            self._log.append(exchange)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, timeout: float = 10.0) -> RecordingProxy:
+        """Bind the port and serve in a daemon thread. Idempotent while running."""
+        if self.running:
+            return self
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((LOOPBACK, self._port))
+        self._port = int(sock.getsockname()[1])
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(
+            target=loop.run_forever, name=f"RecordingProxy:{self._port}", daemon=True
+        )
+        self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self._astart(sock), loop).result(timeout)
+        except BaseException:
+            sock.close()
+            self.stop()
+            raise
+        return self
+
+    async def _astart(self, sock: socket.socket) -> None:
+        self._session = aiohttp.ClientSession(
+            auto_decompress=False,
+            trust_env=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+            # A fresh upstream connection per request: no stale pooled connections after
+            # the upstream registry is stopped and restarted.
+            connector=aiohttp.TCPConnector(limit=0, force_close=True),
+        )
+        app = web.Application(client_max_size=1 << 40)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=1.0, handle_signals=False
+        )
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock).start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop serving and join the thread (bounded by ``timeout``). Idempotent."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        if thread.is_alive():
+            # Best effort: the loop is stopped below anyway.
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self._astop(), loop).result(timeout)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout)
+        if not thread.is_alive():
+            loop.close()
+        self._loop = None
+        self._thread = None
+
+    async def _astop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def __enter__(self) -> RecordingProxy:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        where = self.url if self._port else "unbound"
+        return f"<RecordingProxy {where} -> {self.target} records={len(self._log)}>"
+
+    # ------------------------------------------------------------------ request handling
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        tally = _Tally(self, request)
+        path = request.path
+        # Read the knobs once so a request sees a consistent fault configuration.
+        scoped = self.fault_path_contains is None or self.fault_path_contains in path
+        fail_status = self.fail_status if scoped else None
+        stall = self.stall_seconds if scoped else 0.0
+        is_blob_get = request.method == "GET" and _is_blob_path(path)
+        corrupt = self.corrupt_blobs and is_blob_get
+        drop_after = self.drop_after if is_blob_get else None
+        try:
+            if stall and stall > 0:
+                tally.fault = "stall"
+                await asyncio.sleep(stall)
+
+            if fail_status is not None:
+                text = f"injected failure {fail_status}\n"
+                tally.fault, tally.status = "fail_status", fail_status
+                tally.sent = 0 if request.method == "HEAD" else len(text)
+                tally.commit()
+                return web.Response(status=fail_status, text=text)
+
+            assert self._session is not None
+            fwd_headers = CIMultiDict(
+                (k, v)
+                for k, v in request.headers.items()
+                if k.lower() not in _HOP_BY_HOP and k.lower() != "host"
+            )
+            body = await request.read() if request.can_read_body else None
+            tally.forwarded = True
+            try:
+                upstream = await self._session.request(
+                    request.method,
+                    self.target + request.rel_url.raw_path_qs,
+                    headers=fwd_headers,
+                    data=body if body else None,
+                    allow_redirects=False,
+                    skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+                )
+            except (TimeoutError, aiohttp.ClientError, OSError) as err:
+                text = f"proxy: upstream unreachable: {err!r}\n"
+                tally.error, tally.status, tally.sent = repr(err), 502, len(text)
+                tally.commit()
+                return web.Response(status=502, text=text)
+            try:
+                return await self._relay(request, upstream, tally, corrupt, drop_after)
+            finally:
+                upstream.release()
+        except (ConnectionError, aiohttp.ClientError) as err:
+            tally.error = repr(err)
+            raise
+        finally:
+            tally.commit()
+
+    async def _relay(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        tally: _Tally,
+        corrupt: bool,
+        drop_after: int | None,
+    ) -> web.StreamResponse:
+        """Stream ``upstream`` to the client.
+
+        The exchange is committed to the log just before the write that lets the
+        client finish (last chunk, EOF, or the deliberate close), so a test that
+        has its response in hand always finds the exchange recorded.
+        """
+        out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        for k, v in upstream.headers.items():
+            if k.lower() in _HOP_BY_HOP:
+                continue
+            if k.lower() == "location" and v.startswith(self.target):
+                v = self.url + v[len(self.target) :]
+            out.headers.add(k, v)
+        length = upstream.content_length
+        if length is not None:
+            out.content_length = length
+        tally.status = upstream.status
+        tally.response_headers = tuple(out.headers.items())
+
+        async def read() -> bytes:
+            return await upstream.content.read(self.chunk_size)
+
+        chunk = b"" if request.method == "HEAD" else await read()
+        if not chunk:
+            # HEAD or empty body (drop_after=0 closes right after the headers were queued).
+            if drop_after is not None:
+                tally.fault = "drop"
+            tally.commit()
+            await out.prepare(request)
+            if drop_after is not None:
+                _drop_connection(request)
+            else:
+                await out.write_eof()
+            return out
+
+        await out.prepare(request)
+        corrupt_at = (length // 2 if length else 0) if corrupt else -1
+        offset = 0
+        while chunk:
+            following = await read()
+            dropping = drop_after is not None and (
+                offset + len(chunk) >= drop_after or not following
+            )
+            if drop_after is not None and dropping:
+                # Also drops when the body is shorter than drop_after: with drop_after
+                # set the client never sees the clean end of a blob body.
+                chunk = chunk[: max(0, drop_after - offset)]
+                tally.fault = "drop"
+            if offset <= corrupt_at < offset + len(chunk):
+                buf = bytearray(chunk)
+                buf[corrupt_at - offset] ^= 0xFF
+                chunk = bytes(buf)
+                tally.fault = "corrupt"
+            if dropping or not following:
+                tally.sent = offset + len(chunk)
+                tally.commit()
+            if chunk:
+                await out.write(chunk)
+                offset += len(chunk)
+                tally.sent = max(tally.sent, offset)
+            if dropping:
+                _drop_connection(request)
+                return out
+            chunk = following
+        await out.write_eof()
+        return out
+
+
+class _Tally:
+    """What is known so far about one exchange; appended to the log exactly once."""
+
+    def __init__(self, proxy: RecordingProxy, request: web.Request) -> None:
+        self.proxy = proxy
+        self.request = request
+        self.started = time.monotonic()
+        self.status = 0
+        self.sent = 0
+        self.forwarded = False
+        self.fault: str | None = None
+        self.error: str | None = None
+        self.response_headers: tuple[tuple[str, str], ...] = ()
+        self.committed = False
+
+    def commit(self) -> None:
+        if self.committed:
+            return
+        self.committed = True
+        self.proxy._record(
+            Exchange(
+                method=self.request.method,
+                path=self.request.path,
+                query=self.request.query_string,
+                status=self.status,
+                bytes_sent=self.sent,
+                forwarded=self.forwarded,
+                fault=self.fault,
+                error=self.error,
+                request_headers=tuple(self.request.headers.items()),
+                response_headers=self.response_headers,
+                started=self.started,
+                duration=time.monotonic() - self.started,
+            )
+        )
+
+
+def _drop_connection(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        # close() flushes what was already written, then sends FIN: the client
+        # sees exactly the bytes counted in ``bytes_sent`` and then EOF.
+        transport.close()
+
+
+def exchanges_summary(exchanges: Iterable[Exchange]) -> str:
+    """One line per exchange, for assertion messages."""
+    return "\n".join(
+        f"{e.method} {e.path}{'?' + e.query if e.query else ''} -> {e.status} {e.bytes_sent}B"
+        f"{' [' + e.fault + ']' if e.fault else ''}{' !' + e.error if e.error else ''}"
+        for e in exchanges
+    )
+
+
+ProxyFactory = Callable[[str], RecordingProxy]
+"""Type of the ``proxy_factory`` fixture: ``factory(target_url) -> started RecordingProxy``."""

@@ -1,0 +1,353 @@
+"""Run Debian's ``docker-registry`` (distribution 2.8) as a real loopback process."""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import http.client
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import bcrypt
+import yaml
+
+from .images import MANIFEST_ACCEPT
+from .net import LOOPBACK, HTTPResponse, clean_env, free_port, http_request
+
+REGISTRY_BINARY = "/usr/bin/docker-registry"
+
+
+_LIVE: weakref.WeakSet[Registry] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    """Safety net: terminate (by PID) any registry a test forgot to stop."""
+    for reg in list(_LIVE):
+        reg.stop()
+
+
+class RegistryError(RuntimeError):
+    """The registry process failed to start or misbehaved; message has the log tail."""
+
+
+class Registry:
+    """A ``docker-registry serve`` process on ``127.0.0.1:<port>`` with its own storage.
+
+    Everything lives under ``root`` (a fresh temp dir when not given): ``config.yml``,
+    ``storage/``, ``registry.log`` and, with ``htpasswd``, ``htpasswd``. ``stop()``
+    followed by ``start()`` reuses the same port, config and storage, so content
+    survives a simulated outage. The temp dir is only removed by ``cleanup()`` and
+    only if this object created it.
+    """
+
+    def __init__(
+        self,
+        root: Path | str | None = None,
+        *,
+        port: int | None = None,
+        htpasswd: tuple[str, str] | None = None,
+        proxy_remoteurl: str | None = None,
+        proxy_username: str | None = None,
+        proxy_password: str | None = None,
+        start_timeout: float = 15.0,
+        stop_timeout: float = 10.0,
+        binary: str = REGISTRY_BINARY,
+        extra_config: dict[str, Any] | None = None,
+    ) -> None:
+        self._owns_root = root is None
+        self.root = Path(tempfile.mkdtemp(prefix="registry-")) if root is None else Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._fixed_port = port is not None
+        self.port: int = port if port is not None else free_port()
+        self.htpasswd = htpasswd
+        self.proxy_remoteurl = proxy_remoteurl
+        self.proxy_username = proxy_username
+        self.proxy_password = proxy_password
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.binary = binary
+        self.extra_config = extra_config or {}
+        self.storage_dir = self.root / "storage"
+        self.config_path = self.root / "config.yml"
+        self.log_path = self.root / "registry.log"
+        self.htpasswd_path = self.root / "htpasswd"
+        self._secret = secrets.token_hex(16)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+        self._hashed_password: bytes | None = None
+        self._ever_started = False
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:PORT`` — the registry part of a ``docker://`` reference."""
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT`` (no trailing slash)."""
+        return f"http://{self.host}"
+
+    @property
+    def creds(self) -> tuple[str, str] | None:
+        """The ``(user, password)`` configured with ``htpasswd=``, else ``None``."""
+        return self.htpasswd
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the running process, or ``None`` when stopped."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        """True while the process is alive (it may not be serving yet)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    # ------------------------------------------------------------------ config
+    def _write_htpasswd(self) -> None:
+        assert self.htpasswd is not None
+        user, password = self.htpasswd
+        if ":" in user:
+            raise ValueError("htpasswd user must not contain ':'")
+        if self._hashed_password is None:
+            # cost 5 keeps startup and every authenticated request fast.
+            self._hashed_password = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5))
+        self.htpasswd_path.write_bytes(user.encode() + b":" + self._hashed_password + b"\n")
+
+    def config(self) -> dict[str, Any]:
+        """Return the config dict written to ``config.yml`` (handy for debugging)."""
+        cfg: dict[str, Any] = {
+            "version": 0.1,
+            "log": {
+                "level": "info",
+                "formatter": "text",
+                "fields": {"service": "registry"},
+                "accesslog": {"disabled": False},
+            },
+            "storage": {
+                "filesystem": {"rootdirectory": str(self.storage_dir)},
+                "delete": {"enabled": True},
+                "maintenance": {"uploadpurging": {"enabled": False}},
+            },
+            "http": {
+                "addr": self.host,
+                "secret": self._secret,
+                "headers": {"X-Content-Type-Options": ["nosniff"]},
+            },
+            "health": {"storagedriver": {"enabled": False}},
+        }
+        if self.htpasswd is not None:
+            cfg["auth"] = {
+                "htpasswd": {"realm": "pullthrough-test", "path": str(self.htpasswd_path)}
+            }
+        if self.proxy_remoteurl is not None:
+            proxy: dict[str, str] = {"remoteurl": self.proxy_remoteurl}
+            if self.proxy_username is not None:
+                proxy["username"] = self.proxy_username
+            if self.proxy_password is not None:
+                proxy["password"] = self.proxy_password
+            cfg["proxy"] = proxy
+        _deep_merge(cfg, self.extra_config)
+        return cfg
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> Registry:
+        """Start the process and wait until ``GET /v2/`` answers 200 or 401.
+
+        Raises ``RegistryError`` with the log tail if it exits or does not answer
+        within ``start_timeout`` seconds. Idempotent while running.
+        """
+        if self.running:
+            return self
+        attempts = 1 if self._fixed_port else 3
+        for attempt in range(attempts):
+            try:
+                self._start_once()
+                return self
+            except RegistryError as err:
+                in_use = "address already in use" in str(err)
+                if not in_use or attempt == attempts - 1 or self._ever_started:
+                    raise
+                self.port = free_port()  # lost a port race on first start: pick another
+        return self
+
+    def _start_once(self) -> None:
+        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        if self.htpasswd is not None:
+            self._write_htpasswd()
+        self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        env = clean_env()
+        # REGISTRY_* variables override config.yml entries; never inherit them.
+        env = {k: v for k, v in env.items() if not k.startswith("REGISTRY_")}
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- starting {self.binary} on {self.host} ---\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                [self.binary, "serve", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.root,
+                start_new_session=True,
+            )
+        _LIVE.add(self)
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            if self._proc.poll() is not None:
+                rc = self._proc.returncode
+                self._proc = None
+                raise RegistryError(
+                    f"docker-registry exited with {rc} during startup:\n{self.log_tail()}"
+                )
+            try:
+                status = http_request("GET", f"{self.url}/v2/", timeout=1.0).status
+            except (OSError, http.client.HTTPException):
+                status = None
+            if status in (200, 401):
+                self._ever_started = True
+                return
+            if time.monotonic() >= deadline:
+                self._terminate()
+                raise RegistryError(
+                    f"docker-registry did not answer GET /v2/ within {self.start_timeout}s "
+                    f"(last status {status}):\n{self.log_tail()}"
+                )
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """SIGTERM the process (SIGKILL after ``stop_timeout``) and wait for it. Idempotent."""
+        self._terminate()
+
+    def kill(self) -> None:
+        """SIGKILL the process immediately (an abrupt crash rather than a shutdown)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGKILL)
+            self._proc.wait(timeout=self.stop_timeout)
+        self._proc = None
+
+    def restart(self) -> Registry:
+        """``stop()`` then ``start()``; same port and storage."""
+        self.stop()
+        return self.start()
+
+    def _terminate(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=self.stop_timeout)
+
+    def cleanup(self) -> None:
+        """Stop, and delete ``root`` if this instance created it."""
+        self.stop()
+        if self._owns_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Registry:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<Registry {self.url} {state} root={self.root}>"
+
+    # ------------------------------------------------------------------ inspection
+    def log_tail(self, lines: int = 40, *, whole_file: bool = False) -> str:
+        """Last ``lines`` lines of the log since the latest ``start()`` (or of the whole file)."""
+        if not self.log_path.exists():
+            return "<no log>"
+        with open(self.log_path, "rb") as f:
+            if not whole_file:
+                f.seek(self._log_offset)
+            text = f.read().decode(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def log_text(self) -> str:
+        """Whole log file (all runs)."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str] | None = None,
+        data: bytes | None = None,
+        auth: tuple[str, str] | None | bool = True,
+        timeout: float = 10.0,
+    ) -> HTTPResponse:
+        """HTTP request to ``self.url + path``; ``auth=True`` uses the htpasswd creds if any."""
+        creds = self.htpasswd if auth is True else (None if auth is False else auth)
+        return http_request(
+            method, self.url + path, headers=headers, data=data, auth=creds, timeout=timeout
+        )
+
+    def get_manifest(
+        self, repo: str, reference: str, *, accept: str = MANIFEST_ACCEPT
+    ) -> HTTPResponse:
+        """``GET /v2/<repo>/manifests/<reference>`` with an Accept covering OCI and Docker types."""
+        return self.request("GET", f"/v2/{repo}/manifests/{reference}", headers={"Accept": accept})
+
+    def blob_path(self, digest: str) -> Path:
+        """Where the filesystem driver keeps blob ``digest`` (may not exist)."""
+        algo, _, hexd = digest.partition(":")
+        return self.storage_dir / "docker/registry/v2/blobs" / algo / hexd[:2] / hexd / "data"
+
+    def has_blob(self, digest: str) -> bool:
+        """True if blob ``digest`` is in this registry's storage (any repository)."""
+        return self.blob_path(digest).is_file()
+
+    def blob_digests_on_disk(self) -> set[str]:
+        """All blob digests present in storage (manifests are blobs too)."""
+        base = self.storage_dir / "docker/registry/v2/blobs"
+        out: set[str] = set()
+        if not base.exists():
+            return out
+        for data in base.glob("*/*/*/data"):
+            out.add(f"{data.parent.parent.parent.name}:{data.parent.name}")
+        return out
+
+    def corrupt_blob_on_disk(self, digest: str) -> None:
+        """Flip one byte of a stored blob in place (same length) to simulate bit rot."""
+        path = self.blob_path(digest)
+        raw = bytearray(path.read_bytes())
+        if not raw:
+            raise ValueError(f"blob {digest} is empty")
+        raw[len(raw) // 2] ^= 0xFF
+        path.write_bytes(bytes(raw))
+        assert "sha256:" + hashlib.sha256(raw).hexdigest() != digest
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+
+
+RegistryFactory = Callable[..., Registry]
+"""Type of the ``registry_factory`` fixture: ``factory(**Registry_kwargs) -> started Registry``."""
