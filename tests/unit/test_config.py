@@ -1,0 +1,143 @@
+"""The distribution config format, env overrides and clear errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pullthrough.config import DEFAULT_REMOTE, ConfigError, load, parse_duration
+
+DISTRIBUTION_PROXY_CONFIG = """
+version: 0.1
+log:
+  level: info
+  formatter: text
+  fields:
+    service: registry
+  accesslog:
+    disabled: true
+storage:
+  cache:
+    blobdescriptor: inmemory
+  filesystem:
+    rootdirectory: /var/lib/registry
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: :5000
+  headers:
+    X-Content-Type-Options: [nosniff]
+health:
+  storagedriver:
+    enabled: true
+    interval: 10s
+    threshold: 3
+proxy:
+  remoteurl: https://registry-1.docker.io
+  username: someuser
+  password: secret
+  ttl: 168h
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yml"
+    path.write_text(text)
+    return path
+
+
+def test_embedded_default_mirrors_docker_hub_into_data_on_port_5000() -> None:
+    config = load(None, environ={})
+    assert config.upstream.url == DEFAULT_REMOTE
+    assert config.upstream.name == "docker.io"
+    assert config.upstream.is_docker_hub
+    assert str(config.root) == "data"
+    assert config.index_path == config.root / "index.db"
+    assert (config.host, config.port) == ("0.0.0.0", 5000)
+    assert config.upstream.ttl == 168 * 3600
+
+
+def test_distribution_proxy_config_loads_unchanged_without_warnings(tmp_path: Path) -> None:
+    config = load(write(tmp_path, DISTRIBUTION_PROXY_CONFIG), environ={})
+    assert config.upstream.username == "someuser"
+    assert config.upstream.password == "secret"
+    assert config.accesslog is False
+    assert str(config.root) == "/var/lib/registry"
+    assert config.warnings == ()
+
+
+def test_env_overrides_file_values(tmp_path: Path) -> None:
+    env = {
+        "REGISTRY_HTTP_ADDR": "127.0.0.1:6000",
+        "REGISTRY_PROXY_REMOTEURL": "http://127.0.0.1:9999",
+        "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(tmp_path / "store"),
+        "REGISTRY_PROXY_TTL": "1h",
+        "REGISTRY_LOG_LEVEL": "debug",
+        "REGISTRY_MIRROR_TAG_FRESHNESS": "30s",
+    }
+    config = load(write(tmp_path, DISTRIBUTION_PROXY_CONFIG), environ=env)
+    assert (config.host, config.port) == ("127.0.0.1", 6000)
+    assert config.upstream.url == "http://127.0.0.1:9999"
+    assert config.root == tmp_path / "store"
+    assert config.upstream.ttl == 3600
+    assert config.log_level == "debug"
+    assert config.upstream.tag_freshness == 30
+
+
+def test_unknown_env_override_and_unknown_key_are_warnings(tmp_path: Path) -> None:
+    config = load(
+        write(tmp_path, "version: 0.1\nproxy: {remoteurl: http://x.test, colour: blue}\n"),
+        environ={"REGISTRY_NOPE_THING": "1"},
+    )
+    assert any("REGISTRY_NOPE_THING" in w for w in config.warnings)
+    assert any("proxy.colour" in w for w in config.warnings)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("proxy: {remoteurl: 'not a url'}", "proxy.remoteurl"),
+        ("proxy: {remoteurl: 'ftp://host/x'}", "proxy.remoteurl"),
+        ("proxy: {remoteurl: 'http://host:99999'}", "proxy.remoteurl"),
+        ("proxy: {ttl: -1h}", "proxy.ttl"),
+        ("proxy: {ttl: soon}", "proxy.ttl"),
+        ("proxy: {username: u}", "proxy.username"),
+        ("log: {level: loud}", "log.level"),
+        ("log: {formatter: xml}", "log.formatter"),
+        ("http: {addr: 'nonsense'}", "http.addr"),
+        ("http: {addr: ':70000'}", "http.addr"),
+        (
+            "http: {tls: {certificate: /nonexistent.pem, key: /nonexistent.key}}",
+            "http.tls.certificate",
+        ),
+        ("http: {tls: {certificate: /nonexistent.pem}}", "http.tls"),
+        ("storage: {s3: {bucket: b}}", "storage.s3"),
+        ("mirror: {upstream_connect_timeout: 0s}", "mirror.upstream_connect_timeout"),
+        ("log: [1, 2]", "log"),
+    ],
+)
+def test_bad_value_names_the_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, text), environ={})
+    message = str(info.value)
+    assert message.startswith(key), message
+    assert "\n" not in message
+
+
+def test_unreadable_and_malformed_files_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file"):
+        load(tmp_path / "missing.yml", environ={})
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load(write(tmp_path, "proxy: [unclosed"), environ={})
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("168h", 604800), ("1h30m", 5400), ("500ms", 0.5), ("0", 0), (0, 0), ("10s", 10), (30, 30)],
+)
+def test_go_durations(value: object, seconds: float) -> None:
+    assert parse_duration(value, "k") == pytest.approx(seconds)

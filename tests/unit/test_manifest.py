@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import json
+
+from pullthrough.manifest import (
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    KNOWN_TYPES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    acceptable,
+    children,
+    detect_media_type,
+    parse_accept,
+    upstream_accept,
+)
+
+
+def test_accept_reads_every_header_line_like_docker_sends_them() -> None:
+    lines = [
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json;q=0.9",
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        "application/json",
+    ]
+    assert parse_accept(lines) == (
+        DOCKER_MANIFEST,
+        DOCKER_LIST,
+        OCI_INDEX,
+        OCI_MANIFEST,
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        "application/json",
+    )
+
+
+def test_no_accept_asks_upstream_for_every_type() -> None:
+    assert upstream_accept(()) == KNOWN_TYPES
+    assert upstream_accept(("*/*",)) == KNOWN_TYPES
+    assert upstream_accept((OCI_MANIFEST,)) == (OCI_MANIFEST,)
+
+
+def test_acceptable() -> None:
+    assert acceptable(OCI_INDEX, ())
+    assert acceptable(OCI_INDEX, (OCI_INDEX, OCI_MANIFEST))
+    assert not acceptable(OCI_INDEX, (DOCKER_MANIFEST,))
+
+
+def test_media_type_comes_from_the_body_first() -> None:
+    body = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST}).encode()
+    assert detect_media_type(body, "application/json") == DOCKER_MANIFEST
+    assert detect_media_type(b'{"schemaVersion": 2}', OCI_MANIFEST + "; x=y") == OCI_MANIFEST
+
+
+def test_children_of_manifest_and_index() -> None:
+    manifest = {
+        "config": {"digest": "sha256:c"},
+        "layers": [{"digest": "sha256:l1"}, {"digest": "sha256:l2"}, {"nodigest": 1}],
+    }
+    kids = children(json.dumps(manifest).encode())
+    assert kids.blobs == ("sha256:c", "sha256:l1", "sha256:l2")
+    index = {"manifests": [{"digest": "sha256:m1"}, {"digest": "sha256:m2"}]}
+    assert children(json.dumps(index).encode()).manifests == ("sha256:m1", "sha256:m2")
+    assert children(b"not json").blobs == ()
