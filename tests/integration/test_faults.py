@@ -1,0 +1,152 @@
+"""The upstream goes away, lies, or refuses: the mirror keeps serving what it has,
+fails fast and clearly for what it has not, and never stores or completes bad bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import MiB
+from tests.support.images import manifest_digest_in_dir, pull_dir
+from tests.support.mirror import MirrorProcess
+from tests.support.net import http_request
+from tests.support.proxy import RecordingProxy
+
+pytestmark = pytest.mark.integration
+
+
+def _error_code(body: bytes) -> str:
+    return str(json.loads(body)["errors"][0]["code"])
+
+
+def test_cached_tag_and_digest_still_pull_when_the_upstream_is_down(
+    registry_factory,
+    image_factory,
+    mirror_factory,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    private_upstream = registry_factory()
+    cached = image_factory("library/keep", registry=private_upstream)
+    uncached = image_factory("library/never-pulled", registry=private_upstream)
+    mirror = mirror_factory(private_upstream.url)
+    pull_dir(cached.on(mirror.host), tmp_path / "warm")
+
+    private_upstream.stop()
+
+    pull_dir(cached.on(mirror.host), tmp_path / "by-tag")
+    assert manifest_digest_in_dir(tmp_path / "by-tag") == cached.digest
+    pull_dir(cached.on(mirror.host, by_digest=True), tmp_path / "by-digest")
+    assert manifest_digest_in_dir(tmp_path / "by-digest") == cached.digest
+    assert "from cache (stale" in mirror.log_text()
+
+    began = time.monotonic()
+    failed = pull_dir(uncached.on(mirror.host), tmp_path / "cold", check=False, timeout=30)
+    assert failed.returncode != 0
+    assert time.monotonic() - began < 10
+    assert "503" in failed.stderr
+
+    resp = http_request("GET", f"{mirror.url}/v2/{uncached.repo}/manifests/{uncached.tag}")
+    assert resp.status == 503
+    assert _error_code(resp.body) == "UNAVAILABLE"
+    assert "could not be reached" in json.loads(resp.body)["errors"][0]["message"]
+    blob = next(iter(uncached.blob_digests))
+    resp = http_request("GET", f"{mirror.url}/v2/{uncached.repo}/blobs/{blob}")
+    assert resp.status == 503
+
+    private_upstream.start()
+    pull_dir(uncached.on(mirror.host), tmp_path / "recovered")
+    assert manifest_digest_in_dir(tmp_path / "recovered") == uncached.digest
+
+
+def test_upstream_404_for_a_tag_is_authoritative(
+    images,
+    mirror: MirrorProcess,
+    upstream_proxy: RecordingProxy,  # type: ignore[no-untyped-def]
+) -> None:
+    url = f"{mirror.url}/v2/{images.oci_small.repo}/manifests/{images.oci_small.tag}"
+    assert http_request("GET", url).status == 200
+    upstream_proxy.fail_status = 404
+    resp = http_request("GET", url)
+    assert resp.status == 404
+    assert _error_code(resp.body) == "MANIFEST_UNKNOWN"
+
+
+def test_rate_limited_upstream_serves_cached_tag_and_passes_429_on_for_the_rest(
+    images,
+    mirror: MirrorProcess,
+    upstream_proxy: RecordingProxy,  # type: ignore[no-untyped-def]
+) -> None:
+    cached = f"{mirror.url}/v2/{images.oci_small.repo}/manifests/{images.oci_small.tag}"
+    assert http_request("GET", cached).status == 200
+    upstream_proxy.fail_status = 429
+    stale = http_request("GET", cached)
+    assert stale.status == 200
+    assert stale.header("Docker-Content-Digest") == images.oci_small.digest
+    cold = http_request("GET", f"{mirror.url}/v2/{images.multi.repo}/manifests/v1")
+    assert cold.status == 429
+    assert _error_code(cold.body) == "TOOMANYREQUESTS"
+
+
+def test_corrupt_blob_fails_the_transfer_and_is_never_stored(
+    image_factory,
+    mirror: MirrorProcess,
+    upstream_proxy: RecordingProxy,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    image = image_factory("library/corrupt", layers=(4 * MiB,))
+    layer = image.source.layer_digests[0]
+    upstream_proxy.corrupt_blobs = True
+
+    conn = http.client.HTTPConnection(mirror.host, timeout=30)
+    conn.request("GET", f"/v2/{image.repo}/blobs/{layer}")
+    resp = conn.getresponse()
+    assert resp.status == 200  # headers went out before the corruption could be known
+    with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+        resp.read()
+    conn.close()
+
+    failed = pull_dir(image.on(mirror.host), tmp_path / "bad", check=False, timeout=60)
+    assert failed.returncode != 0
+    assert layer not in mirror.stored_files()
+    # The fetch skopeo started goes on after skopeo gave up; once it ends, no temp is left.
+    deadline = time.monotonic() + 20
+    while list((mirror.root / "tmp").iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list((mirror.root / "tmp").iterdir()) == []
+    assert layer not in mirror.stored_files()
+    assert "do not match that digest" in mirror.log_text()
+
+    upstream_proxy.corrupt_blobs = False
+    pull_dir(image.on(mirror.host), tmp_path / "good")
+    data = (tmp_path / "good" / layer.split(":")[1]).read_bytes()
+    assert "sha256:" + hashlib.sha256(data).hexdigest() == layer
+    assert layer in mirror.stored_files()
+
+
+def test_connection_dropped_mid_blob_is_resumed_with_range_requests(
+    image_factory,
+    mirror: MirrorProcess,
+    upstream_proxy: RecordingProxy,  # type: ignore[no-untyped-def]
+) -> None:
+    image = image_factory("library/dropped", layers=(8 * MiB,))
+    layer = image.source.layer_digests[0]
+    size = image.source.blob_file(layer).stat().st_size
+    upstream_proxy.drop_after = 3 * MiB  # every upstream response breaks after 3 MiB
+
+    resp = http_request("GET", f"{mirror.url}/v2/{image.repo}/blobs/{layer}", timeout=30)
+    assert resp.status == 200
+    assert "sha256:" + hashlib.sha256(resp.body).hexdigest() == layer
+
+    gets = upstream_proxy.requests(method="GET", path_contains=layer)
+    assert [g.request_header("Range") for g in gets] == [
+        [],
+        [f"bytes={3 * MiB}-"],
+        [f"bytes={6 * MiB}-"],
+    ]
+    assert sum(g.bytes_sent for g in gets) == size  # no byte fetched twice
+    assert layer in mirror.stored_files()
