@@ -100,6 +100,8 @@ class RecordingProxy:
       (the middle byte if the length is known, else the first); length unchanged.
     * ``drop_after``: on ``GET .../blobs/<digest>`` close the connection after this
       many body bytes (headers, incl. the full Content-Length, are already sent).
+    * ``blob_rate``: on ``GET .../blobs/<digest>`` send at most this many body bytes
+      per second (a slow upstream, so a test can act while a fetch is in flight).
     * ``fault_path_contains``: if set, ``fail_status`` and ``stall_seconds`` only
       apply to paths containing this substring.
 
@@ -116,6 +118,7 @@ class RecordingProxy:
         self.stall_seconds: float = 0.0
         self.corrupt_blobs: bool = False
         self.drop_after: int | None = None
+        self.blob_rate: int | None = None
         self.fault_path_contains: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -151,6 +154,7 @@ class RecordingProxy:
         self.stall_seconds = 0.0
         self.corrupt_blobs = False
         self.drop_after = None
+        self.blob_rate = None
         self.fault_path_contains = None
 
     # ------------------------------------------------------------------ records
@@ -309,6 +313,7 @@ class RecordingProxy:
         is_blob_get = request.method == "GET" and _is_blob_path(path)
         corrupt = self.corrupt_blobs and is_blob_get
         drop_after = self.drop_after if is_blob_get else None
+        rate = self.blob_rate if is_blob_get else None
         try:
             if stall and stall > 0:
                 tally.fault = "stall"
@@ -344,7 +349,7 @@ class RecordingProxy:
                 tally.commit()
                 return web.Response(status=502, text=text)
             try:
-                return await self._relay(request, upstream, tally, corrupt, drop_after)
+                return await self._relay(request, upstream, tally, corrupt, drop_after, rate)
             finally:
                 upstream.release()
         except (ConnectionError, aiohttp.ClientError) as err:
@@ -360,6 +365,7 @@ class RecordingProxy:
         tally: _Tally,
         corrupt: bool,
         drop_after: int | None,
+        rate: int | None = None,
     ) -> web.StreamResponse:
         """Stream ``upstream`` to the client.
 
@@ -420,6 +426,8 @@ class RecordingProxy:
             if chunk:
                 await out.write(chunk)
                 offset += len(chunk)
+                if rate:
+                    await asyncio.sleep(len(chunk) / rate)
                 tally.sent = max(tally.sent, offset)
             if dropping:
                 _drop_connection(request)
