@@ -116,3 +116,30 @@ def test_fetch_completes_and_is_stored_when_the_client_goes_away(
     assert stored is not None
     assert "sha256:" + hashlib.sha256(stored.read_bytes()).hexdigest() == layer
     assert len(upstream_proxy.requests(method="GET", path_contains=layer)) == 1
+
+
+def test_range_of_a_blob_still_being_fetched_completes_only_after_verification(
+    image_factory, mirror: MirrorProcess, upstream_proxy: RecordingProxy  # type: ignore[no-untyped-def]
+) -> None:
+    image = image_factory("library/ranged", layers=(16 * MiB,))
+    layer = image.source.layer_digests[0]
+    data = image.source.blob_file(layer).read_bytes()
+    upstream_proxy.blob_rate = 16 * MiB  # about a second for the whole blob
+    upstream_proxy.corrupt_blobs = True  # ... and its middle byte is wrong
+
+    conn = http.client.HTTPConnection(mirror.host, timeout=30)
+    conn.request("GET", f"/v2/{image.repo}/blobs/{layer}", headers={"Range": "bytes=0-99"})
+    resp = conn.getresponse()
+    assert resp.status == 206
+    # The first 100 bytes are right, but the blob is not: the range must not complete.
+    with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+        resp.read()
+    conn.close()
+
+    upstream_proxy.corrupt_blobs = False
+    conn = http.client.HTTPConnection(mirror.host, timeout=30)
+    conn.request("GET", f"/v2/{image.repo}/blobs/{layer}", headers={"Range": "bytes=0-99"})
+    resp = conn.getresponse()
+    assert (resp.status, resp.read()) == (206, data[:100])
+    conn.close()
+    assert layer in mirror.stored_files()

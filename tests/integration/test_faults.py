@@ -135,7 +135,6 @@ def test_connection_dropped_mid_blob_is_resumed_with_range_requests(
 ) -> None:
     image = image_factory("library/dropped", layers=(8 * MiB,))
     layer = image.source.layer_digests[0]
-    size = image.source.blob_file(layer).stat().st_size
     upstream_proxy.drop_after = 3 * MiB  # every upstream response breaks after 3 MiB
 
     resp = http_request("GET", f"{mirror.url}/v2/{image.repo}/blobs/{layer}", timeout=30)

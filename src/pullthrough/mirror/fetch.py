@@ -87,6 +87,13 @@ class Fetch:
             event = self._changed
             await event.wait()
 
+    async def wait_verified(self) -> None:
+        """Wait until the blob is verified and stored; raises the fetch's error if it failed."""
+        while not self.verified:
+            self.readable()  # raises the error of a failed fetch
+            event = self._changed
+            await event.wait()
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()

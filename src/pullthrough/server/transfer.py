@@ -44,7 +44,7 @@ async def send_blob(
     if body.cached is not None:
         try:
             await resp.prepare(request)
-            await _send_span(request, resp, body.cached.fd, start, stop - start if stop else 0)
+            await _send_span(request, resp, body.cached.fd, start, (stop or 0) - start)
         finally:
             body.cached.close()
     else:
@@ -77,6 +77,13 @@ async def _send_growing(
     while stop is None or position < stop:
         readable = await fetch.wait_readable(position)
         limit = readable if stop is None else min(readable, stop)
+        if stop is not None and limit == stop and not fetch.verified:
+            # The last byte of a range completes the client's transfer: hold it until the
+            # whole blob is verified, so not even a partial answer is served unverified.
+            limit = stop - 1
+            if limit <= position:
+                await fetch.wait_verified()
+                continue
         if limit > position:
             await _send_span(request, resp, fd, position, limit - position)
             position = limit
