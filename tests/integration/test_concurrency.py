@@ -119,7 +119,9 @@ def test_fetch_completes_and_is_stored_when_the_client_goes_away(
 
 
 def test_range_of_a_blob_still_being_fetched_completes_only_after_verification(
-    image_factory, mirror: MirrorProcess, upstream_proxy: RecordingProxy  # type: ignore[no-untyped-def]
+    image_factory,
+    mirror: MirrorProcess,
+    upstream_proxy: RecordingProxy,  # type: ignore[no-untyped-def]
 ) -> None:
     image = image_factory("library/ranged", layers=(16 * MiB,))
     layer = image.source.layer_digests[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -49,6 +50,7 @@ class MirrorProcess:
         self.config_path.write_text(yaml.safe_dump(doc))
         self.log_path = workdir / "mirror.log"
         self.env = env or {}
+        self.tls = bool(doc.get("http", {}).get("tls"))
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -57,7 +59,19 @@ class MirrorProcess:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.tls else 'http'}://{self.host}"
+
+    def _answers(self) -> bool:
+        if not self.tls:
+            return http_request("GET", f"{self.url}/v2/", timeout=1).status == 200
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        conn = http.client.HTTPSConnection(LOOPBACK, self.port, timeout=1, context=ctx)
+        try:
+            conn.request("GET", "/v2/")
+            return conn.getresponse().status == 200
+        finally:
+            conn.close()
 
     def start(self, timeout: float = 15.0) -> MirrorProcess:
         log = self.log_path.open("ab")
@@ -74,7 +88,7 @@ class MirrorProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"pullthrough exited {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                if http_request("GET", f"{self.url}/v2/", timeout=1).status == 200:
+                if self._answers():
                     return self
             except (OSError, http.client.HTTPException):
                 pass  # not listening yet
