@@ -76,7 +76,7 @@ def _raw(
 
 
 @pytest.fixture
-def served_mirror(images, mirror: MirrorProcess) -> MirrorProcess:  # type: ignore[no-untyped-def]
+def served_mirror(images, mirror: MirrorProcess) -> MirrorProcess:
     return mirror
 
 
@@ -106,7 +106,7 @@ def test_bad_ranges_get_416_with_the_blob_size(
     images,
     served_mirror: MirrorProcess,
     value: str,
-    status: int,  # type: ignore[no-untyped-def]
+    status: int,
 ) -> None:
     image = images.oci_small
     layer = image.source.layer_digests[0]

@@ -56,7 +56,7 @@ def _get(host: str, path: str, result: Result, start: threading.Event) -> None:
 def test_twenty_concurrent_gets_of_a_cold_blob_cause_one_upstream_download(
     image_factory,
     mirror: MirrorProcess,
-    upstream_proxy: RecordingProxy,  # type: ignore[no-untyped-def]
+    upstream_proxy: RecordingProxy,
 ) -> None:
     image = image_factory("library/big", layers=(BLOB_SIZE,))
     layer = next(d for d in image.source.layer_digests)
@@ -98,7 +98,7 @@ def test_twenty_concurrent_gets_of_a_cold_blob_cause_one_upstream_download(
 def test_fetch_completes_and_is_stored_when_the_client_goes_away(
     image_factory,
     mirror: MirrorProcess,
-    upstream_proxy: RecordingProxy,  # type: ignore[no-untyped-def]
+    upstream_proxy: RecordingProxy,
 ) -> None:
     image = image_factory("library/abandoned", layers=(64 * MiB,))
     layer = image.source.layer_digests[0]
@@ -121,7 +121,7 @@ def test_fetch_completes_and_is_stored_when_the_client_goes_away(
 def test_range_of_a_blob_still_being_fetched_completes_only_after_verification(
     image_factory,
     mirror: MirrorProcess,
-    upstream_proxy: RecordingProxy,  # type: ignore[no-untyped-def]
+    upstream_proxy: RecordingProxy,
 ) -> None:
     image = image_factory("library/ranged", layers=(16 * MiB,))
     layer = image.source.layer_digests[0]

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def test_kill_9_mid_fetch_then_restart_serves_only_verified_bytes(
     image_factory,
     mirror: MirrorProcess,
-    upstream_proxy: RecordingProxy,  # type: ignore[no-untyped-def]
+    upstream_proxy: RecordingProxy,
 ) -> None:
     image = image_factory("library/crashy", layers=(32 * MiB,))
     layer = image.source.layer_digests[0]

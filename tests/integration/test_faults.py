@@ -28,7 +28,7 @@ def test_cached_tag_and_digest_still_pull_when_the_upstream_is_down(
     registry_factory,
     image_factory,
     mirror_factory,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
 ) -> None:
     private_upstream = registry_factory()
     cached = image_factory("library/keep", registry=private_upstream)
@@ -66,7 +66,7 @@ def test_cached_tag_and_digest_still_pull_when_the_upstream_is_down(
 def test_upstream_404_for_a_tag_is_authoritative(
     images,
     mirror: MirrorProcess,
-    upstream_proxy: RecordingProxy,  # type: ignore[no-untyped-def]
+    upstream_proxy: RecordingProxy,
 ) -> None:
     url = f"{mirror.url}/v2/{images.oci_small.repo}/manifests/{images.oci_small.tag}"
     assert http_request("GET", url).status == 200
@@ -79,7 +79,7 @@ def test_upstream_404_for_a_tag_is_authoritative(
 def test_rate_limited_upstream_serves_cached_tag_and_passes_429_on_for_the_rest(
     images,
     mirror: MirrorProcess,
-    upstream_proxy: RecordingProxy,  # type: ignore[no-untyped-def]
+    upstream_proxy: RecordingProxy,
 ) -> None:
     cached = f"{mirror.url}/v2/{images.oci_small.repo}/manifests/{images.oci_small.tag}"
     assert http_request("GET", cached).status == 200
@@ -96,7 +96,7 @@ def test_corrupt_blob_fails_the_transfer_and_is_never_stored(
     image_factory,
     mirror: MirrorProcess,
     upstream_proxy: RecordingProxy,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
 ) -> None:
     image = image_factory("library/corrupt", layers=(4 * MiB,))
     layer = image.source.layer_digests[0]
@@ -131,7 +131,7 @@ def test_corrupt_blob_fails_the_transfer_and_is_never_stored(
 def test_connection_dropped_mid_blob_is_resumed_with_range_requests(
     image_factory,
     mirror: MirrorProcess,
-    upstream_proxy: RecordingProxy,  # type: ignore[no-untyped-def]
+    upstream_proxy: RecordingProxy,
 ) -> None:
     image = image_factory("library/dropped", layers=(8 * MiB,))
     layer = image.source.layer_digests[0]

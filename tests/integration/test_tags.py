@@ -18,7 +18,7 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 def test_concurrent_requests_for_one_tag_cause_one_upstream_head(
     image_factory,
     mirror: MirrorProcess,
-    upstream_proxy: RecordingProxy,  # type: ignore[no-untyped-def]
+    upstream_proxy: RecordingProxy,
 ) -> None:
     image = image_factory("library/popular")
     url = f"{mirror.url}/v2/{image.repo}/manifests/{image.tag}"
@@ -50,7 +50,7 @@ def test_concurrent_requests_for_one_tag_cause_one_upstream_head(
 def test_tag_moved_upstream_is_fetched_again(
     image_factory,
     mirror: MirrorProcess,
-    upstream_proxy: RecordingProxy,  # type: ignore[no-untyped-def]
+    upstream_proxy: RecordingProxy,
 ) -> None:
     first = image_factory("library/moving", tag="latest")
     url = f"{mirror.url}/v2/library/moving/manifests/latest"
@@ -78,7 +78,7 @@ def test_tag_moved_upstream_is_fetched_again(
 def test_tag_freshness_window_skips_revalidation(
     image_factory,
     mirror_factory,
-    upstream_proxy: RecordingProxy,  # type: ignore[no-untyped-def]
+    upstream_proxy: RecordingProxy,
 ) -> None:
     image = image_factory("library/fresh")
     mirror = mirror_factory(upstream_proxy.url, config={"mirror": {"tag_freshness": "1h"}})

@@ -44,7 +44,7 @@ def test_skopeo_pulls_over_tls_verifying_the_mirrors_certificate(
     images: ImageSet,
     mirror_factory,
     upstream_proxy,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
 ) -> None:
     certs = tmp_path / "certs"
     certs.mkdir()

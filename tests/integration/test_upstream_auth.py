@@ -7,41 +7,43 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.images import manifest_digest_in_dir, pull_dir
+from tests.support.images import PushedImage, manifest_digest_in_dir, pull_dir
 from tests.support.net import http_request
+from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration
 
 USER, PASSWORD = "mirror-bot", "s3cret-pass"
 
 
+@pytest.fixture
+def locked(registry_factory, image_factory) -> tuple[Registry, PushedImage]:
+    """An upstream that only answers with USER/PASSWORD, holding one image."""
+    registry = registry_factory(htpasswd=(USER, PASSWORD))
+    return registry, image_factory("team/private", registry=registry)
+
+
 def test_mirror_pulls_with_configured_upstream_credentials(
-    registry_factory,
-    image_factory,
-    mirror_factory,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    locked: tuple[Registry, PushedImage], mirror_factory, tmp_path: Path
 ) -> None:
-    locked = registry_factory(htpasswd=(USER, PASSWORD))
-    image = image_factory("team/private", registry=locked)
-    anonymous = http_request("GET", f"{locked.url}/v2/{image.repo}/manifests/{image.tag}")
+    upstream, image = locked
+    anonymous = http_request("GET", f"{upstream.url}/v2/{image.repo}/manifests/{image.tag}")
     assert anonymous.status == 401  # the upstream really is locked
 
-    mirror = mirror_factory(locked.url, config={"proxy": {"username": USER, "password": PASSWORD}})
+    mirror = mirror_factory(
+        upstream.url, config={"proxy": {"username": USER, "password": PASSWORD}}
+    )
     pull_dir(image.on(mirror.host), tmp_path / "pulled")
     assert manifest_digest_in_dir(tmp_path / "pulled") == image.digest
     assert PASSWORD not in mirror.log_text()
 
 
 def test_wrong_upstream_credentials_give_the_client_a_clear_401(
-    registry_factory,
-    image_factory,
-    mirror_factory,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    locked: tuple[Registry, PushedImage], mirror_factory, tmp_path: Path
 ) -> None:
-    locked = registry_factory(htpasswd=(USER, PASSWORD))
-    image = image_factory("team/private", registry=locked)
+    upstream, image = locked
     mirror = mirror_factory(
-        locked.url, config={"proxy": {"username": USER, "password": "wrong-password"}}
+        upstream.url, config={"proxy": {"username": USER, "password": "wrong-password"}}
     )
     resp = http_request("GET", f"{mirror.url}/v2/{image.repo}/manifests/{image.tag}")
     assert resp.status == 401
@@ -57,13 +59,10 @@ def test_wrong_upstream_credentials_give_the_client_a_clear_401(
 
 
 def test_no_upstream_credentials_configured_says_so(
-    registry_factory,
-    image_factory,
-    mirror_factory,  # type: ignore[no-untyped-def]
+    locked: tuple[Registry, PushedImage], mirror_factory
 ) -> None:
-    locked = registry_factory(htpasswd=(USER, PASSWORD))
-    image = image_factory("team/private", registry=locked)
-    mirror = mirror_factory(locked.url)
+    upstream, image = locked
+    mirror = mirror_factory(upstream.url)
     resp = http_request("GET", f"{mirror.url}/v2/{image.repo}/manifests/{image.tag}")
     assert resp.status == 401
     assert "set proxy.username" in json.loads(resp.body)["errors"][0]["message"]
