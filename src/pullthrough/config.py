@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 log = logging.getLogger(__name__)
 
 DEFAULT_REMOTE = "https://registry-1.docker.io"
+DOCKER_HUB_NAME = "docker.io"
 DEFAULT_TTL = 168 * 3600.0
 
 # Sections distribution understands that a pull-through cache has no use for: accepted quietly.
@@ -194,8 +195,9 @@ class UpstreamConfig:
 
     @property
     def is_docker_hub(self) -> bool:
-        host = urlsplit(self.url).hostname or ""
-        return host in ("registry-1.docker.io", "docker.io", "index.docker.io")
+        """Docker Hub rules (``alpine`` is ``library/alpine``) apply to the upstream named
+        ``docker.io``, which ``proxy:`` is unless configured otherwise."""
+        return self.name == DOCKER_HUB_NAME
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,7 +359,7 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
             "anyone who reaches the port can pull"
         )
     upstream = UpstreamConfig(
-        name="docker.io" if remote == DEFAULT_REMOTE else (urlsplit(remote).netloc or remote),
+        name=DOCKER_HUB_NAME,
         url=remote,
         username=root.proxy.username,
         password=root.proxy.password,

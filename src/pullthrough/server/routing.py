@@ -33,8 +33,10 @@ def resolve(mirror: Mirror, raw_name: str, ns: str | None) -> tuple[UpstreamClie
 
 
 def _names_upstream(ns: str, upstream: UpstreamClient) -> bool:
+    """Whether a containerd ``ns`` means this upstream: its name, its URL's host, or, for
+    Docker Hub, any of the names Docker Hub goes by."""
     ns = ns.strip().lower()
-    host = (urlsplit(upstream.base).netloc or "").lower()
+    names = {upstream.name.lower(), (urlsplit(upstream.base).netloc or "").lower()}
     if upstream.config.is_docker_hub:
-        return ns in DOCKER_HUB_ALIASES
-    return ns in (host, upstream.name.lower())
+        names |= DOCKER_HUB_ALIASES
+    return ns in names
