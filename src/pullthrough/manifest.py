@@ -68,6 +68,29 @@ def detect_media_type(body: bytes, header_type: str | None) -> str:
     return (header_type or OCI_MANIFEST).split(";", 1)[0].strip()
 
 
+class NotAManifest(ValueError):
+    """Bytes that cannot be a manifest (an HTML error page served with status 200, say)."""
+
+
+def check_manifest(body: bytes, header_type: str | None) -> str:
+    """The media type of a manifest body; raises NotAManifest for anything that is not a
+    JSON object with a ``schemaVersion``, or whose type is not JSON-based."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise NotAManifest("the body is not JSON") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("schemaVersion"), int):
+        raise NotAManifest("the body has no schemaVersion")
+    media_type = detect_media_type(body, header_type)
+    if not (
+        media_type.endswith("+json")
+        or media_type.endswith("+prettyjws")
+        or media_type == "application/json"
+    ):
+        raise NotAManifest(f"media type {media_type!r} is not a manifest type")
+    return media_type
+
+
 @dataclass(frozen=True, slots=True)
 class Children:
     """What a manifest points at: blobs (config and layers) and child manifests."""

@@ -20,7 +20,14 @@ from pullthrough.errors import (
     UpstreamInvalid,
     UpstreamUnavailable,
 )
-from pullthrough.manifest import acceptable, children, detect_media_type, upstream_accept
+from pullthrough.manifest import (
+    NotAManifest,
+    acceptable,
+    check_manifest,
+    children,
+    detect_media_type,
+    upstream_accept,
+)
 from pullthrough.reference import Digest, parse_digest
 from pullthrough.singleflight import SingleFlight
 from pullthrough.store.blobs import BlobStore, DigestMismatch
@@ -132,7 +139,13 @@ class ManifestService:
                 detail={"name": repo, "reference": reference},
             )
         digest = _verify(got.body, expected, got.digest, upstream.name, reference)
-        media_type = detect_media_type(got.body, got.media_type)
+        try:
+            media_type = check_manifest(got.body, got.media_type)
+        except NotAManifest as exc:
+            raise UpstreamInvalid(
+                f"upstream {upstream.name} answered {repo}:{reference} with something that "
+                f"is not a manifest ({exc}); it was not stored"
+            ) from exc
         try:
             await self.store.put(digest, got.body)
         except DigestMismatch as exc:  # pragma: no cover - _verify computed this digest
