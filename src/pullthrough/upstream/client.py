@@ -37,10 +37,13 @@ from pullthrough.upstream.auth import (
     parse_challenge,
     same_registrable_domain,
 )
+from pullthrough.upstream.ratelimit import RateLimit
 
 log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
+# Back-off before each retry of a request that failed to connect or lost its connection.
+CONNECT_RETRY_BACKOFF = (0.1, 0.4)
 # Large reads keep the per-chunk overhead (thread hops, hashing calls) small on big blobs.
 READ_BUFSIZE = 4 * 1024 * 1024
 
@@ -86,7 +89,7 @@ class UpstreamClient:
         self._scheme: str | None = None  # "basic" or "bearer", learnt from the first challenge
         self._bearer_params: dict[str, str] = {}
         self.token_requests = 0
-        self.rate_limit: dict[str, str] = {}
+        self.rate_limit = RateLimit(config.name)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -229,11 +232,12 @@ class UpstreamClient:
         headers: dict[str, str],
         params: dict[str, str] | None,
     ) -> aiohttp.ClientResponse:
+        self._check_not_throttled()
         for attempt in range(2):
             auth = self._auth_header(scope)
             resp = await self._send(method, url, headers, params, auth)
             if resp.status != 401:
-                self._note_rate_limit(resp)
+                self.rate_limit.note(resp.headers)
                 return resp
             challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
             resp.release()
@@ -262,12 +266,7 @@ class UpstreamClient:
             hdrs = CIMultiDict(headers)
             if auth and _origin(url) == origin:
                 hdrs["Authorization"] = auth
-            try:
-                resp = await self.session.request(
-                    method, url, headers=hdrs, params=params, allow_redirects=False
-                )
-            except _NETWORK_ERRORS as exc:
-                raise self._unavailable(exc) from exc
+            resp = await self._request_with_retry(method, url, hdrs, params)
             if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                 url = urljoin(url, resp.headers["Location"])
                 params = None  # the Location carries its own query
@@ -275,6 +274,26 @@ class UpstreamClient:
                 continue
             return resp
         raise UpstreamInvalid(f"upstream {self.name}: too many redirects")
+
+    async def _request_with_retry(
+        self, method: str, url: str, headers: CIMultiDict[str], params: dict[str, str] | None
+    ) -> aiohttp.ClientResponse:
+        """One request; connection-level failures (refused, reset, a pooled connection the
+        upstream had closed) are retried with a short back-off. Time-outs are not: they
+        already cost the configured time, and a client is waiting."""
+        for attempt, backoff in enumerate((*CONNECT_RETRY_BACKOFF, None)):
+            try:
+                return await self.session.request(
+                    method, url, headers=headers, params=params, allow_redirects=False
+                )
+            except (aiohttp.ClientConnectionError, ConnectionError) as exc:
+                if backoff is None or isinstance(exc, aiohttp.ServerTimeoutError):
+                    raise self._unavailable(exc) from exc
+                log.debug("upstream %s: %s; retry %d", self.name, exc, attempt + 1)
+                await asyncio.sleep(backoff)
+            except _NETWORK_ERRORS as exc:
+                raise self._unavailable(exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _auth_header(self, scope: str) -> str | None:
         if self._scheme == "bearer":
@@ -359,24 +378,26 @@ class UpstreamClient:
         raise UpstreamInvalid(f"upstream {self.name} answered {resp.status} unexpectedly")
 
     def _too_many(self, resp: aiohttp.ClientResponse) -> TooManyRequests:
-        retry_after = resp.headers.get("Retry-After")
-        headers = {"Retry-After": retry_after} if retry_after else {}
+        wait = self.rate_limit.throttle(resp.headers)
         return TooManyRequests(
             f"upstream {self.name} is rate-limiting the mirror (429); nothing cached can answer",
-            headers=headers,
+            headers={"Retry-After": str(max(1, round(wait)))},
         )
+
+    def _check_not_throttled(self) -> None:
+        wait = self.rate_limit.wait_left()
+        if wait > 0:
+            raise TooManyRequests(
+                f"upstream {self.name} is rate-limiting the mirror; not asking it again for "
+                f"{wait:.0f} s and nothing cached can answer",
+                headers={"Retry-After": str(max(1, round(wait)))},
+            )
 
     def _unavailable(self, exc: BaseException) -> UpstreamUnavailable:
         reason = str(exc) or type(exc).__name__
         if isinstance(exc, asyncio.TimeoutError):
             reason = "timed out"
         return UpstreamUnavailable(f"upstream {self.name} could not be reached: {reason}")
-
-    def _note_rate_limit(self, resp: aiohttp.ClientResponse) -> None:
-        for key in ("ratelimit-limit", "ratelimit-remaining"):
-            value = resp.headers.get(key)
-            if value is not None:
-                self.rate_limit[key] = value
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
