@@ -23,9 +23,15 @@ def mirror_factory(tmp_path: Path) -> Iterator[MirrorFactory]:
     ids = count()
 
     def factory(
-        remoteurl: str, *, config: dict[str, Any] | None = None, start: bool = True
+        remoteurl: str,
+        *,
+        config: dict[str, Any] | None = None,
+        start: bool = True,
+        wrapper: list[str] | None = None,
     ) -> MirrorProcess:
-        mirror = MirrorProcess(tmp_path / f"mirror-{next(ids)}", remoteurl, config=config)
+        mirror = MirrorProcess(
+            tmp_path / f"mirror-{next(ids)}", remoteurl, config=config, wrapper=wrapper
+        )
         made.append(mirror)
         return mirror.start() if start else mirror
 

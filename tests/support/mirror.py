@@ -32,6 +32,7 @@ class MirrorProcess:
         *,
         config: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
+        wrapper: list[str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -50,6 +51,8 @@ class MirrorProcess:
         self.config_path.write_text(yaml.safe_dump(doc))
         self.log_path = workdir / "mirror.log"
         self.env = env or {}
+        # A command that execs its arguments (so the PID stays the mirror's), e.g. unshare.
+        self.wrapper = wrapper or []
         self.tls = bool(doc.get("http", {}).get("tls"))
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -76,7 +79,7 @@ class MirrorProcess:
     def start(self, timeout: float = 15.0) -> MirrorProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pullthrough", "serve", str(self.config_path)],
+            [*self.wrapper, sys.executable, "-m", "pullthrough", "serve", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=clean_env(self.env),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import os
 import socket
@@ -124,3 +125,35 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+class Blackhole:
+    """A loopback port where TCP connects hang (its accept queue is full and nobody
+    accepts), standing in for an upstream whose packets are dropped: a connect time-out."""
+
+    def __init__(self) -> None:
+        self._server = socket.socket()
+        self._server.bind((LOOPBACK, 0))
+        self._server.listen(0)
+        self.port = int(self._server.getsockname()[1])
+        self._fillers: list[socket.socket] = []
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):  # completes in the background
+                filler.connect((LOOPBACK, self.port))
+            self._fillers.append(filler)
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def close(self) -> None:
+        for sock in (*self._fillers, self._server):
+            sock.close()
+
+    def __enter__(self) -> Blackhole:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -102,6 +102,16 @@ class RecordingProxy:
       many body bytes (headers, incl. the full Content-Length, are already sent).
     * ``blob_rate``: on ``GET .../blobs/<digest>`` send at most this many body bytes
       per second (a slow upstream, so a test can act while a fetch is in flight).
+    * ``fail_headers`` / ``fail_body`` / ``fail_content_type``: the headers, body and
+      type of the ``fail_status`` answer (a 429 with ``Retry-After``, an HTML page 200).
+    * ``stall_body_after`` + ``stall_body_seconds``: on a blob GET, pause this long once
+      after this many body bytes (a read that stalls mid-body).
+    * ``tamper_manifests``: on a manifest GET, append a newline to the body (so its
+      digest is no longer the one asked for), keeping the upstream's digest header.
+    * ``overlong_blobs``: on a blob GET, send this many junk bytes after the body the
+      Content-Length announced, then close the connection.
+    * ``redirect_blobs_to``: a base URL; a blob GET the upstream would answer 200 is
+      answered ``307`` to ``<base>/blobs/<digest>?expires=...`` instead (Docker Hub's CDN).
     * ``fault_path_contains``: if set, ``fail_status`` and ``stall_seconds`` only
       apply to paths containing this substring.
 
@@ -115,6 +125,14 @@ class RecordingProxy:
         self._lock = threading.Lock()
         self._log: list[Exchange] = []
         self.fail_status: int | None = None
+        self.fail_headers: dict[str, str] = {}
+        self.fail_body: str | None = None
+        self.fail_content_type: str = "text/plain"
+        self.stall_body_after: int | None = None
+        self.stall_body_seconds: float = 0.0
+        self.tamper_manifests: bool = False
+        self.overlong_blobs: int | None = None
+        self.redirect_blobs_to: str | None = None
         self.stall_seconds: float = 0.0
         self.corrupt_blobs: bool = False
         self.drop_after: int | None = None
@@ -151,6 +169,14 @@ class RecordingProxy:
     def clear_faults(self) -> None:
         """Reset every fault knob to its harmless default."""
         self.fail_status = None
+        self.fail_headers = {}
+        self.fail_body = None
+        self.fail_content_type = "text/plain"
+        self.stall_body_after = None
+        self.stall_body_seconds = 0.0
+        self.tamper_manifests = False
+        self.overlong_blobs = None
+        self.redirect_blobs_to = None
         self.stall_seconds = 0.0
         self.corrupt_blobs = False
         self.drop_after = None
@@ -320,11 +346,16 @@ class RecordingProxy:
                 await asyncio.sleep(stall)
 
             if fail_status is not None:
-                text = f"injected failure {fail_status}\n"
+                text = self.fail_body or f"injected failure {fail_status}\n"
                 tally.fault, tally.status = "fail_status", fail_status
                 tally.sent = 0 if request.method == "HEAD" else len(text)
                 tally.commit()
-                return web.Response(status=fail_status, text=text)
+                return web.Response(
+                    status=fail_status,
+                    text=text,
+                    content_type=self.fail_content_type,
+                    headers=dict(self.fail_headers),
+                )
 
             assert self._session is not None
             fwd_headers = CIMultiDict(
@@ -373,6 +404,24 @@ class RecordingProxy:
         client finish (last chunk, EOF, or the deliberate close), so a test that
         has its response in hand always finds the exchange recorded.
         """
+        path = request.path
+        is_blob_get = request.method == "GET" and _is_blob_path(path)
+        if (
+            self.tamper_manifests
+            and request.method == "GET"
+            and "/manifests/" in path
+            and upstream.status == 200
+        ):
+            return await self._tampered_manifest(request, upstream, tally)
+        if self.redirect_blobs_to and is_blob_get and upstream.status == 200:
+            digest = path.rsplit("/", 1)[1]
+            location = f"{self.redirect_blobs_to}/blobs/{digest}?expires=9999999999&sig=x"
+            tally.fault, tally.status = "redirect", 307
+            tally.commit()
+            return web.Response(status=307, headers={"Location": location})
+        stall_after = self.stall_body_after if is_blob_get else None
+        stall_seconds = self.stall_body_seconds
+        overlong = self.overlong_blobs if is_blob_get and upstream.status == 200 else None
         out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for k, v in upstream.headers.items():
             if k.lower() in _HOP_BY_HOP:
@@ -425,6 +474,9 @@ class RecordingProxy:
                 tally.commit()
             if chunk:
                 await out.write(chunk)
+                if stall_after is not None and offset < stall_after <= offset + len(chunk):
+                    tally.fault = "stall_body"
+                    await asyncio.sleep(stall_seconds)
                 offset += len(chunk)
                 if rate:
                     await asyncio.sleep(len(chunk) / rate)
@@ -434,7 +486,25 @@ class RecordingProxy:
                 return out
             chunk = following
         await out.write_eof()
+        if overlong:
+            tally.fault = "overlong"
+            if request.transport is not None:
+                request.transport.write(b"\0" * overlong)
+            _drop_connection(request)
         return out
+
+    async def _tampered_manifest(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, tally: _Tally
+    ) -> web.StreamResponse:
+        body = await upstream.read() + b"\n"
+        headers = {
+            k: v
+            for k, v in upstream.headers.items()
+            if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length"
+        }
+        tally.fault, tally.status, tally.sent = "tamper", upstream.status, len(body)
+        tally.commit()
+        return web.Response(status=upstream.status, body=body, headers=headers)
 
 
 class _Tally:
