@@ -9,10 +9,10 @@ for anything they want to mutate.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from itertools import count
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
@@ -28,6 +28,10 @@ from tests.support.images import (
 )
 from tests.support.proxy import ProxyFactory, RecordingProxy
 from tests.support.registry import REGISTRY_BINARY, Registry, RegistryFactory
+
+if TYPE_CHECKING:
+    # Imported lazily below: only token-auth tests need pyjwt and cryptography.
+    from tests.support.tokens import TokenIssuer
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -109,6 +113,59 @@ def registry_factory(tmp_path: Path) -> Iterator[RegistryFactory]:
         reg.stop()
 
 
+TOKEN_USER = ("owner", "owner-secret")
+"""Default user of ``token_registry_factory``: may push and pull everything."""
+
+
+@pytest.fixture
+def token_registry_factory(tmp_path: Path) -> Iterator[RegistryFactory]:
+    """``token_registry_factory(*, users=None, private=(), host="127.0.0.1", expires_in=300,
+    key_header="x5c", **Registry_kwargs) -> started Registry`` using Docker-Hub-style token auth.
+
+    Starts a ``TokenIssuer`` (realm on ``host``, a loopback address) and then a
+    ``docker-registry`` with ``auth.token`` pointing at it; ``reg.token_issuer`` is the
+    issuer (policy knobs, request records). ``users`` defaults to ``{"owner":
+    "owner-secret"}`` (``TOKEN_USER``); ``reg.creds`` is the first user, so
+    ``image_factory(..., registry=reg)`` can push. Both are stopped at teardown.
+    """
+    _require_tools()
+    from tests.support.tokens import TokenIssuer
+
+    issuers: list[TokenIssuer] = []
+    registries: list[Registry] = []
+    ids = count()
+
+    def factory(
+        *,
+        users: Mapping[str, str] | None = None,
+        private: tuple[str, ...] | set[str] | frozenset[str] = (),
+        host: str = "127.0.0.1",
+        expires_in: int = 300,
+        key_header: Literal["x5c", "kid"] = "x5c",
+        **kwargs: Any,
+    ) -> Registry:
+        n = next(ids)
+        issuer = TokenIssuer(
+            host=host,
+            users=dict([TOKEN_USER]) if users is None else users,
+            private=private,
+            expires_in=expires_in,
+            key_header=key_header,
+            root=tmp_path / f"token-issuer-{n}",
+        )
+        issuers.append(issuer)
+        issuer.start()
+        reg = Registry(tmp_path / f"token-registry-{n}", token_auth=issuer, **kwargs)
+        registries.append(reg)
+        return reg.start()
+
+    yield factory
+    for reg in reversed(registries):
+        reg.stop()
+    for issuer in reversed(issuers):
+        issuer.stop()
+
+
 @pytest.fixture
 def proxy_factory() -> Iterator[ProxyFactory]:
     """``proxy_factory(target_url) -> started RecordingProxy``; all stopped at teardown."""
@@ -130,7 +187,8 @@ def image_factory(upstream: Registry, tmp_path: Path) -> ImageFactory:
 
     ``image_factory(repo, tag="v1", layers=(256 * KiB,), *, seed=None, format=None,
     index=False, compression="none", registry=None)``. Fresh random content means no
-    cache anywhere has seen these blobs before.
+    cache anywhere has seen these blobs before. Pushes with ``registry.creds``; that
+    includes token-auth registries (``token_registry_factory``).
     """
     ids = count()
 

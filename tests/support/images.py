@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .net import clean_env, http_request
+from .net import clean_env
+from .regclient import bearer_request
 
 SKOPEO = "/usr/bin/skopeo"
 
@@ -626,14 +627,15 @@ def fetch_manifest(
     """GET ``/v2/<repo>/manifests/<reference>`` from ``registry`` (``host:port`` or URL).
 
     ``digest`` is the sha256 of the body; ``header_digest`` the ``Docker-Content-Digest``
-    header (if any). Raises ``ManifestFetchError`` on a non-200 answer.
+    header (if any). ``creds`` work for Basic and token-auth registries alike. Raises
+    ``ManifestFetchError`` on a non-200 answer.
     """
     base = registry if "://" in registry else f"http://{registry}"
-    resp = http_request(
+    resp = bearer_request(
         "GET",
         f"{base.rstrip('/')}/v2/{repo}/manifests/{reference}",
         headers={"Accept": accept},
-        auth=creds,
+        creds=creds,
         timeout=timeout,
     )
     if resp.status != 200:

@@ -15,13 +15,17 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bcrypt
 import yaml
 
 from .images import MANIFEST_ACCEPT
 from .net import LOOPBACK, HTTPResponse, clean_env, free_port, http_request
+from .regclient import bearer_request
+
+if TYPE_CHECKING:
+    from .tokens import TokenIssuer
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 
@@ -44,9 +48,16 @@ class Registry:
     """A ``docker-registry serve`` process on ``127.0.0.1:<port>`` with its own storage.
 
     Everything lives under ``root`` (a fresh temp dir when not given): ``config.yml``,
-    ``storage/``, ``registry.log`` and, with ``htpasswd``, ``htpasswd``. ``stop()``
-    followed by ``start()`` reuses the same port, config and storage, so content
-    survives a simulated outage. The temp dir is only removed by ``cleanup()`` and
+    ``storage/``, ``registry.log`` and, with ``htpasswd``, ``htpasswd``.
+
+    ``token_auth=TokenIssuer(...)`` configures ``auth.token`` (realm, service, issuer,
+    rootcertbundle) from that issuer, like Docker Hub: clients must get a Bearer
+    token from the issuer's realm. The issuer must be started before this registry
+    and is never started or stopped by it. ``htpasswd`` and ``token_auth`` are
+    mutually exclusive.
+
+    ``stop()`` followed by ``start()`` reuses the same port, config and storage, so
+    content survives a simulated outage. The temp dir is only removed by ``cleanup()`` and
     only if this object created it.
     """
 
@@ -63,13 +74,17 @@ class Registry:
         stop_timeout: float = 10.0,
         binary: str = REGISTRY_BINARY,
         extra_config: dict[str, Any] | None = None,
+        token_auth: TokenIssuer | None = None,
     ) -> None:
+        if htpasswd is not None and token_auth is not None:
+            raise ValueError("htpasswd and token_auth are mutually exclusive")
         self._owns_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="registry-")) if root is None else Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._fixed_port = port is not None
         self.port: int = port if port is not None else free_port()
         self.htpasswd = htpasswd
+        self.token_auth = token_auth
         self.proxy_remoteurl = proxy_remoteurl
         self.proxy_username = proxy_username
         self.proxy_password = proxy_password
@@ -100,8 +115,19 @@ class Registry:
 
     @property
     def creds(self) -> tuple[str, str] | None:
-        """The ``(user, password)`` configured with ``htpasswd=``, else ``None``."""
+        """Credentials a client should present, or ``None``.
+
+        The ``htpasswd=`` pair; with ``token_auth`` the issuer's first user (Basic
+        credentials for its realm; skopeo does the Bearer flow itself); else ``None``.
+        """
+        if self.token_auth is not None:
+            return self.token_auth.first_user()
         return self.htpasswd
+
+    @property
+    def token_issuer(self) -> TokenIssuer | None:
+        """The ``TokenIssuer`` given as ``token_auth=``, or ``None``."""
+        return self.token_auth
 
     @property
     def pid(self) -> int | None:
@@ -150,6 +176,8 @@ class Registry:
             cfg["auth"] = {
                 "htpasswd": {"realm": "pullthrough-test", "path": str(self.htpasswd_path)}
             }
+        if self.token_auth is not None:
+            cfg["auth"] = {"token": self.token_auth.registry_config()}
         if self.proxy_remoteurl is not None:
             proxy: dict[str, str] = {"remoteurl": self.proxy_remoteurl}
             if self.proxy_username is not None:
@@ -185,6 +213,10 @@ class Registry:
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         if self.htpasswd is not None:
             self._write_htpasswd()
+        if self.token_auth is not None and not (
+            self.token_auth.running and self.token_auth.cert_path.is_file()
+        ):
+            raise RegistryError(f"start the token issuer before the registry: {self.token_auth!r}")
         self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         env = clean_env()
@@ -299,8 +331,18 @@ class Registry:
         auth: tuple[str, str] | None | bool = True,
         timeout: float = 10.0,
     ) -> HTTPResponse:
-        """HTTP request to ``self.url + path``; ``auth=True`` uses the htpasswd creds if any."""
-        creds = self.htpasswd if auth is True else (None if auth is False else auth)
+        """HTTP request to ``self.url + path``; every status is returned, never raised.
+
+        ``auth=True`` uses ``creds`` (if any), a tuple uses that pair, ``False`` sends no
+        credentials. With ``token_auth`` and ``auth`` not ``False`` the Bearer flow is
+        done like a client would (see ``regclient.bearer_request``: anonymous token if no
+        creds); with ``auth=False`` the registry's 401 challenge comes back as-is.
+        """
+        creds = self.creds if auth is True else (None if auth is False else auth)
+        if self.token_auth is not None and auth is not False:
+            return bearer_request(
+                method, self.url + path, headers=headers, data=data, creds=creds, timeout=timeout
+            )
         return http_request(
             method, self.url + path, headers=headers, data=data, auth=creds, timeout=timeout
         )
