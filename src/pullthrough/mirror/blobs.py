@@ -98,6 +98,8 @@ async def open_fetch_file(fetch: Fetch) -> int:
                 return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 continue
+        if fetch.error is not None:
+            raise fetch.error  # it failed (and removed its temp file) before we opened it
         raise BlobUnknown(f"blob {fetch.digest} vanished while being fetched")
 
     return await asyncio.to_thread(work)

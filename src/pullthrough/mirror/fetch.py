@@ -133,10 +133,12 @@ class Fetch:
                 if isinstance(exc, RegistryError)
                 else UpstreamUnavailable(f"fetching {self.digest} failed: {exc}")
             )
-            if not isinstance(exc, RegistryError):
-                log.exception("fetch of %s failed", self.digest)
-            else:
+            if isinstance(exc, UpstreamInvalid):
+                log.error("fetch of %s failed its integrity check: %s", self.digest, exc)
+            elif isinstance(exc, RegistryError):
                 log.warning("fetch of %s failed: %s", self.digest, exc)
+            else:
+                log.exception("fetch of %s failed", self.digest)
             await asyncio.to_thread(self._discard, fd)
         finally:
             if not self._started.done():
@@ -230,12 +232,15 @@ class Fetches:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def get(self, digest: Digest) -> Fetch | None:
-        return self._running.get(str(digest))
+        """The fetch of ``digest`` in flight, if any. A fetch that has failed is not
+        joined (its task may not have cleaned up yet): the next request starts afresh."""
+        fetch = self._running.get(str(digest))
+        return fetch if fetch is not None and fetch.error is None else None
 
     def start(self, digest: Digest, upstream: UpstreamClient, repo: str) -> Fetch:
         """The running fetch of ``digest``, or a new one from ``repo`` on ``upstream``."""
         key = str(digest)
-        fetch = self._running.get(key)
+        fetch = self.get(digest)
         if fetch is not None:
             return fetch
         fetch = Fetch(
