@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         for warning in config.warnings:
             print(f"warning: {warning}", file=sys.stderr)
+        upstreams = ", ".join(f"{u.name} ({u.url})" for u in config.upstreams)
         print(
-            f"config OK: upstream {config.upstream.name} ({config.upstream.url}), "
+            f"config OK: upstreams {upstreams}, default {config.default_upstream}, "
             f"storage {config.root}, listening on {config.host}:{config.port}"
         )
         return 0

@@ -141,3 +141,58 @@ def test_unreadable_and_malformed_files_are_config_errors(tmp_path: Path) -> Non
 )
 def test_go_durations(value: object, seconds: float) -> None:
     assert parse_duration(value, "k") == pytest.approx(seconds)
+
+
+def test_several_upstreams_inherit_mirror_wide_settings(tmp_path: Path) -> None:
+    config = load(
+        write(
+            tmp_path,
+            "proxy: {remoteurl: http://127.0.0.1:1}\n"
+            "mirror:\n"
+            "  upstream_read_timeout: 12s\n"
+            "  upstreams:\n"
+            "    - {name: ghcr.io, remoteurl: https://ghcr.io, tag_freshness: 1m}\n"
+            "    - {name: Quay.IO, remoteurl: https://quay.io, username: u, password: p,"
+            " ttl: 1h}\n",
+        ),
+        environ={},
+    )
+    names = [u.name for u in config.upstreams]
+    assert names == ["docker.io", "ghcr.io", "quay.io"]
+    assert config.default_upstream == "docker.io"
+    assert config.upstream.url == "http://127.0.0.1:1"
+    ghcr, quay = config.upstreams[1], config.upstreams[2]
+    assert (ghcr.read_timeout, ghcr.tag_freshness) == (12, 60)
+    assert (quay.username, quay.ttl) == ("u", 3600)
+    assert not ghcr.is_docker_hub and config.upstreams[0].is_docker_hub
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (
+            "mirror: {upstreams: [{name: docker.io, remoteurl: 'https://x.io'}]}",
+            "mirror.upstreams[0].name",
+        ),
+        (
+            "mirror: {upstreams: [{name: a.io, remoteurl: 'https://a.io'},"
+            " {name: a.io, remoteurl: 'https://b.io'}]}",
+            "mirror.upstreams[1].name",
+        ),
+        (
+            "mirror: {upstreams: [{name: 'not a host', remoteurl: 'https://a.io'}]}",
+            "mirror.upstreams[0].name",
+        ),
+        ("mirror: {upstreams: [{name: a.io, remoteurl: 'nope'}]}", "mirror.upstreams[0].remoteurl"),
+        ("mirror: {upstreams: [{name: a.io}]}", "mirror.upstreams[0].remoteurl"),
+        (
+            "mirror: {upstreams: [{name: a.io, remoteurl: 'https://a.io', ttl: -1s}]}",
+            "mirror.upstreams[0].ttl",
+        ),
+        ("mirror: {default_upstream: quay.io}", "mirror.default_upstream"),
+    ],
+)
+def test_bad_upstream_entries_name_the_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, text), environ={})
+    assert str(info.value).startswith(key), str(info.value)

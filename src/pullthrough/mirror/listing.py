@@ -59,5 +59,12 @@ class Listing:
             return Page(tags[:n], True)
         return Page(tags, more)
 
-    async def catalog(self, upstream: UpstreamClient, n: int | None, last: str | None) -> Page:
-        return page(await self.index.repositories(upstream.name), n, last)
+    async def catalog(
+        self, upstreams: list[tuple[UpstreamClient, str]], n: int | None, last: str | None
+    ) -> Page:
+        """Cached repositories of each upstream, each name behind that upstream's prefix
+        (the default upstream has none), merged in lexical order."""
+        names: list[str] = []
+        for upstream, prefix in upstreams:
+            names.extend(prefix + repo for repo in await self.index.repositories(upstream.name))
+        return page(sorted(names), n, last)

@@ -12,9 +12,9 @@ from pullthrough.mirror.blobs import BlobService
 from pullthrough.mirror.fetch import Fetch, Fetches
 from pullthrough.mirror.listing import Listing
 from pullthrough.mirror.manifests import ManifestService
+from pullthrough.mirror.upstreams import Upstreams
 from pullthrough.store.blobs import BlobStore
 from pullthrough.store.index import Index
-from pullthrough.upstream.client import UpstreamClient
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class Mirror:
         self.config = config
         self.store = BlobStore(config.root)
         self.index = Index(config.index_path)
-        self.upstream = UpstreamClient(config.upstream)
+        self.upstreams = Upstreams(config)
         self.fetches = Fetches(self.store, self._blob_stored)
         self.blobs = BlobService(store=self.store, index=self.index, fetches=self.fetches)
         self.manifests = ManifestService(store=self.store, index=self.index)
@@ -44,7 +44,7 @@ class Mirror:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
         await self.fetches.wait_all(seconds=5.0)
-        await self.upstream.close()
+        await self.upstreams.close()
         await self.index.close()
 
     async def _blob_stored(self, fetch: Fetch) -> None:

@@ -27,9 +27,10 @@ def build_app(config: Config) -> web.Application:
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:
         await mirror.start()
-        log.info(
-            "mirroring %s (%s) into %s", config.upstream.name, config.upstream.url, config.root
-        )
+        for upstream in config.upstreams:
+            default = " (default)" if upstream.name == config.default_upstream else ""
+            log.info("mirroring %s%s from %s", upstream.name, default, upstream.url)
+        log.info("storing into %s", config.root)
         yield
         await mirror.stop()
 

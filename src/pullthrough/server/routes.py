@@ -12,7 +12,7 @@ import re
 
 from aiohttp import web
 
-from pullthrough.errors import PaginationInvalid, RegistryError, Unsupported
+from pullthrough.errors import NameUnknown, PaginationInvalid, RegistryError, Unsupported
 from pullthrough.manifest import parse_accept
 from pullthrough.mirror.listing import Page
 from pullthrough.mirror.service import Mirror
@@ -20,6 +20,7 @@ from pullthrough.reference import is_digest, parse_digest, validate_tag
 from pullthrough.server.ranges import parse_range
 from pullthrough.server.routing import resolve
 from pullthrough.server.transfer import send_blob
+from pullthrough.upstream.client import UpstreamClient
 
 MIRROR_KEY = web.AppKey("mirror", Mirror)
 
@@ -66,7 +67,7 @@ async def base(request: web.Request, _: dict[str, str]) -> web.StreamResponse:
 
 async def manifest(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
     mirror = request.app[MIRROR_KEY]
-    upstream, repo = resolve(mirror, params["name"], request.query.get("ns"))
+    upstream, repo = _route(request, params)
     ref = params["ref"]
     if is_digest(ref):
         found = await mirror.manifests.by_digest(upstream, repo, parse_digest(ref))
@@ -75,6 +76,7 @@ async def manifest(request: web.Request, params: dict[str, str]) -> web.StreamRe
         found = await mirror.manifests.by_tag(upstream, repo, validate_tag(ref), accept)
     headers = {
         **API_HEADERS,
+        "OCI-Namespace": upstream.name,
         "Content-Type": found.media_type,
         "Docker-Content-Digest": found.digest,
         "ETag": f'"{found.digest}"',
@@ -87,10 +89,11 @@ async def manifest(request: web.Request, params: dict[str, str]) -> web.StreamRe
 
 async def blob(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
     mirror = request.app[MIRROR_KEY]
-    upstream, repo = resolve(mirror, params["name"], request.query.get("ns"))
+    upstream, repo = _route(request, params)
     digest = parse_digest(params["digest"])
     headers = {
         **API_HEADERS,
+        "OCI-Namespace": upstream.name,
         "Content-Type": "application/octet-stream",
         "Docker-Content-Digest": str(digest),
         "Accept-Ranges": "bytes",
@@ -115,7 +118,7 @@ async def blob(request: web.Request, params: dict[str, str]) -> web.StreamRespon
 
 async def tags(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
     mirror = request.app[MIRROR_KEY]
-    upstream, repo = resolve(mirror, params["name"], request.query.get("ns"))
+    upstream, repo = _route(request, params)
     n, last = _paging(request)
     found = await mirror.listing.tags(upstream, repo, n, last)
     return _page_response(request, {"name": params["name"], "tags": found.items}, found, n)
@@ -124,8 +127,24 @@ async def tags(request: web.Request, params: dict[str, str]) -> web.StreamRespon
 async def catalog(request: web.Request, _: dict[str, str]) -> web.StreamResponse:
     mirror = request.app[MIRROR_KEY]
     n, last = _paging(request)
-    found = await mirror.listing.catalog(mirror.upstream, n, last)
+    ns = request.query.get("ns")
+    if ns is not None:
+        only = mirror.upstreams.for_namespace(ns)
+        if only is None:
+            raise NameUnknown(mirror.upstreams.how_to_add(ns), detail={"ns": ns[:200]})
+        found = await mirror.listing.catalog([(only, "")], n, last)
+    else:
+        found = await mirror.listing.catalog(
+            [(u, "" if u is mirror.upstreams.default else f"{u.name}/") for u in mirror.upstreams],
+            n,
+            last,
+        )
     return _page_response(request, {"repositories": found.items}, found, n)
+
+
+def _route(request: web.Request, params: dict[str, str]) -> tuple[UpstreamClient, str]:
+    route = resolve(request.app[MIRROR_KEY], params["name"], request.query.get("ns"))
+    return route.upstream, route.repo
 
 
 def _paging(request: web.Request) -> tuple[int | None, str | None]:

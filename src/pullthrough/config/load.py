@@ -1,0 +1,182 @@
+"""Reading and validating a config file (plus ``REGISTRY_*`` overrides) into a Config."""
+
+from __future__ import annotations
+
+import os
+import re
+import ssl
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from pullthrough.config.model import (
+    DEFAULT_TTL,
+    DOCKER_HUB_NAME,
+    Config,
+    UpstreamConfig,
+)
+from pullthrough.config.schema import Root, apply_env, unknown_keys
+from pullthrough.config.values import (
+    ConfigError,
+    check_url,
+    parse_addr,
+    parse_duration,
+)
+
+_STORAGE_DRIVERS = {"s3", "azure", "gcs", "swift", "oss", "inmemory"}
+# An upstream name is a registry host (``ghcr.io``, ``registry.example.com:5000``): it is
+# what containerd sends as ``?ns=`` and what a path prefix names.
+_UPSTREAM_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?$")
+
+
+def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the YAML file at ``path`` (or the embedded default when None) and validate it."""
+    raw: Any = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror or exc}") from exc
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path}: not valid YAML: {exc}".splitlines()[0]) from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    env_warnings = apply_env(raw, os.environ if environ is None else environ)
+    return _validate(raw, env_warnings)
+
+
+def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
+    try:
+        root = Root.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(_loc(p) for p in err["loc"]).replace(".[", "[")
+        got = err.get("input")
+        raise ConfigError(f"{key}: {err['msg']} (got {got!r})") from None
+    storage_extra = set(root.storage.model_extra or {}) & _STORAGE_DRIVERS
+    if storage_extra:
+        other = sorted(storage_extra)[0]
+        raise ConfigError(f"storage.{other}: only storage.filesystem is supported by pullthrough")
+
+    host, port = parse_addr(root.http.addr, "http.addr")
+    tls = root.http.tls
+    if tls.certificate or tls.key:
+        if not (tls.certificate and tls.key):
+            raise ConfigError("http.tls: certificate and key must be given together")
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                tls.certificate, tls.key
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"http.tls.certificate: cannot load {tls.certificate} with key {tls.key}: {exc}"
+            ) from None
+
+    rootdir = Path(root.storage.filesystem.rootdirectory)
+    if not str(rootdir).strip():
+        raise ConfigError("storage.filesystem.rootdirectory: must not be empty")
+
+    upstreams = _upstreams(root)
+    default = root.mirror.default_upstream or DOCKER_HUB_NAME
+    if default not in {u.name for u in upstreams}:
+        raise ConfigError(
+            f"mirror.default_upstream: {default!r} names no upstream "
+            f"(configured: {', '.join(u.name for u in upstreams)})"
+        )
+
+    warnings = [*warnings, *unknown_keys(root)]
+    if root.auth:
+        warnings.append(
+            "auth: client authentication is not enforced yet by this version; "
+            "anyone who reaches the port can pull"
+        )
+    level = {"warn": "warning", "panic": "critical", "fatal": "critical", "trace": "debug"}.get(
+        root.log.level, root.log.level
+    )
+    return Config(
+        log_level=level,
+        log_formatter=root.log.formatter,
+        accesslog=not root.log.accesslog.disabled,
+        root=rootdir,
+        index_path=Path(root.mirror.index_path) if root.mirror.index_path else rootdir / "index.db",
+        host=host,
+        port=port,
+        tls_certificate=tls.certificate,
+        tls_key=tls.key,
+        upstreams=upstreams,
+        default_upstream=default,
+        allow_any_upstream=root.mirror.allow_any_upstream,
+        auth=root.auth,
+        warnings=tuple(warnings),
+    )
+
+
+def _upstreams(root: Root) -> tuple[UpstreamConfig, ...]:
+    """``proxy:`` as the upstream named docker.io, then every ``mirror.upstreams`` entry;
+    an entry inherits the mirror-wide time-outs and freshness unless it sets its own."""
+    mirror = root.mirror
+    connect = _positive(mirror.upstream_connect_timeout, "mirror.upstream_connect_timeout")
+    read = _positive(mirror.upstream_read_timeout, "mirror.upstream_read_timeout")
+    freshness = parse_duration(mirror.tag_freshness, "mirror.tag_freshness")
+    proxy = root.proxy
+    if (proxy.username is None) != (proxy.password is None):
+        raise ConfigError("proxy.username: username and password must be given together")
+    found = [
+        UpstreamConfig(
+            name=DOCKER_HUB_NAME,
+            url=check_url(proxy.remoteurl, "proxy.remoteurl"),
+            username=proxy.username,
+            password=proxy.password,
+            ttl=DEFAULT_TTL if proxy.ttl is None else parse_duration(proxy.ttl, "proxy.ttl"),
+            connect_timeout=connect,
+            read_timeout=read,
+            tag_freshness=freshness,
+        )
+    ]
+    for i, entry in enumerate(mirror.upstreams):
+        key = f"mirror.upstreams[{i}]"
+        name = entry.name.strip().lower()
+        if not _UPSTREAM_NAME.match(name):
+            raise ConfigError(
+                f"{key}.name: {entry.name!r} is not a registry host name such as ghcr.io"
+            )
+        if name in {u.name for u in found}:
+            where = "proxy:" if name == DOCKER_HUB_NAME else "another entry"
+            raise ConfigError(f"{key}.name: {name} is already configured by {where}")
+        if (entry.username is None) != (entry.password is None):
+            raise ConfigError(f"{key}.username: username and password must be given together")
+        found.append(
+            UpstreamConfig(
+                name=name,
+                url=check_url(entry.remoteurl, f"{key}.remoteurl"),
+                username=entry.username,
+                password=entry.password,
+                ttl=DEFAULT_TTL if entry.ttl is None else parse_duration(entry.ttl, f"{key}.ttl"),
+                connect_timeout=connect
+                if entry.upstream_connect_timeout is None
+                else _positive(entry.upstream_connect_timeout, f"{key}.upstream_connect_timeout"),
+                read_timeout=read
+                if entry.upstream_read_timeout is None
+                else _positive(entry.upstream_read_timeout, f"{key}.upstream_read_timeout"),
+                tag_freshness=freshness
+                if entry.tag_freshness is None
+                else parse_duration(entry.tag_freshness, f"{key}.tag_freshness"),
+            )
+        )
+    return tuple(found)
+
+
+def _positive(value: Any, key: str) -> float:
+    seconds = parse_duration(value, key)
+    if seconds <= 0:
+        raise ConfigError(f"{key}: must be greater than zero")
+    return seconds
+
+
+def _loc(part: int | str) -> str:
+    return f"[{part}]" if isinstance(part, int) else str(part)

@@ -1,0 +1,65 @@
+"""The validated configuration the running mirror is given."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_REMOTE = "https://registry-1.docker.io"
+DOCKER_HUB_NAME = "docker.io"
+DEFAULT_TTL = 168 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    """One remote registry the mirror pulls from."""
+
+    name: str
+    url: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ttl: float = DEFAULT_TTL
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    tag_freshness: float = 0.0
+
+    @property
+    def is_docker_hub(self) -> bool:
+        """Docker Hub rules (``alpine`` is ``library/alpine``) apply to the upstream named
+        ``docker.io``, which ``proxy:`` is unless configured otherwise."""
+        return self.name == DOCKER_HUB_NAME
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the running mirror needs, typed and validated."""
+
+    log_level: str
+    log_formatter: str
+    accesslog: bool
+    root: Path
+    index_path: Path
+    host: str
+    port: int
+    tls_certificate: str | None
+    tls_key: str | None
+    upstreams: tuple[UpstreamConfig, ...]
+    default_upstream: str
+    allow_any_upstream: bool
+    auth: dict[str, Any] | None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def upstream(self) -> UpstreamConfig:
+        """The default upstream: where names without ``?ns=`` or a prefix go."""
+        return next(u for u in self.upstreams if u.name == self.default_upstream)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context, or None for plain HTTP."""
+        if not self.tls_certificate:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.tls_certificate, self.tls_key)
+        return ctx

@@ -1,0 +1,183 @@
+"""The config file's shape: distribution's sections, pydantic-checked, and the
+``REGISTRY_*`` environment overrides that address them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from pullthrough.config.model import DEFAULT_REMOTE
+
+# Sections distribution understands that a pull-through cache has no use for: accepted quietly.
+_IGNORED_SECTIONS = {
+    "loglevel",
+    "notifications",
+    "redis",
+    "health",
+    "reporting",
+    "middleware",
+    "validation",
+    "compatibility",
+    "catalog",
+    "policy",
+}
+_IGNORED_KEYS = {
+    "log": {"fields", "hooks", "reportcaller"},
+    "log.accesslog": set(),
+    "storage": {"cache", "maintenance", "redirect", "tag", "delete"},
+    "http": {
+        "secret",
+        "headers",
+        "debug",
+        "draintimeout",
+        "host",
+        "relativeurls",
+        "prefix",
+        "http2",
+        "h2c",
+        "net",
+    },
+    "http.tls": {"clientcas", "letsencrypt", "minimumtls", "ciphersuites", "clientauth"},
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class _AccessLog(_Section):
+    disabled: bool = False
+
+
+class _Log(_Section):
+    level: Literal["panic", "fatal", "error", "warn", "warning", "info", "debug", "trace"] = "info"
+    formatter: Literal["text", "json", "logstash"] = "text"
+    accesslog: _AccessLog = _AccessLog()
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+
+class _Filesystem(_Section):
+    rootdirectory: str = "./data"
+
+
+class _Storage(_Section):
+    filesystem: _Filesystem = _Filesystem()
+
+
+class _TLS(_Section):
+    certificate: str | None = None
+    key: str | None = None
+
+
+class _HTTP(_Section):
+    addr: str = ":5000"
+    tls: _TLS = _TLS()
+
+
+class _Proxy(_Section):
+    remoteurl: str = DEFAULT_REMOTE
+    username: str | None = None
+    password: str | None = None
+    ttl: Any = None
+
+
+class _Upstream(_Section):
+    name: str
+    remoteurl: str
+    username: str | None = None
+    password: str | None = None
+    ttl: Any = None
+    tag_freshness: Any = None
+    upstream_connect_timeout: Any = None
+    upstream_read_timeout: Any = None
+
+
+class _Mirror(_Section):
+    upstreams: list[_Upstream] = []
+    default_upstream: str | None = None
+    allow_any_upstream: bool = False
+    upstream_connect_timeout: Any = "5s"
+    upstream_read_timeout: Any = "30s"
+    tag_freshness: Any = "0s"
+    index_path: str | None = None
+
+
+class Root(_Section):
+    version: str | float = "0.1"
+    log: _Log = _Log()
+    storage: _Storage = _Storage()
+    http: _HTTP = _HTTP()
+    proxy: _Proxy = _Proxy()
+    auth: dict[str, Any] | None = None
+    mirror: _Mirror = _Mirror()
+
+
+def _known_paths(
+    model: type[BaseModel], prefix: tuple[str, ...] = ()
+) -> dict[str, tuple[str, ...]]:
+    """``HTTP_ADDR`` → ("http", "addr") for every key the schema knows (lists, such as
+    ``mirror.upstreams``, are set from the file only)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for name, info in model.model_fields.items():
+        path = (*prefix, name)
+        out["_".join(path).upper()] = path
+        sub = info.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            out.update(_known_paths(sub, path))
+    return out
+
+
+def apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+    """Apply ``REGISTRY_*`` overrides to ``raw`` in place; returns warnings for unknown ones."""
+    known = _known_paths(Root)
+    warnings: list[str] = []
+    for var in sorted(environ):
+        if not var.startswith("REGISTRY_"):
+            continue
+        path = known.get(var[len("REGISTRY_") :])
+        if path is None:
+            warnings.append(f"environment variable {var} names no key pullthrough knows; ignored")
+            continue
+        try:
+            value = yaml.safe_load(environ[var])
+        except yaml.YAMLError:
+            value = environ[var]
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[path[-1]] = value
+    return warnings
+
+
+def unknown_keys(model: BaseModel, path: str = "") -> list[str]:
+    found: list[str] = []
+    for key in model.model_extra or {}:
+        dotted = f"{path}.{key}" if path else key
+        if path == "" and key in _IGNORED_SECTIONS:
+            continue
+        if key in _IGNORED_KEYS.get(path, set()):
+            continue
+        if path == "storage" and key != "filesystem":
+            continue  # other storage drivers are rejected separately, with a clearer message
+        found.append(f"unknown key {dotted}: ignored")
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        where = f"{path}.{name}" if path else name
+        if isinstance(value, BaseModel):
+            found.extend(unknown_keys(value, where))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    found.extend(unknown_keys(item, f"{where}[{i}]"))
+    return found
