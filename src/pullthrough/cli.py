@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import signal
 import sys
@@ -15,6 +16,11 @@ from pullthrough.config import Config, ConfigError, load
 from pullthrough.logs import setup as setup_logging
 
 log = logging.getLogger("pullthrough")
+
+# Operator commands: pullthrough.commands.<name> has add_arguments(parser) and run(config, args).
+COMMANDS = {
+    "gc": "remove expired and least recently used content now (--dry-run: only say what)",
+}
 
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs "%{User-Agent}i"'
 
@@ -29,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("config", nargs="?", help="distribution-style config.yml (optional)")
     check = sub.add_parser("check", help="validate a config file without serving")
     check.add_argument("config", help="distribution-style config.yml")
+    commands = {name: importlib.import_module(f"pullthrough.commands.{name}") for name in COMMANDS}
+    for name, module in commands.items():
+        command = sub.add_parser(name, help=COMMANDS[name])
+        command.add_argument("config", nargs="?", help="distribution-style config.yml (optional)")
+        module.add_arguments(command)
     args = parser.parse_args(argv)
 
     try:
@@ -45,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
             f"storage {config.root}, listening on {config.host}:{config.port}"
         )
         return 0
+    if args.command in commands:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+        result: int = commands[args.command].run(config, args)
+        return result
     setup_logging(config)
     for warning in config.warnings:
         log.warning("config: %s", warning)

@@ -11,6 +11,7 @@ from pullthrough.config.model import (
     DEFAULT_TTL,
     DOCKER_HUB_NAME,
     Config,
+    StoreLimit,
     UpstreamConfig,
 )
 from pullthrough.config.values import ConfigError, parse_addr, parse_duration, parse_size
@@ -21,6 +22,7 @@ __all__ = [
     "DOCKER_HUB_NAME",
     "Config",
     "ConfigError",
+    "StoreLimit",
     "UpstreamConfig",
     "load",
     "parse_addr",

@@ -16,6 +16,7 @@ from pullthrough.config.model import (
     DEFAULT_TTL,
     DOCKER_HUB_NAME,
     Config,
+    StoreLimit,
     UpstreamConfig,
 )
 from pullthrough.config.schema import Root, apply_env, unknown_keys
@@ -24,6 +25,7 @@ from pullthrough.config.values import (
     check_url,
     parse_addr,
     parse_duration,
+    parse_size,
 )
 
 _STORAGE_DRIVERS = {"s3", "azure", "gcs", "swift", "oss", "inmemory"}
@@ -112,8 +114,37 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
         default_upstream=default,
         allow_any_upstream=root.mirror.allow_any_upstream,
         auth=root.auth,
+        maxsize=_maxsize(root.mirror.maxsize),
+        gc_interval=_positive(root.mirror.gc_interval, "mirror.gc_interval"),
+        gc_batch=_batch(root.mirror.gc_batch),
         warnings=tuple(warnings),
     )
+
+
+def _maxsize(value: Any) -> StoreLimit | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    if text.endswith("%"):
+        try:
+            percent = float(text[:-1])
+        except ValueError:
+            raise ConfigError(
+                f"mirror.maxsize: expected a size like 50GiB or 80%, got {value!r}"
+            ) from None
+        if not 0 < percent <= 100:
+            raise ConfigError("mirror.maxsize: a percentage must be above 0 and at most 100")
+        return StoreLimit(percent=percent)
+    size = parse_size(value, "mirror.maxsize")
+    if size <= 0:
+        raise ConfigError("mirror.maxsize: must be greater than zero")
+    return StoreLimit(bytes=size)
+
+
+def _batch(value: int) -> int:
+    if value < 1:
+        raise ConfigError("mirror.gc_batch: must be at least 1")
+    return value
 
 
 def _upstreams(root: Root) -> tuple[UpstreamConfig, ...]:

@@ -33,6 +33,20 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreLimit:
+    """``mirror.maxsize``: bytes, or a share of the store's filesystem."""
+
+    bytes: int | None = None
+    percent: float | None = None
+
+    def resolve(self, capacity: int) -> int:
+        """The limit in bytes on a filesystem of ``capacity`` bytes."""
+        if self.bytes is not None:
+            return self.bytes
+        return int(capacity * (self.percent or 100.0) / 100.0)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything the running mirror needs, typed and validated."""
 
@@ -49,6 +63,9 @@ class Config:
     default_upstream: str
     allow_any_upstream: bool
     auth: dict[str, Any] | None
+    maxsize: StoreLimit | None = None
+    gc_interval: float = 60.0
+    gc_batch: int = 1000
     warnings: tuple[str, ...] = ()
 
     @property

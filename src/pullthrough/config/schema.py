@@ -107,6 +107,9 @@ class _Mirror(_Section):
     upstream_read_timeout: Any = "30s"
     tag_freshness: Any = "0s"
     index_path: str | None = None
+    maxsize: Any = None
+    gc_interval: Any = "1m"
+    gc_batch: int = 1000
 
 
 class Root(_Section):

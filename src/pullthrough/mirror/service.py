@@ -9,10 +9,12 @@ import logging
 
 from pullthrough.config import Config
 from pullthrough.mirror.blobs import BlobService
+from pullthrough.mirror.eviction import Sweeper
 from pullthrough.mirror.fetch import Fetch, Fetches
 from pullthrough.mirror.listing import Listing
 from pullthrough.mirror.manifests import ManifestService
 from pullthrough.mirror.upstreams import Upstreams
+from pullthrough.reference import parse_digest
 from pullthrough.store.blobs import BlobStore
 from pullthrough.store.index import Index
 
@@ -31,18 +33,31 @@ class Mirror:
         self.blobs = BlobService(store=self.store, index=self.index, fetches=self.fetches)
         self.manifests = ManifestService(store=self.store, index=self.index)
         self.listing = Listing(index=self.index)
-        self._flusher: asyncio.Task[None] | None = None
+        self.sweeper = Sweeper(
+            store=self.store,
+            index=self.index,
+            ttls={u.name: u.ttl for u in config.upstreams},
+            default_ttl=config.upstream.ttl,
+            limit=config.maxsize,
+            batch=config.gc_batch,
+            busy=lambda digest: self.fetches.get(parse_digest(digest)) is not None,
+        )
+        self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         await asyncio.to_thread(self.store.prepare)
         await self.index.open()
-        self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
+        loop = asyncio.get_running_loop()
+        self._background = [
+            loop.create_task(self._flush_forever()),
+            loop.create_task(self.sweeper.run_forever(self.config.gc_interval)),
+        ]
 
     async def stop(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
+        for task in self._background:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+                await task
         await self.fetches.wait_all(seconds=5.0)
         await self.upstreams.close()
         await self.index.close()
@@ -55,6 +70,7 @@ class Mirror:
             upstream=fetch.upstream.name,
             repo=fetch.repo,
         )
+        self.sweeper.nudge()
 
     async def _flush_forever(self) -> None:
         while True:

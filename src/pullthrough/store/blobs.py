@@ -25,6 +25,21 @@ class DigestMismatch(Exception):
     """Bytes whose digest is not the one they were fetched as."""
 
 
+_HEX_LENGTH = {"sha256": 64, "sha512": 128}
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    digest: str
+    size: int
+    mtime: float
+    path: Path
+
+
 @dataclass(frozen=True, slots=True)
 class OpenBlob:
     """An open file descriptor of a verified blob and its size; close it when done."""
@@ -119,3 +134,51 @@ class BlobStore:
 
     async def exists(self, digest: Digest) -> bool:
         return await asyncio.to_thread(self.path_for(digest).is_file)
+
+    async def remove(self, digest: Digest) -> bool:
+        """Delete a stored blob; readers that have it open keep reading it to the end (an
+        unlinked file lives until its last descriptor closes). False if it was not there."""
+
+        def work() -> bool:
+            try:
+                self.path_for(digest).unlink()
+            except FileNotFoundError:
+                return False
+            return True
+
+        return await asyncio.to_thread(work)
+
+    def scan(self) -> list[StoredFile]:
+        """Every blob file on disk (blocking: call from a thread or an offline command).
+        Files whose names are not digests are skipped."""
+        found: list[StoredFile] = []
+        if not self.blob_dir.is_dir():
+            return found
+        for algorithm_dir in self.blob_dir.iterdir():
+            want = _HEX_LENGTH.get(algorithm_dir.name)
+            if want is None or not algorithm_dir.is_dir():
+                continue
+            for prefix_dir in algorithm_dir.iterdir():
+                if not prefix_dir.is_dir():
+                    continue
+                for path in prefix_dir.iterdir():
+                    name = path.name
+                    if (
+                        len(name) != want
+                        or not _is_hex(name)
+                        or not name.startswith(prefix_dir.name)
+                    ):
+                        continue
+                    try:
+                        st = path.stat()
+                    except FileNotFoundError:
+                        continue
+                    found.append(
+                        StoredFile(f"{algorithm_dir.name}:{name}", st.st_size, st.st_mtime, path)
+                    )
+        return found
+
+    def capacity(self) -> int:
+        """Total size in bytes of the filesystem holding the store (blocking)."""
+        st = os.statvfs(self.root)
+        return st.f_blocks * st.f_frsize

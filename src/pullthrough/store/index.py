@@ -55,6 +55,18 @@ class BlobRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class AgedBlob:
+    """A stored digest with what eviction weighs: size, last access, and the upstreams it
+    was fetched for or confirmed in (their TTLs decide when it expires)."""
+
+    digest: str
+    size: int
+    last_access: float
+    upstreams: tuple[str, ...]
+    is_manifest: bool
+
+
+@dataclass(frozen=True, slots=True)
 class TagRecord:
     media_type: str
     digest: str
@@ -241,6 +253,76 @@ class Index:
                 "UPDATE blobs SET last_access=MAX(last_access, ?) WHERE digest=?",
                 [(ts, d) for d, ts in batch.items()],
             )
+        )
+
+    # --- what eviction and the operator commands read -------------------------------------
+
+    async def usage(self) -> tuple[int, int]:
+        """(objects, bytes) the index knows to be stored."""
+        row = await self._run(
+            lambda: self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs"
+            ).fetchone()
+        )
+        return int(row[0]), int(row[1])
+
+    async def least_recent(self, limit: int, *, accessed_before: float) -> list[AgedBlob]:
+        """Up to ``limit`` digests last accessed before ``accessed_before``, oldest first."""
+
+        def work() -> list[AgedBlob]:
+            rows = self._db.execute(
+                "SELECT b.digest, b.size, b.last_access, b.media_type IS NOT NULL, "
+                "GROUP_CONCAT(DISTINCT l.upstream) FROM blobs b "
+                "LEFT JOIN links l ON l.digest = b.digest "
+                "WHERE b.last_access < ? GROUP BY b.digest ORDER BY b.last_access LIMIT ?",
+                (accessed_before, limit),
+            ).fetchall()
+            return [
+                AgedBlob(
+                    d,
+                    int(size),
+                    float(at),
+                    tuple((ups or "").split(",")) if ups else (),
+                    bool(manifest),
+                )
+                for d, size, at, manifest, ups in rows
+            ]
+
+        return await self._run(work)
+
+    async def digests(self) -> set[str]:
+        rows = await self._run(lambda: self._db.execute("SELECT digest FROM blobs").fetchall())
+        return {row[0] for row in rows}
+
+    async def adopt(self, digest: str, size: int, last_access: float) -> None:
+        """Index a verified file found on disk without an entry (a crash between the rename
+        and the index write), so eviction counts and can remove it."""
+        await self._run(
+            lambda: self._db.execute(
+                "INSERT OR IGNORE INTO blobs(digest, size, media_type, created, last_access) "
+                "VALUES (?,?,NULL,?,?)",
+                (digest, size, last_access, last_access),
+            )
+        )
+
+    async def catalog_rows(self) -> list[tuple[str, str, str, str, int, float]]:
+        """(upstream, repo, tag, digest, manifest size, last access) of every cached tag."""
+        return await self._run(
+            lambda: self._db.execute(
+                "SELECT t.upstream, t.repo, t.tag, t.digest, COALESCE(b.size, 0), "
+                "COALESCE(b.last_access, 0) FROM tags t LEFT JOIN blobs b ON b.digest = t.digest "
+                "ORDER BY t.upstream, t.repo, t.tag"
+            ).fetchall()
+        )
+
+    async def usage_by_repository(self) -> list[tuple[str, str, int, int]]:
+        """(upstream, repo, objects, bytes) of what each repository links to."""
+        return await self._run(
+            lambda: self._db.execute(
+                "SELECT l.upstream, l.repo, COUNT(*), COALESCE(SUM(b.size), 0) FROM links l "
+                "JOIN blobs b ON b.digest = l.digest GROUP BY l.upstream, l.repo "
+                "ORDER BY l.upstream, l.repo"
+            ).fetchall()
         )
 
     async def integrity_check(self) -> str:

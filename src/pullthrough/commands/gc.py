@@ -1,0 +1,58 @@
+"""``pullthrough gc [CONFIG] [--dry-run]``: the server's eviction, run offline to the end."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from pullthrough.commands.offline import open_store
+from pullthrough.config import Config
+from pullthrough.mirror.eviction import Sweeper, SweepReport
+
+MAX_PASSES = 10_000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
+
+
+def run(config: Config, args: argparse.Namespace) -> int:
+    return asyncio.run(_gc(config, dry_run=args.dry_run))
+
+
+async def _gc(config: Config, *, dry_run: bool) -> int:
+    async with open_store(config) as opened:
+        sweeper = Sweeper(
+            store=opened.store,
+            index=opened.index,
+            ttls={u.name: u.ttl for u in config.upstreams},
+            default_ttl=config.upstream.ttl,
+            limit=config.maxsize,
+            batch=config.gc_batch,
+        )
+        if not dry_run:
+            adopted, forgotten = await sweeper.reconcile()
+            if adopted or forgotten:
+                print(f"reconciled: {adopted} files indexed, {forgotten} stale entries dropped")
+        total = SweepReport()
+        for _ in range(MAX_PASSES):
+            report = await sweeper.sweep(dry_run=dry_run)
+            total.expired += report.expired
+            total.evicted += report.evicted
+            total.objects, total.stored_bytes, total.limit = (
+                report.objects,
+                report.stored_bytes,
+                report.limit,
+            )
+            if dry_run or not report.removed:
+                break
+        verb = "would remove" if dry_run else "removed"
+        for blob in total.removed:
+            why = "expired" if blob in total.expired else "over maxsize"
+            print(f"{verb} {blob.digest} ({blob.size} bytes, {why})")
+        limit = f" of {total.limit}" if total.limit is not None else ""
+        print(
+            f"{verb} {len(total.removed)} objects, {total.freed_bytes} bytes; "
+            f"store: {total.objects} objects, {total.stored_bytes}{limit} bytes"
+        )
+    return 0

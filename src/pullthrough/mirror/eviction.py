@@ -1,0 +1,208 @@
+"""Eviction: content unused for longer than its TTL goes, and when the store passes
+``mirror.maxsize`` the least recently used content goes until it is under a low-water mark.
+
+TTLs count from the last access (not from the first fetch), and the TTL in force is read
+at every pass, so a changed ``ttl`` applies to content already stored. A digest shared by
+several upstreams lives as long as the longest of their TTLs (``0`` = forever).
+
+Removing a file never breaks a transfer in progress (an unlinked file stays readable
+through the descriptors already open), and the index entry goes before the file, so the
+index never names a file that is gone; a request that still finds no file refetches.
+Work per pass is bounded by ``mirror.gc_batch`` removals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from pullthrough.config import StoreLimit
+from pullthrough.reference import parse_digest
+from pullthrough.store.blobs import BlobStore
+from pullthrough.store.index import AgedBlob, Index
+
+log = logging.getLogger(__name__)
+
+# Eviction for size stops once the store is this far under the limit, so that it does not
+# run again at the next fetch.
+LOW_WATER = 0.9
+
+
+@dataclass
+class SweepReport:
+    """What one pass did (or, dry, would do)."""
+
+    expired: list[AgedBlob] = field(default_factory=list)
+    evicted: list[AgedBlob] = field(default_factory=list)
+    objects: int = 0
+    stored_bytes: int = 0
+    limit: int | None = None
+    full: bool = False  # still over the limit after the pass
+
+    @property
+    def removed(self) -> list[AgedBlob]:
+        return [*self.expired, *self.evicted]
+
+    @property
+    def freed_bytes(self) -> int:
+        return sum(b.size for b in self.removed)
+
+
+class Sweeper:
+    def __init__(
+        self,
+        *,
+        store: BlobStore,
+        index: Index,
+        ttls: Mapping[str, float],
+        default_ttl: float,
+        limit: StoreLimit | None,
+        batch: int,
+        busy: Callable[[str], bool] = lambda digest: False,
+        clock: Callable[[], float] = time.time,
+        on_removed: Callable[[AgedBlob, str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.index = index
+        self.ttls = dict(ttls)
+        self.default_ttl = default_ttl
+        self.limit = limit
+        self.batch = batch
+        self.busy = busy
+        self.clock = clock
+        self.on_removed = on_removed
+        self.full = False
+        self.last: SweepReport | None = None
+        self._nudged = asyncio.Event()
+
+    def nudge(self) -> None:
+        """Ask for a pass now rather than at the next interval (new content was stored)."""
+        if self.limit is not None:
+            self._nudged.set()
+
+    def ttl_of(self, blob: AgedBlob) -> float | None:
+        """Seconds ``blob`` may go unused, None for never."""
+        ttls = [self.ttls.get(u, self.default_ttl) for u in blob.upstreams] or [self.default_ttl]
+        if any(t <= 0 for t in ttls):
+            return None
+        return max(ttls)
+
+    async def reconcile(self) -> tuple[int, int]:
+        """Make the index and the files agree: index verified files that have no entry (a
+        crash between rename and index write), forget entries whose file is gone.
+        Returns (adopted, forgotten)."""
+        # Entries first, then files: an object stored in between is then in neither list
+        # rather than looking like an entry without its file.
+        known = await self.index.digests()
+        files = {f.digest: f for f in await asyncio.to_thread(self.store.scan)}
+        adopted = 0
+        for digest in files.keys() - known:
+            await self.index.adopt(digest, files[digest].size, files[digest].mtime)
+            adopted += 1
+        forgotten = 0
+        for digest in known - files.keys():
+            if not self.busy(digest):
+                await self.index.forget(digest)
+                forgotten += 1
+        if adopted or forgotten:
+            log.info(
+                "index reconciled with the store: %d files adopted, %d entries dropped",
+                adopted,
+                forgotten,
+            )
+        return adopted, forgotten
+
+    async def sweep(self, *, dry_run: bool = False) -> SweepReport:
+        """One bounded pass: expired content first, then least recently used content while
+        the store is over its limit."""
+        await self.index.flush_access()
+        report = SweepReport()
+        budget = self.batch
+        now = self.clock()
+        positive = [t for t in [*self.ttls.values(), self.default_ttl] if t > 0]
+        if positive:
+            candidates = await self.index.least_recent(budget, accessed_before=now - min(positive))
+            for blob in candidates:
+                ttl = self.ttl_of(blob)
+                if ttl is None or blob.last_access >= now - ttl or self.busy(blob.digest):
+                    continue
+                if not dry_run:
+                    await self._remove(blob, "expired")
+                report.expired.append(blob)
+                budget -= 1
+
+        report.objects, report.stored_bytes = await self.index.usage()
+        if dry_run:
+            report.objects -= len(report.expired)
+            report.stored_bytes -= sum(b.size for b in report.expired)
+        if self.limit is not None:
+            capacity = await asyncio.to_thread(self.store.capacity)
+            report.limit = self.limit.resolve(capacity)
+            if report.stored_bytes > report.limit and budget > 0:
+                await self._evict_for_size(report, budget, dry_run=dry_run)
+            report.full = report.stored_bytes > report.limit
+        if report.full and not self.full:
+            log.warning(
+                "store is over mirror.maxsize (%d of %d bytes) and nothing more can be "
+                "evicted now: new content is served without being kept",
+                report.stored_bytes,
+                report.limit,
+            )
+        self.full = report.full
+        self.last = report
+        if report.removed:
+            log.info(
+                "sweep: %d expired, %d evicted for size, %d bytes freed; store holds %d "
+                "objects, %d bytes",
+                len(report.expired),
+                len(report.evicted),
+                report.freed_bytes,
+                report.objects,
+                report.stored_bytes,
+            )
+        return report
+
+    async def _evict_for_size(self, report: SweepReport, budget: int, *, dry_run: bool) -> None:
+        assert report.limit is not None
+        target = int(report.limit * LOW_WATER)
+        removed = {b.digest for b in report.expired}
+        candidates = await self.index.least_recent(
+            budget + len(removed), accessed_before=float("inf")
+        )
+        for blob in candidates:
+            if report.stored_bytes <= target or budget <= 0:
+                break
+            if blob.digest in removed or self.busy(blob.digest):
+                continue
+            if not dry_run:
+                await self._remove(blob, "evicted")
+            report.evicted.append(blob)
+            report.stored_bytes -= blob.size
+            report.objects -= 1
+            budget -= 1
+
+    async def _remove(self, blob: AgedBlob, why: str) -> None:
+        # Index first: from here on nothing trusts the entry; then the file.
+        await self.index.forget(blob.digest)
+        await self.store.remove(parse_digest(blob.digest))
+        if self.on_removed is not None:
+            self.on_removed(blob, why)
+
+    async def run_forever(self, interval: float) -> None:
+        """Reconcile once, then sweep every ``interval`` seconds until cancelled."""
+        try:
+            await self.reconcile()
+        except Exception:
+            log.exception("reconciling the index with the store failed")
+        while True:
+            try:
+                await self.sweep()
+            except Exception:  # the next pass tries again; a failed pass removes nothing more
+                log.exception("sweep failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._nudged.wait(), interval)
+            self._nudged.clear()
