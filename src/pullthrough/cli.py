@@ -99,6 +99,7 @@ async def _serve(config: Config) -> int:
         log.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
         await runner.cleanup()
         return 1
+    debug_runner = await _start_debug(app, config)
     scheme = "https" if config.tls_certificate else "http"
     log.info(
         "pullthrough %s listening on %s://%s:%d", __version__, scheme, config.host, config.port
@@ -109,5 +110,31 @@ async def _serve(config: Config) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
+    if debug_runner is not None:
+        await debug_runner.cleanup()
     await runner.cleanup()
     return 0
+
+
+async def _start_debug(app: web.Application, config: Config) -> web.AppRunner | None:
+    """The debug server on http.debug.addr (health, metrics), if configured."""
+    if config.debug_addr is None:
+        return None
+    from pullthrough.server.debug import build_debug_app
+    from pullthrough.server.routes import MIRROR_KEY
+
+    runner = web.AppRunner(
+        build_debug_app(app[MIRROR_KEY], config.metrics_path),
+        access_log=None,
+        handle_signals=False,
+    )
+    await runner.setup()
+    host, port = config.debug_addr
+    await web.TCPSite(runner, host=host, port=port, reuse_address=True).start()
+    log.info(
+        "debug server on http://%s:%d (health: /debug/health%s)",
+        host,
+        port,
+        f", metrics: {config.metrics_path}" if config.metrics_path else "",
+    )
+    return runner

@@ -16,8 +16,9 @@ T = TypeVar("T")
 class SingleFlight(Generic[T]):
     """Run at most one ``work()`` per key at a time; concurrent callers share its outcome."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_join: Callable[[], None] | None = None) -> None:
         self._inflight: dict[Hashable, asyncio.Future[T]] = {}
+        self._on_join = on_join
 
     async def do(self, key: Hashable, work: Callable[[], Awaitable[T]]) -> T:
         future = self._inflight.get(key)
@@ -26,6 +27,8 @@ class SingleFlight(Generic[T]):
             self._inflight[key] = future
             # Mark the outcome retrieved even if every caller went away before it came.
             future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        elif self._on_join is not None:
+            self._on_join()
         # shield: one impatient caller going away must not cancel the others' result.
         return await asyncio.shield(future)
 

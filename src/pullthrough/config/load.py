@@ -84,6 +84,9 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
         raise ConfigError("storage.filesystem.rootdirectory: must not be empty")
 
     upstreams = _upstreams(root)
+    debug = root.http.debug
+    if debug.prometheus.enabled and not debug.addr:
+        warnings.append("http.debug.prometheus.enabled: needs http.debug.addr to be served")
     default = root.mirror.default_upstream or DOCKER_HUB_NAME
     if default not in {u.name for u in upstreams}:
         raise ConfigError(
@@ -115,6 +118,8 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
         allow_any_upstream=root.mirror.allow_any_upstream,
         auth=root.auth,
         maxsize=_maxsize(root.mirror.maxsize),
+        debug_addr=parse_addr(debug.addr, "http.debug.addr") if debug.addr else None,
+        metrics_path=_metrics_path(debug.prometheus.path) if debug.prometheus.enabled else None,
         gc_interval=_positive(root.mirror.gc_interval, "mirror.gc_interval"),
         gc_batch=_batch(root.mirror.gc_batch),
         warnings=tuple(warnings),
@@ -139,6 +144,14 @@ def _maxsize(value: Any) -> StoreLimit | None:
     if size <= 0:
         raise ConfigError("mirror.maxsize: must be greater than zero")
     return StoreLimit(bytes=size)
+
+
+def _metrics_path(path: str) -> str:
+    if not path.startswith("/") or path.startswith("/debug/health"):
+        raise ConfigError(
+            f"http.debug.prometheus.path: expected a path such as /metrics, got {path!r}"
+        )
+    return path
 
 
 def _batch(value: int) -> int:

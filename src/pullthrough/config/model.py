@@ -64,6 +64,8 @@ class Config:
     allow_any_upstream: bool
     auth: dict[str, Any] | None
     maxsize: StoreLimit | None = None
+    debug_addr: tuple[str, int] | None = None  # http.debug.addr: health (and metrics)
+    metrics_path: str | None = None  # http.debug.prometheus.path when enabled
     gc_interval: float = 60.0
     gc_batch: int = 1000
     warnings: tuple[str, ...] = ()

@@ -31,7 +31,6 @@ _IGNORED_KEYS = {
     "http": {
         "secret",
         "headers",
-        "debug",
         "draintimeout",
         "host",
         "relativeurls",
@@ -76,9 +75,20 @@ class _TLS(_Section):
     key: str | None = None
 
 
+class _Prometheus(_Section):
+    enabled: bool = False
+    path: str = "/metrics"
+
+
+class _Debug(_Section):
+    addr: str | None = None
+    prometheus: _Prometheus = _Prometheus()
+
+
 class _HTTP(_Section):
     addr: str = ":5000"
     tls: _TLS = _TLS()
+    debug: _Debug = _Debug()
 
 
 class _Proxy(_Section):

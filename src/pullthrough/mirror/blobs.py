@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 from pullthrough.errors import BlobUnknown
+from pullthrough.metrics import Metrics
 from pullthrough.mirror.fetch import Fetch, Fetches
 from pullthrough.reference import Digest
 from pullthrough.store.blobs import BlobStore, OpenBlob
@@ -33,10 +34,13 @@ class BlobBody:
 
 
 class BlobService:
-    def __init__(self, *, store: BlobStore, index: Index, fetches: Fetches) -> None:
+    def __init__(
+        self, *, store: BlobStore, index: Index, fetches: Fetches, metrics: Metrics
+    ) -> None:
         self.store = store
         self.index = index
         self.fetches = fetches
+        self.metrics = metrics
 
     async def get(self, upstream: UpstreamClient, repo: str, digest: Digest) -> BlobBody:
         """The blob for a GET: the cached file, or the (shared) fetch after the upstream
@@ -49,12 +53,17 @@ class BlobService:
                 cached.close()
                 raise
             self.index.touch(str(digest))
+            self.metrics.cache.labels("blob", "hit", upstream.name).inc()
             return BlobBody(digest, cached.size, cached=cached)
+        self.metrics.cache.labels("blob", "miss", upstream.name).inc()
         fetch = self.fetches.get(digest)
         if fetch is not None and (fetch.upstream is not upstream or fetch.repo != repo):
             await self._authorize(upstream, repo, digest)
         if fetch is None:
+            log.info("cache miss: blob %s for %s/%s", digest, upstream.name, repo)
             fetch = self.fetches.start(digest, upstream, repo)
+        else:
+            self.metrics.coalesced.labels("blob").inc()
         await fetch.started()
         return BlobBody(digest, fetch.size, fetch=fetch)
 

@@ -65,7 +65,9 @@ class Sweeper:
         busy: Callable[[str], bool] = lambda digest: False,
         clock: Callable[[], float] = time.time,
         on_removed: Callable[[AgedBlob, str], None] | None = None,
+        on_swept: Callable[[SweepReport], None] | None = None,
     ) -> None:
+        self.on_swept = on_swept
         self.store = store
         self.index = index
         self.ttls = dict(ttls)
@@ -154,6 +156,8 @@ class Sweeper:
             )
         self.full = report.full
         self.last = report
+        if self.on_swept is not None and not dry_run:
+            self.on_swept(report)
         if report.removed:
             log.info(
                 "sweep: %d expired, %d evicted for size, %d bytes freed; store holds %d "

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from pullthrough.errors import BlobUnknown, RegistryError, UpstreamInvalid, UpstreamUnavailable
+from pullthrough.metrics import Metrics
 from pullthrough.reference import Digest
 from pullthrough.store.blobs import BlobStore, hasher_for
 from pullthrough.upstream.client import UpstreamClient
@@ -43,8 +44,10 @@ class Fetch:
         repo: str,
         store: BlobStore,
         on_stored: Callable[[Fetch], Awaitable[None]],
+        metrics: Metrics,
     ) -> None:
         self.digest = digest
+        self._upstream_bytes = metrics.upstream_bytes.labels(upstream.name)
         self.upstream = upstream
         self.repo = repo
         self.store = store
@@ -165,6 +168,7 @@ class Fetch:
                     pending = 0
                     async for chunk in stream.chunks():
                         self.upstream_bytes += len(chunk)
+                        self._upstream_bytes.inc(len(chunk))
                         batch.append(chunk)
                         pending += len(chunk)
                         if self.size is not None and self.written + pending > self.size:
@@ -225,10 +229,17 @@ def _write_and_hash(fd: int, hasher: object, data: bytes) -> None:
 class Fetches:
     """The process-wide table of fetches in flight: at most one per digest."""
 
-    def __init__(self, store: BlobStore, on_stored: Callable[[Fetch], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        store: BlobStore,
+        on_stored: Callable[[Fetch], Awaitable[None]],
+        metrics: Metrics,
+    ) -> None:
         self._store = store
         self._on_stored = on_stored
+        self._metrics = metrics
         self._running: dict[str, Fetch] = {}
+        metrics.fetches_in_flight.set_function(lambda: len(self._running))
         self._tasks: set[asyncio.Task[None]] = set()
 
     def get(self, digest: Digest) -> Fetch | None:
@@ -249,6 +260,7 @@ class Fetches:
             repo=repo,
             store=self._store,
             on_stored=self._on_stored,
+            metrics=self._metrics,
         )
         self._running[key] = fetch
         task = asyncio.get_running_loop().create_task(self._run(key, fetch))

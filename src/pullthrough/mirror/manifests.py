@@ -28,6 +28,7 @@ from pullthrough.manifest import (
     detect_media_type,
     upstream_accept,
 )
+from pullthrough.metrics import Metrics
 from pullthrough.reference import Digest, parse_digest
 from pullthrough.singleflight import SingleFlight
 from pullthrough.store.blobs import BlobStore, DigestMismatch
@@ -50,10 +51,13 @@ class Manifest:
 
 
 class ManifestService:
-    def __init__(self, *, store: BlobStore, index: Index) -> None:
+    def __init__(self, *, store: BlobStore, index: Index, metrics: Metrics) -> None:
         self.store = store
         self.index = index
-        self._heads: SingleFlight[ManifestHead | None] = SingleFlight()
+        self.metrics = metrics
+        self._heads: SingleFlight[ManifestHead | None] = SingleFlight(
+            on_join=metrics.coalesced.labels("tag").inc
+        )
         self._gets: SingleFlight[Manifest] = SingleFlight()
 
     async def by_digest(self, upstream: UpstreamClient, repo: str, digest: Digest) -> Manifest:
@@ -61,7 +65,9 @@ class ManifestService:
         repository, else fetched, verified and stored."""
         local = await self._local(upstream, repo, str(digest))
         if local is not None:
+            self._count(upstream, "hit")
             return local
+        self._count(upstream, "miss")
         return await self._gets.do(
             ("digest", upstream.name, repo, str(digest)),
             lambda: self._fetch(upstream, repo, str(digest), digest, ()),
@@ -76,12 +82,13 @@ class ManifestService:
         if cached is not None and freshness > 0 and time.time() - cached.checked < freshness:
             local = await self._stored(cached.digest, cached.media_type)
             if local is not None:
+                self._count(upstream, "hit")
                 return local
         wanted = upstream_accept(accept)
         try:
             head = await self._heads.do(
                 (upstream.name, repo, tag, wanted),
-                lambda: upstream.head_manifest(repo, tag, wanted),
+                lambda: self._revalidate(upstream, repo, tag, wanted),
             )
             if head is None:
                 await self.index.drop_tag(upstream.name, repo, tag)
@@ -103,10 +110,13 @@ class ManifestService:
                     await self.index.set_tag(
                         upstream.name, repo, tag, media_type=local.media_type, digest=head.digest
                     )
+                    self._count(upstream, "hit")
                     return local
             # Fetch by digest when the HEAD named one: immutable, and verifiable on arrival.
             expected = _maybe_digest(head.digest)
             reference = str(expected) if expected else tag
+            self._count(upstream, "miss")
+            log.info("cache miss: manifest %s:%s on %s", repo, tag, upstream.name)
             return await self._gets.do(
                 ("tag", upstream.name, repo, tag, wanted, reference),
                 lambda: self._fetch(upstream, repo, reference, expected, wanted, tag=tag),
@@ -118,7 +128,17 @@ class ManifestService:
             if local is None:
                 raise
             log.warning("serving %s:%s from cache (stale, %s): %s", repo, tag, cached.digest, exc)
+            self._count(upstream, "stale")
             return Manifest(local.digest, local.media_type, local.body, stale=True)
+
+    def _count(self, upstream: UpstreamClient, result: str) -> None:
+        self.metrics.cache.labels("manifest", result, upstream.name).inc()
+
+    async def _revalidate(
+        self, upstream: UpstreamClient, repo: str, tag: str, accept: tuple[str, ...]
+    ) -> ManifestHead | None:
+        self.metrics.revalidations.labels(upstream.name).inc()
+        return await upstream.head_manifest(repo, tag, accept)
 
     async def _fetch(
         self,

@@ -8,15 +8,16 @@ import contextlib
 import logging
 
 from pullthrough.config import Config
+from pullthrough.metrics import Metrics
 from pullthrough.mirror.blobs import BlobService
-from pullthrough.mirror.eviction import Sweeper
+from pullthrough.mirror.eviction import Sweeper, SweepReport
 from pullthrough.mirror.fetch import Fetch, Fetches
 from pullthrough.mirror.listing import Listing
 from pullthrough.mirror.manifests import ManifestService
 from pullthrough.mirror.upstreams import Upstreams
 from pullthrough.reference import parse_digest
 from pullthrough.store.blobs import BlobStore
-from pullthrough.store.index import Index
+from pullthrough.store.index import AgedBlob, Index
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +27,15 @@ ACCESS_FLUSH_INTERVAL = 5.0
 class Mirror:
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.metrics = Metrics()
         self.store = BlobStore(config.root)
         self.index = Index(config.index_path)
-        self.upstreams = Upstreams(config)
-        self.fetches = Fetches(self.store, self._blob_stored)
-        self.blobs = BlobService(store=self.store, index=self.index, fetches=self.fetches)
-        self.manifests = ManifestService(store=self.store, index=self.index)
+        self.upstreams = Upstreams(config, self.metrics)
+        self.fetches = Fetches(self.store, self._blob_stored, self.metrics)
+        self.blobs = BlobService(
+            store=self.store, index=self.index, fetches=self.fetches, metrics=self.metrics
+        )
+        self.manifests = ManifestService(store=self.store, index=self.index, metrics=self.metrics)
         self.listing = Listing(index=self.index)
         self.sweeper = Sweeper(
             store=self.store,
@@ -41,6 +45,8 @@ class Mirror:
             limit=config.maxsize,
             batch=config.gc_batch,
             busy=lambda digest: self.fetches.get(parse_digest(digest)) is not None,
+            on_removed=self._removed,
+            on_swept=self._swept,
         )
         self._background: list[asyncio.Task[None]] = []
 
@@ -71,6 +77,14 @@ class Mirror:
             repo=fetch.repo,
         )
         self.sweeper.nudge()
+
+    def _removed(self, blob: AgedBlob, reason: str) -> None:
+        self.metrics.evictions.labels(reason).inc()
+        self.metrics.evicted_bytes.labels(reason).inc(blob.size)
+
+    def _swept(self, report: SweepReport) -> None:
+        self.metrics.store_objects.set(report.objects)
+        self.metrics.store_bytes.set(report.stored_bytes)
 
     async def _flush_forever(self) -> None:
         while True:

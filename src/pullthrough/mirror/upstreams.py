@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from pullthrough.config import DOCKER_HUB_NAME, Config, UpstreamConfig
+from pullthrough.metrics import Metrics
 from pullthrough.upstream.client import UpstreamClient
 
 DOCKER_HUB_ALIASES = frozenset({"docker.io", "registry-1.docker.io", "index.docker.io"})
@@ -20,10 +21,11 @@ MAX_ADHOC = 64
 class Upstreams:
     """One UpstreamClient per configured upstream (plus, when allowed, ad-hoc ones)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, metrics: Metrics) -> None:
         self._config = config
+        self._metrics = metrics
         self._by_name: dict[str, UpstreamClient] = {
-            u.name: UpstreamClient(u) for u in config.upstreams
+            u.name: UpstreamClient(u, metrics) for u in config.upstreams
         }
         self._aliases: dict[str, UpstreamClient] = {}
         for client in self._by_name.values():
@@ -54,11 +56,10 @@ class Upstreams:
             return found
         if not _HOST.match(ns) or len(self._by_name) >= len(self._config.upstreams) + MAX_ADHOC:
             return None
-        client = UpstreamClient(
-            dataclasses.replace(
-                self.default.config, name=ns, url=f"https://{ns}", username=None, password=None
-            )
+        adhoc = dataclasses.replace(
+            self.default.config, name=ns, url=f"https://{ns}", username=None, password=None
         )
+        client = UpstreamClient(adhoc, self._metrics)
         self._by_name[ns] = client
         return client
 

@@ -11,6 +11,7 @@ from aiohttp import web
 from pullthrough.config import Config
 from pullthrough.mirror.service import Mirror
 from pullthrough.server.errors import oci_errors
+from pullthrough.server.metrics import count_requests
 from pullthrough.server.routes import MIRROR_KEY, dispatch
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,9 @@ MAX_REQUEST_BODY = 64 * 1024
 
 def build_app(config: Config) -> web.Application:
     """A ready-to-run application for ``config``; the mirror starts with the app."""
-    app = web.Application(middlewares=[oci_errors], client_max_size=MAX_REQUEST_BODY)
+    app = web.Application(
+        middlewares=[count_requests, oci_errors], client_max_size=MAX_REQUEST_BODY
+    )
     mirror = Mirror(config)
     app[MIRROR_KEY] = mirror
 

@@ -23,6 +23,7 @@ from pullthrough.server.transfer import send_blob
 from pullthrough.upstream.client import UpstreamClient
 
 MIRROR_KEY = web.AppKey("mirror", Mirror)
+KIND_KEY = "pullthrough.kind"  # the route a request took, for metrics
 
 API_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
 READ_METHODS = ("GET", "HEAD")
@@ -50,6 +51,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
                 f"{request.method} is not supported: pullthrough is a read-only mirror",
                 headers={"Allow": "GET, HEAD"},
             )
+        request[KIND_KEY] = kind
         handler = _HANDLERS[kind]
         return await handler(request, match.groupdict())
     raise _not_found(path)
@@ -113,7 +115,7 @@ async def blob(request: web.Request, params: dict[str, str]) -> web.StreamRespon
         if body.cached is not None:
             body.cached.close()
         raise
-    return await send_blob(request, body, byte_range, headers)
+    return await send_blob(request, body, byte_range, headers, mirror.metrics)
 
 
 async def tags(request: web.Request, params: dict[str, str]) -> web.StreamResponse:

@@ -16,6 +16,7 @@ import os
 from aiohttp import web
 
 from pullthrough.errors import RegistryError
+from pullthrough.metrics import Metrics
 from pullthrough.mirror.blobs import BlobBody, open_fetch_file
 from pullthrough.mirror.fetch import Fetch
 from pullthrough.server.ranges import ByteRange
@@ -30,6 +31,7 @@ async def send_blob(
     body: BlobBody,
     byte_range: ByteRange | None,
     headers: dict[str, str],
+    metrics: Metrics,
 ) -> web.StreamResponse:
     """Stream ``body`` (or ``byte_range`` of it) as the response to a blob GET."""
     resp = web.StreamResponse(headers=headers)
@@ -45,6 +47,7 @@ async def send_blob(
         try:
             await resp.prepare(request)
             await _send_span(request, resp, body.cached.fd, start, (stop or 0) - start)
+            metrics.served_bytes.labels("cache").inc((stop or 0) - start)
         finally:
             body.cached.close()
     else:
@@ -52,7 +55,8 @@ async def send_blob(
         fd = await open_fetch_file(body.fetch)
         try:
             await resp.prepare(request)
-            await _send_growing(request, resp, body.fetch, fd, start, stop)
+            sent = await _send_growing(request, resp, body.fetch, fd, start, stop)
+            metrics.served_bytes.labels("fetch").inc(sent)
         except RegistryError as err:
             # Headers are out; the only honest signal left is a broken connection.
             log.warning("aborting transfer of %s to a client: %s", body.digest, err.message)
@@ -72,7 +76,8 @@ async def _send_growing(
     fd: int,
     start: int,
     stop: int | None,
-) -> None:
+) -> int:
+    """Send [start, stop) as the fetch makes it readable; returns the bytes sent."""
     position = start
     while stop is None or position < stop:
         readable = await fetch.wait_readable(position)
@@ -88,7 +93,8 @@ async def _send_growing(
             await _send_span(request, resp, fd, position, limit - position)
             position = limit
         elif fetch.verified:
-            return  # everything sent (a body of unknown size has ended)
+            break  # everything sent (a body of unknown size has ended)
+    return position - start
 
 
 async def _send_span(

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -23,12 +24,14 @@ from multidict import CIMultiDict
 from pullthrough.config import UpstreamConfig
 from pullthrough.errors import (
     Denied,
+    RegistryError,
     TooManyRequests,
     Unauthorized,
     UpstreamInvalid,
     UpstreamUnavailable,
 )
 from pullthrough.manifest import MAX_MANIFEST_SIZE
+from pullthrough.metrics import Metrics
 from pullthrough.singleflight import SingleFlight
 from pullthrough.upstream.auth import (
     DEFAULT_TOKEN_LIFETIME,
@@ -46,6 +49,8 @@ MAX_REDIRECTS = 5
 CONNECT_RETRY_BACKOFF = (0.1, 0.4)
 # Large reads keep the per-chunk overhead (thread hops, hashing calls) small on big blobs.
 READ_BUFSIZE = 4 * 1024 * 1024
+
+E = TypeVar("E", bound=RegistryError)
 
 _NETWORK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
@@ -79,8 +84,9 @@ class BlobStream:
 class UpstreamClient:
     """Talks to one remote registry on behalf of the mirror."""
 
-    def __init__(self, config: UpstreamConfig) -> None:
+    def __init__(self, config: UpstreamConfig, metrics: Metrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics or Metrics()
         self.name = config.name
         self.base = config.url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
@@ -89,7 +95,12 @@ class UpstreamClient:
         self._scheme: str | None = None  # "basic" or "bearer", learnt from the first challenge
         self._bearer_params: dict[str, str] = {}
         self.token_requests = 0
-        self.rate_limit = RateLimit(config.name)
+        self.rate_limit = RateLimit(
+            config.name,
+            on_remaining=self.metrics.ratelimit_remaining.labels(config.name).set,
+        )
+        self.last_ok: float | None = None  # time.time() of the last answer below 500
+        self.last_error: str | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -238,6 +249,8 @@ class UpstreamClient:
             resp = await self._send(method, url, headers, params, auth)
             if resp.status != 401:
                 self.rate_limit.note(resp.headers)
+                if resp.status < 500:
+                    self.last_ok = time.time()
                 return resp
             challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
             resp.release()
@@ -372,16 +385,27 @@ class UpstreamClient:
         if resp.status == 429:
             raise self._too_many(resp)
         if resp.status == 403:
-            raise Denied(f"upstream {self.name} denied access (403)")
+            raise self._failed(Denied(f"upstream {self.name} denied access (403)"))
         if resp.status >= 500:
-            raise UpstreamUnavailable(f"upstream {self.name} answered {resp.status}")
-        raise UpstreamInvalid(f"upstream {self.name} answered {resp.status} unexpectedly")
+            raise self._failed(UpstreamUnavailable(f"upstream {self.name} answered {resp.status}"))
+        raise self._failed(
+            UpstreamInvalid(f"upstream {self.name} answered {resp.status} unexpectedly")
+        )
+
+    def _failed(self, error: E) -> E:
+        """Count and remember an upstream failure on its way to the caller."""
+        self.metrics.upstream_errors.labels(self.name, error.code).inc()
+        self.last_error = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {error.message}"
+        return error
 
     def _too_many(self, resp: aiohttp.ClientResponse) -> TooManyRequests:
         wait = self.rate_limit.throttle(resp.headers)
-        return TooManyRequests(
-            f"upstream {self.name} is rate-limiting the mirror (429); nothing cached can answer",
-            headers={"Retry-After": str(max(1, round(wait)))},
+        return self._failed(
+            TooManyRequests(
+                f"upstream {self.name} is rate-limiting the mirror (429); nothing cached can "
+                "answer",
+                headers={"Retry-After": str(max(1, round(wait)))},
+            )
         )
 
     def _check_not_throttled(self) -> None:
@@ -397,7 +421,9 @@ class UpstreamClient:
         reason = str(exc) or type(exc).__name__
         if isinstance(exc, asyncio.TimeoutError):
             reason = "timed out"
-        return UpstreamUnavailable(f"upstream {self.name} could not be reached: {reason}")
+        return self._failed(
+            UpstreamUnavailable(f"upstream {self.name} could not be reached: {reason}")
+        )
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

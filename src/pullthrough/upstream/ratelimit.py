@@ -11,7 +11,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,9 @@ def _quota(value: str | None) -> int | None:
 class RateLimit:
     """One upstream's rate-limit state."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, on_remaining: Callable[[int], None] | None = None) -> None:
         self.upstream = upstream
+        self._on_remaining = on_remaining
         self.limit: int | None = None
         self.remaining: int | None = None
         self.blocked_until = 0.0  # time.monotonic() before which the upstream is not asked
@@ -68,6 +69,8 @@ class RateLimit:
                 limit if limit is not None else "?",
             )
         self.limit, self.remaining = limit, remaining
+        if self._on_remaining is not None:
+            self._on_remaining(remaining)
 
     def throttle(self, headers: Mapping[str, str]) -> float:
         """Record a 429; returns the seconds the upstream will now be left alone."""

@@ -1,0 +1,97 @@
+"""Prometheus metrics of one mirror, in a registry of its own (injected, never global)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+
+class Metrics:
+    """Every metric the mirror exposes at ``http.debug.prometheus.path``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "pullthrough_requests",
+            "Client requests by method, kind and status.",
+            ["method", "kind", "status"],
+            registry=r,
+        )
+        self.cache = Counter(
+            "pullthrough_cache",
+            "Cache lookups by kind (manifest, blob), result (hit, miss, stale) and upstream.",
+            ["kind", "result", "upstream"],
+            registry=r,
+        )
+        self.served_bytes = Counter(
+            "pullthrough_served_bytes",
+            "Blob bytes sent to clients, by source "
+            "(cache: a stored file; fetch: a fetch in progress; passthrough: not kept).",
+            ["source"],
+            registry=r,
+        )
+        self.upstream_bytes = Counter(
+            "pullthrough_upstream_bytes",
+            "Blob bytes received from each upstream.",
+            ["upstream"],
+            registry=r,
+        )
+        self.passthrough_bytes = Counter(
+            "pullthrough_passthrough_bytes",
+            "Bytes fetched but not kept (disk full or over "
+            "mirror.maxsize with nothing left to evict).",
+            ["upstream"],
+            registry=r,
+        )
+        self.fetches_in_flight = Gauge(
+            "pullthrough_fetches_in_flight", "Blob fetches running now.", registry=r
+        )
+        self.coalesced = Counter(
+            "pullthrough_coalesced_waiters",
+            "Requests that joined work already under way "
+            "instead of asking the upstream again, by kind (blob, tag).",
+            ["kind"],
+            registry=r,
+        )
+        self.revalidations = Counter(
+            "pullthrough_tag_revalidations",
+            "Upstream HEADs asking what a tag points at.",
+            ["upstream"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "pullthrough_upstream_errors",
+            "Upstream failures by upstream and kind (the OCI code the client would see).",
+            ["upstream", "kind"],
+            registry=r,
+        )
+        self.evictions = Counter(
+            "pullthrough_evictions",
+            "Objects removed from the store, by reason (expired, evicted).",
+            ["reason"],
+            registry=r,
+        )
+        self.evicted_bytes = Counter(
+            "pullthrough_evicted_bytes",
+            "Bytes removed from the store, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.store_bytes = Gauge(
+            "pullthrough_store_bytes", "Bytes the store holds (at the last sweep).", registry=r
+        )
+        self.store_objects = Gauge(
+            "pullthrough_store_objects",
+            "Objects the store holds (at the last sweep).",
+            registry=r,
+        )
+        self.ratelimit_remaining = Gauge(
+            "pullthrough_upstream_ratelimit_remaining",
+            "Pulls the upstream says remain (ratelimit-remaining), where it says.",
+            ["upstream"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,86 @@
+"""The debug server: /debug/health and Prometheus metrics after real pulls."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.support.images import pull_dir
+from tests.support.mirror import MirrorProcess
+from tests.support.net import free_port, http_request
+from tests.support.proxy import RecordingProxy
+
+pytestmark = pytest.mark.integration
+
+
+def _metrics(debug_url: str) -> dict[str, float]:
+    text = http_request("GET", f"{debug_url}/metrics").body.decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+@pytest.fixture
+def observed(mirror_factory, upstream_proxy: RecordingProxy) -> tuple[MirrorProcess, str]:
+    port = free_port()
+    mirror = mirror_factory(
+        upstream_proxy.url,
+        config={"http": {"debug": {"addr": f"127.0.0.1:{port}", "prometheus": {"enabled": True}}}},
+    )
+    return mirror, f"http://127.0.0.1:{port}"
+
+
+def test_metrics_count_hits_misses_and_bytes(observed, images, tmp_path: Path) -> None:
+    mirror, debug = observed
+    image = images.oci_small
+    blob_bytes = sum(image.source.blob_file(d).stat().st_size for d in image.blob_digests)
+    pull_dir(image.on(mirror.host), tmp_path / "first")
+    pull_dir(image.on(mirror.host), tmp_path / "second")
+    m = _metrics(debug)
+    blobs = len(image.blob_digests)
+    assert m['pullthrough_cache_total{kind="blob",result="miss",upstream="docker.io"}'] == blobs
+    assert m['pullthrough_cache_total{kind="blob",result="hit",upstream="docker.io"}'] == blobs
+    assert m['pullthrough_upstream_bytes_total{upstream="docker.io"}'] == blob_bytes
+    assert m['pullthrough_served_bytes_total{source="cache"}'] == blob_bytes
+    assert m['pullthrough_served_bytes_total{source="fetch"}'] == blob_bytes
+    assert m['pullthrough_tag_revalidations_total{upstream="docker.io"}'] >= 2
+    assert m["pullthrough_fetches_in_flight"] == 0
+    assert m['pullthrough_requests_total{kind="blob",method="GET",status="200"}'] == 2 * blobs
+
+
+def test_health_reports_checks_and_fails_when_the_store_is_not_writable(
+    observed, images, upstream_proxy: RecordingProxy
+) -> None:
+    mirror, debug = observed
+    assert (
+        http_request("GET", f"{mirror.url}/v2/{images.oci_small.repo}/manifests/v1").status == 200
+    )
+    resp = http_request("GET", f"{debug}/debug/health")
+    assert resp.status == 200
+    doc = json.loads(resp.body)
+    assert doc["status"] == "ok"
+    assert doc["checks"]["storage"]["ok"] and doc["checks"]["index"]["ok"]
+    assert doc["checks"]["upstreams"]["docker.io"]["last_ok"]
+
+    upstream_proxy.stop()
+    http_request("GET", f"{mirror.url}/v2/library/nothing/manifests/v1")
+    doc = json.loads(http_request("GET", f"{debug}/debug/health").body)
+    assert "could not be reached" in doc["checks"]["upstreams"]["docker.io"]["last_error"]
+    upstream_proxy.start()
+
+    tmp = mirror.root / "tmp"
+    shutil.rmtree(tmp)
+    tmp.write_text("not a directory any more")  # root ignores permissions; this it cannot
+    try:
+        broken = http_request("GET", f"{debug}/debug/health")
+        assert broken.status == 503
+        assert json.loads(broken.body)["checks"]["storage"]["ok"] is False
+    finally:
+        tmp.unlink()
+        tmp.mkdir()
