@@ -95,8 +95,10 @@ def test_connection_refused_fails_fast_then_recovers(
     again = _pull(fast_mirror, fresh, blob=_layer(fresh))
     assert again.manifest.status == 200 and again.blob is not None
     assert _sha(again.blob.body) == _layer(fresh)
-    print(f"\nrefused: failed in {pull.seconds:.3f}s; first good pull done "
-          f"{time.monotonic() - back:.3f}s after the upstream came back")
+    print(
+        f"\nrefused: failed in {pull.seconds:.3f}s; first good pull done "
+        f"{time.monotonic() - back:.3f}s after the upstream came back"
+    )
 
 
 def _private_resolver(tmp_path: Path) -> list[str]:
