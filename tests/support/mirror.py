@@ -47,6 +47,7 @@ class MirrorProcess:
             "mirror": {"upstream_connect_timeout": "2s", "upstream_read_timeout": "10s"},
         }
         _merge(doc, config or {})
+        self.root = Path(doc["storage"]["filesystem"]["rootdirectory"])  # as configured
         self.config_path = workdir / "config.yml"
         self.config_path.write_text(yaml.safe_dump(doc))
         self.log_path = workdir / "mirror.log"

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 from pullthrough.errors import BlobUnknown
 from pullthrough.metrics import Metrics
-from pullthrough.mirror.fetch import Fetch, Fetches
+from pullthrough.mirror.fetch import Fetch
+from pullthrough.mirror.fetches import Fetches
+from pullthrough.mirror.taps import Tap
 from pullthrough.reference import Digest
 from pullthrough.store.blobs import BlobStore, OpenBlob
 from pullthrough.store.index import Index
@@ -25,12 +27,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class BlobBody:
-    """Where a blob's bytes come from: a verified file, or a fetch still in progress."""
+    """Where a blob's bytes come from: a verified file, or a fetch still in progress (with
+    this reader's tap, for bytes the fetch cannot put on disk)."""
 
     digest: Digest
     size: int | None
     cached: OpenBlob | None = None
     fetch: Fetch | None = None
+    tap: Tap | None = None
 
 
 class BlobService:
@@ -59,13 +63,19 @@ class BlobService:
         fetch = self.fetches.get(digest)
         if fetch is not None and (fetch.upstream is not upstream or fetch.repo != repo):
             await self._authorize(upstream, repo, digest)
+            fetch = self.fetches.get(digest)  # it may have ended while we asked
         if fetch is None:
             log.info("cache miss: blob %s for %s/%s", digest, upstream.name, repo)
             fetch = self.fetches.start(digest, upstream, repo)
         else:
             self.metrics.coalesced.labels("blob").inc()
-        await fetch.started()
-        return BlobBody(digest, fetch.size, fetch=fetch)
+        tap = fetch.attach()  # before any await: no byte may pass this reader by
+        try:
+            await fetch.started()
+        except BaseException:
+            fetch.detach(tap)
+            raise
+        return BlobBody(digest, fetch.size, fetch=fetch, tap=tap)
 
     async def head(self, upstream: UpstreamClient, repo: str, digest: Digest) -> int | None:
         """The blob's size for a HEAD; asks the upstream with a HEAD on a miss and never
@@ -109,6 +119,8 @@ async def open_fetch_file(fetch: Fetch) -> int:
                 continue
         if fetch.error is not None:
             raise fetch.error  # it failed (and removed its temp file) before we opened it
+        if fetch.spilled_at == 0:
+            return -1  # it never wrote a byte to disk: everything comes through the tap
         raise BlobUnknown(f"blob {fetch.digest} vanished while being fetched")
 
     return await asyncio.to_thread(work)

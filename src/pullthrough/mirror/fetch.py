@@ -9,12 +9,18 @@ fails and every reader aborts its connection.
 
 If the upstream connection breaks mid-body, the fetch resumes with a Range request from
 the byte it had reached (a few times, then gives up).
+
+When the disk is full (ENOSPC) the fetch does not fail: it "spills". The bytes already in
+the temp file stay readable there; everything after goes to each attached reader's Tap,
+hashed and verified all the same, and nothing is kept. A fetch started with
+``keep=False`` (store over its limit, nothing left to evict) spills from the first byte.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -22,6 +28,7 @@ from pathlib import Path
 
 from pullthrough.errors import BlobUnknown, RegistryError, UpstreamInvalid, UpstreamUnavailable
 from pullthrough.metrics import Metrics
+from pullthrough.mirror.taps import Tap
 from pullthrough.reference import Digest
 from pullthrough.store.blobs import BlobStore, hasher_for
 from pullthrough.upstream.client import UpstreamClient
@@ -29,6 +36,7 @@ from pullthrough.upstream.client import UpstreamClient
 log = logging.getLogger(__name__)
 
 MAX_RESUMES = 3
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 # Gather small network reads into writes of about this size: fewer thread hops per GiB.
 WRITE_BATCH = 1024 * 1024
 
@@ -45,9 +53,12 @@ class Fetch:
         store: BlobStore,
         on_stored: Callable[[Fetch], Awaitable[None]],
         metrics: Metrics,
+        keep: bool = True,
+        on_spill: Callable[[Fetch], None] | None = None,
     ) -> None:
         self.digest = digest
         self._upstream_bytes = metrics.upstream_bytes.labels(upstream.name)
+        self._passthrough_bytes = metrics.passthrough_bytes.labels(upstream.name)
         self.upstream = upstream
         self.repo = repo
         self.store = store
@@ -59,8 +70,12 @@ class Fetch:
         self.error: RegistryError | None = None
         self.upstream_bytes = 0
         self._on_stored = on_stored
+        self._on_spill = on_spill
         self._started = asyncio.get_running_loop().create_future()
         self._changed = asyncio.Event()
+        # Where the temp file's bytes end once the fetch spilled (None: it did not).
+        self.spilled_at: int | None = None if keep else 0
+        self._taps: set[Tap] = set()
 
     # --- for readers -------------------------------------------------------------------
 
@@ -72,20 +87,34 @@ class Fetch:
     def finished(self) -> bool:
         return self.verified or self.error is not None
 
+    def attach(self) -> Tap:
+        """Register a reader, so it gets the bytes that never reach the disk should the
+        fetch spill. Call before any await after obtaining the fetch; ``detach`` after."""
+        tap = Tap()
+        self._taps.add(tap)
+        return tap
+
+    def detach(self, tap: Tap) -> None:
+        tap.close()
+        self._taps.discard(tap)
+
     def readable(self) -> int:
-        """How many leading bytes of the temp file a reader may send now."""
+        """How many leading bytes of the temp file a reader may send now. After a spill the
+        file holds ``spilled_at`` bytes and the rest comes through the reader's Tap."""
         if self.error is not None:
             raise self.error
+        if self.spilled_at is not None:
+            return self.spilled_at
         if self.verified:
             return self.written
         return max(0, self.written - 1)
 
     async def wait_readable(self, beyond: int) -> int:
-        """Wait until more than ``beyond`` bytes are readable or the fetch ended; returns
-        ``readable()`` (raising the fetch's error if it failed)."""
+        """Wait until more than ``beyond`` bytes are readable, the fetch ended, or it
+        spilled; returns ``readable()`` (raising the fetch's error if it failed)."""
         while True:
             available = self.readable()
-            if available > beyond or self.verified:
+            if available > beyond or self.verified or self.spilled_at is not None:
                 return available
             event = self._changed
             await event.wait()
@@ -104,9 +133,19 @@ class Fetch:
     # --- the download ------------------------------------------------------------------
 
     async def run(self) -> None:
-        fd = await asyncio.to_thread(
-            os.open, self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
-        )
+        fd = -1
+        if self.spilled_at is None:
+            try:
+                fd = await asyncio.to_thread(
+                    os.open,
+                    self.temp_path,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                    0o644,
+                )
+            except OSError as exc:
+                if exc.errno not in _DISK_FULL:
+                    raise
+                self._spill(str(exc))
         hasher = hasher_for(self.digest)
         try:
             await self._download(fd, hasher)
@@ -119,17 +158,27 @@ class Fetch:
                     f"upstream sent bytes for {self.digest} that do not match that digest; "
                     "nothing was stored"
                 )
-            await asyncio.to_thread(self._commit, fd)
-            fd = -1
-            await self._on_stored(self)
-            self.verified = True
-            log.info(
-                "stored %s (%d bytes) from %s/%s",
-                self.digest,
-                self.written,
-                self.upstream.name,
-                self.repo,
-            )
+            if self.spilled_at is not None:
+                await asyncio.to_thread(self._discard, fd)
+                fd = -1
+                self.verified = True
+                self._passthrough_bytes.inc(self.written)
+                log.info("served %s (%d bytes) without keeping it", self.digest, self.written)
+            else:
+                await asyncio.to_thread(self._commit, fd)
+                fd = -1
+                self.verified = True
+                log.info(
+                    "stored %s (%d bytes) from %s/%s",
+                    self.digest,
+                    self.written,
+                    self.upstream.name,
+                    self.repo,
+                )
+                try:
+                    await self._on_stored(self)
+                except Exception:  # the verified file is in place; the next start indexes it
+                    log.exception("indexing %s failed", self.digest)
         except Exception as exc:
             self.error = (
                 exc
@@ -147,6 +196,8 @@ class Fetch:
             if not self._started.done():
                 self._started.set_exception(self.error or UpstreamUnavailable("fetch ended early"))
                 self._started.exception()  # retrieved: readers may all have gone
+            for tap in list(self._taps):
+                tap.end(self.error)
             self._notify()
 
     async def _download(self, fd: int, hasher: object) -> None:
@@ -201,11 +252,41 @@ class Fetch:
         if not batch:
             return
         data = batch[0] if len(batch) == 1 else b"".join(batch)
-        await asyncio.to_thread(_write_and_hash, fd, hasher, data)
-        self.written += len(data)
+        if self.spilled_at is None:
+            try:
+                await asyncio.to_thread(_write_and_hash, fd, hasher, data, self.written)
+            except OSError as exc:
+                if exc.errno not in _DISK_FULL:
+                    raise
+                # Cut the file back to the bytes that were hashed, then go on without it.
+                await asyncio.to_thread(_cut, fd, self.written)
+                self._spill(str(exc))
+            else:
+                self.written += len(data)
+                self._notify()
+                return
+        await self._deliver(hasher, data)
+
+    def _spill(self, reason: str) -> None:
+        self.spilled_at = self.written
+        if self._on_spill is not None:
+            self._on_spill(self)
+        log.debug("fetch of %s spilled at byte %d: %s", self.digest, self.written, reason)
         self._notify()
 
+    async def _deliver(self, hasher: object, data: bytes) -> None:
+        """Spilled: hash the bytes and hand them to every attached reader."""
+        if not self._taps:
+            # Nothing to keep and nobody listening: stop downloading.
+            raise UpstreamUnavailable(f"no reader is left for {self.digest}, which cannot be kept")
+        hasher.update(data)  # type: ignore[attr-defined]
+        offset = self.written
+        self.written += len(data)
+        for tap in list(self._taps):
+            await tap.put(offset, data)
+
     def _commit(self, fd: int) -> None:
+        """fsync, close and rename the verified temp file into place."""
         try:
             os.fsync(fd)
         finally:
@@ -219,66 +300,15 @@ class Fetch:
             self.temp_path.unlink()
 
 
-def _write_and_hash(fd: int, hasher: object, data: bytes) -> None:
+def _write_and_hash(fd: int, hasher: object, data: bytes, offset: int) -> None:
     view = memoryview(data)
+    position = offset
     while view:
-        view = view[os.write(fd, view) :]
+        count = os.pwrite(fd, view, position)
+        view, position = view[count:], position + count
     hasher.update(data)  # type: ignore[attr-defined]
 
 
-class Fetches:
-    """The process-wide table of fetches in flight: at most one per digest."""
-
-    def __init__(
-        self,
-        store: BlobStore,
-        on_stored: Callable[[Fetch], Awaitable[None]],
-        metrics: Metrics,
-    ) -> None:
-        self._store = store
-        self._on_stored = on_stored
-        self._metrics = metrics
-        self._running: dict[str, Fetch] = {}
-        metrics.fetches_in_flight.set_function(lambda: len(self._running))
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def get(self, digest: Digest) -> Fetch | None:
-        """The fetch of ``digest`` in flight, if any. A fetch that has failed is not
-        joined (its task may not have cleaned up yet): the next request starts afresh."""
-        fetch = self._running.get(str(digest))
-        return fetch if fetch is not None and fetch.error is None else None
-
-    def start(self, digest: Digest, upstream: UpstreamClient, repo: str) -> Fetch:
-        """The running fetch of ``digest``, or a new one from ``repo`` on ``upstream``."""
-        key = str(digest)
-        fetch = self.get(digest)
-        if fetch is not None:
-            return fetch
-        fetch = Fetch(
-            digest=digest,
-            upstream=upstream,
-            repo=repo,
-            store=self._store,
-            on_stored=self._on_stored,
-            metrics=self._metrics,
-        )
-        self._running[key] = fetch
-        task = asyncio.get_running_loop().create_task(self._run(key, fetch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return fetch
-
-    async def _run(self, key: str, fetch: Fetch) -> None:
-        try:
-            await fetch.run()
-        finally:
-            if self._running.get(key) is fetch:
-                del self._running[key]
-
-    def __len__(self) -> int:
-        return len(self._running)
-
-    async def wait_all(self, seconds: float) -> None:
-        """Give running fetches up to ``timeout`` seconds to finish (at shutdown)."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=seconds)
+def _cut(fd: int, size: int) -> None:
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, size)

@@ -11,7 +11,8 @@ from pullthrough.config import Config
 from pullthrough.metrics import Metrics
 from pullthrough.mirror.blobs import BlobService
 from pullthrough.mirror.eviction import Sweeper, SweepReport
-from pullthrough.mirror.fetch import Fetch, Fetches
+from pullthrough.mirror.fetch import Fetch
+from pullthrough.mirror.fetches import Fetches
 from pullthrough.mirror.listing import Listing
 from pullthrough.mirror.manifests import ManifestService
 from pullthrough.mirror.upstreams import Upstreams
@@ -32,6 +33,8 @@ class Mirror:
         self.index = Index(config.index_path)
         self.upstreams = Upstreams(config, self.metrics)
         self.fetches = Fetches(self.store, self._blob_stored, self.metrics)
+        # Over mirror.maxsize with nothing left to evict: new fetches keep nothing.
+        self.fetches.keep = lambda: not self.sweeper.full
         self.blobs = BlobService(
             store=self.store, index=self.index, fetches=self.fetches, metrics=self.metrics
         )

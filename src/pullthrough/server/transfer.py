@@ -19,6 +19,7 @@ from pullthrough.errors import RegistryError
 from pullthrough.metrics import Metrics
 from pullthrough.mirror.blobs import BlobBody, open_fetch_file
 from pullthrough.mirror.fetch import Fetch
+from pullthrough.mirror.taps import Tap
 from pullthrough.server.ranges import ByteRange
 
 log = logging.getLogger(__name__)
@@ -51,20 +52,27 @@ async def send_blob(
         finally:
             body.cached.close()
     else:
-        assert body.fetch is not None
-        fd = await open_fetch_file(body.fetch)
+        assert body.fetch is not None and body.tap is not None
+        fd = -1
         try:
+            fd = await open_fetch_file(body.fetch)
             await resp.prepare(request)
             sent = await _send_growing(request, resp, body.fetch, fd, start, stop)
+            sent_through_tap = await _send_tapped(resp, body.fetch, body.tap, start + sent, stop)
             metrics.served_bytes.labels("fetch").inc(sent)
+            metrics.served_bytes.labels("passthrough").inc(sent_through_tap)
         except RegistryError as err:
+            if not resp.prepared:
+                raise
             # Headers are out; the only honest signal left is a broken connection.
             log.warning("aborting transfer of %s to a client: %s", body.digest, err.message)
             if request.transport is not None:
                 request.transport.abort()
             return resp
         finally:
-            os.close(fd)
+            body.fetch.detach(body.tap)
+            if fd >= 0:
+                os.close(fd)
     await resp.write_eof()
     return resp
 
@@ -77,9 +85,12 @@ async def _send_growing(
     start: int,
     stop: int | None,
 ) -> int:
-    """Send [start, stop) as the fetch makes it readable; returns the bytes sent."""
+    """Send [start, stop) from the temp file as the fetch makes it readable, until the end
+    or the point where the fetch spilled; returns the bytes sent."""
     position = start
     while stop is None or position < stop:
+        if fetch.spilled_at is not None and position >= fetch.spilled_at:
+            break  # the rest never reaches the disk: _send_tapped takes over
         readable = await fetch.wait_readable(position)
         limit = readable if stop is None else min(readable, stop)
         if stop is not None and limit == stop and not fetch.verified:
@@ -94,6 +105,38 @@ async def _send_growing(
             position = limit
         elif fetch.verified:
             break  # everything sent (a body of unknown size has ended)
+    return position - start
+
+
+async def _send_tapped(
+    resp: web.StreamResponse, fetch: Fetch, tap: Tap, position: int, stop: int | None
+) -> int:
+    """Send what a spilled fetch hands this reader, from ``position``. The last byte is
+    held until the fetch verified the whole blob, as for bytes read from disk."""
+    if fetch.spilled_at is None or (stop is not None and position >= stop):
+        return 0
+    start, held = position, b""
+    taken = position  # bytes taken from the stream: sent, plus the one held back
+    while (item := await tap.get()) is not None:
+        offset, data = item
+        if offset + len(data) <= taken:
+            continue
+        if offset < taken:
+            data = data[taken - offset :]
+            offset = taken
+        if stop is not None:
+            data = data[: max(0, stop - offset)]
+        if not data:
+            continue  # past the range: keep draining until the fetch says it verified
+        taken += len(data)
+        out = held + data
+        held, out = out[-1:], out[:-1]
+        if out:
+            await resp.write(out)
+            position += len(out)
+    if held:
+        await resp.write(held)
+        position += len(held)
     return position - start
 
 

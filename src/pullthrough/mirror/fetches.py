@@ -1,0 +1,102 @@
+"""The process-wide table of fetches in flight: at most one per digest."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from pullthrough.metrics import Metrics
+from pullthrough.mirror.fetch import Fetch
+from pullthrough.reference import Digest
+from pullthrough.store.blobs import BlobStore
+from pullthrough.upstream.client import UpstreamClient
+
+log = logging.getLogger(__name__)
+
+# A full disk is reported at most this often, not once per blob.
+FULL_WARNING_INTERVAL = 60.0
+# After a fetch found the disk full, new fetches keep nothing for this long rather than
+# fill the disk again only to throw the bytes away.
+FULL_BACKOFF = 5.0
+
+
+class Fetches:
+    """The process-wide table of fetches in flight: at most one per digest."""
+
+    def __init__(
+        self,
+        store: BlobStore,
+        on_stored: Callable[[Fetch], Awaitable[None]],
+        metrics: Metrics,
+    ) -> None:
+        self._store = store
+        self._on_stored = on_stored
+        self._metrics = metrics
+        self._running: dict[str, Fetch] = {}
+        metrics.fetches_in_flight.set_function(lambda: len(self._running))
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.keep: Callable[[], bool] = lambda: True  # False: new fetches keep nothing
+        self._warned_at = 0.0
+        self._full_until = 0.0
+
+    def get(self, digest: Digest) -> Fetch | None:
+        """The fetch of ``digest`` in flight, if any. A fetch that has failed is not
+        joined (its task may not have cleaned up yet): the next request starts afresh."""
+        fetch = self._running.get(str(digest))
+        return fetch if fetch is not None and fetch.error is None else None
+
+    def start(self, digest: Digest, upstream: UpstreamClient, repo: str) -> Fetch:
+        """The running fetch of ``digest``, or a new one from ``repo`` on ``upstream``."""
+        key = str(digest)
+        fetch = self.get(digest)
+        if fetch is not None:
+            return fetch
+        fetch = Fetch(
+            digest=digest,
+            upstream=upstream,
+            repo=repo,
+            store=self._store,
+            on_stored=self._on_stored,
+            metrics=self._metrics,
+            keep=self.keep() and time.monotonic() >= self._full_until,
+            on_spill=self._spilled,
+        )
+        self._running[key] = fetch
+        task = asyncio.get_running_loop().create_task(self._run(key, fetch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return fetch
+
+    def _spilled(self, fetch: Fetch) -> None:
+        # A fetch that keeps nothing cannot take new readers (they would miss the bytes
+        # already handed out): the next request for this digest starts its own.
+        key = str(fetch.digest)
+        if self._running.get(key) is fetch:
+            del self._running[key]
+        now = time.monotonic()
+        if fetch.spilled_at:  # it wrote until the disk was full (not merely over maxsize)
+            self._full_until = now + FULL_BACKOFF
+        if now - self._warned_at >= FULL_WARNING_INTERVAL:
+            self._warned_at = now
+            log.warning(
+                "store cannot keep %s (disk full or over mirror.maxsize): serving it from "
+                "upstream without keeping it; see pullthrough_passthrough_bytes",
+                fetch.digest,
+            )
+
+    async def _run(self, key: str, fetch: Fetch) -> None:
+        try:
+            await fetch.run()
+        finally:
+            if self._running.get(key) is fetch:
+                del self._running[key]
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    async def wait_all(self, seconds: float) -> None:
+        """Give running fetches up to ``seconds`` to finish (at shutdown)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=seconds)
