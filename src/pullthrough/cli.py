@@ -20,6 +20,10 @@ log = logging.getLogger("pullthrough")
 # Operator commands: pullthrough.commands.<name> has add_arguments(parser) and run(config, args).
 COMMANDS = {
     "gc": "remove expired and least recently used content now (--dry-run: only say what)",
+    "ls": "list cached repositories and tags: digest, size, last access (--json)",
+    "du": "store size by upstream and repository, and on disk (--json)",
+    "verify": "re-hash every stored object; --repair removes corrupt ones",
+    "warm": "prefetch images into the cache (directly, or through a running --mirror)",
 }
 
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs "%{User-Agent}i"'

@@ -67,7 +67,7 @@ def test_check_accepts_a_distribution_proxy_config(tmp_path: Path) -> None:
     config.write_text(
         "version: 0.1\nlog: {fields: {service: registry}}\n"
         "storage: {filesystem: {rootdirectory: /var/lib/registry}, delete: {enabled: true}}\n"
-        "http: {addr: ':5000', headers: {X-Content-Type-Options: [nosniff]}}\n"
+        "http: {addr: '127.0.0.1:5000', headers: {X-Content-Type-Options: [nosniff]}}\n"
         "proxy: {remoteurl: https://registry-1.docker.io, username: u, password: hunter2}\n"
     )
     result = _pullthrough("check", str(config), cwd=tmp_path)

@@ -4,8 +4,8 @@ object, says so once per interval, counts it, and its SQLite index stays sound."
 from __future__ import annotations
 
 import hashlib
-import os
 import http.client
+import os
 import sqlite3
 import subprocess
 import threading

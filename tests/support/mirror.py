@@ -67,13 +67,14 @@ class MirrorProcess:
 
     def _answers(self) -> bool:
         if not self.tls:
-            return http_request("GET", f"{self.url}/v2/", timeout=1).status == 200
+            # 401: up, and asking for credentials (auth: configured)
+            return http_request("GET", f"{self.url}/v2/", timeout=1).status in (200, 401)
         ctx = ssl.create_default_context()
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
         conn = http.client.HTTPSConnection(LOOPBACK, self.port, timeout=1, context=ctx)
         try:
             conn.request("GET", "/v2/")
-            return conn.getresponse().status == 200
+            return conn.getresponse().status in (200, 401)
         finally:
             conn.close()
 

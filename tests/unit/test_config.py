@@ -62,12 +62,29 @@ def test_embedded_default_mirrors_docker_hub_into_data_on_port_5000() -> None:
 
 
 def test_distribution_proxy_config_loads_unchanged_without_warnings(tmp_path: Path) -> None:
-    config = load(write(tmp_path, DISTRIBUTION_PROXY_CONFIG), environ={})
+    text = DISTRIBUTION_PROXY_CONFIG.replace("  addr: :5000", "  addr: 127.0.0.1:5000")
+    config = load(write(tmp_path, text), environ={})
     assert config.upstream.username == "someuser"
     assert config.upstream.password == "secret"
     assert config.accesslog is False
     assert str(config.root) == "/var/lib/registry"
     assert config.warnings == ()
+
+
+def test_upstream_credentials_without_client_auth_on_a_public_port_are_refused(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, DISTRIBUTION_PROXY_CONFIG), environ={})
+    message = str(info.value)
+    assert message.startswith("auth:") and "private image" in message
+    assert "mirror.allow_anonymous_with_upstream_credentials" in message
+    assert "secret" not in message
+    allowed = (
+        DISTRIBUTION_PROXY_CONFIG + "mirror:\n  allow_anonymous_with_upstream_credentials: true\n"
+    )
+    config = load(write(tmp_path, allowed), environ={})
+    assert any("anyone who reaches this port" in w for w in config.warnings)
 
 
 def test_env_overrides_file_values(tmp_path: Path) -> None:
@@ -153,7 +170,8 @@ def test_several_upstreams_inherit_mirror_wide_settings(tmp_path: Path) -> None:
             "  upstreams:\n"
             "    - {name: ghcr.io, remoteurl: https://ghcr.io, tag_freshness: 1m}\n"
             "    - {name: Quay.IO, remoteurl: https://quay.io, username: u, password: p,"
-            " ttl: 1h}\n",
+            " ttl: 1h}\n"
+            "http: {addr: '127.0.0.1:5000'}\n",
         ),
         environ={},
     )

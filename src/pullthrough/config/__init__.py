@@ -10,6 +10,7 @@ from pullthrough.config.model import (
     DEFAULT_REMOTE,
     DEFAULT_TTL,
     DOCKER_HUB_NAME,
+    AuthConfig,
     Config,
     StoreLimit,
     UpstreamConfig,
@@ -17,6 +18,7 @@ from pullthrough.config.model import (
 from pullthrough.config.values import ConfigError, parse_addr, parse_duration, parse_size
 
 __all__ = [
+    "AuthConfig",
     "DEFAULT_REMOTE",
     "DEFAULT_TTL",
     "DOCKER_HUB_NAME",

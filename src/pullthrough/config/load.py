@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import ssl
@@ -12,9 +13,12 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from pullthrough.clientauth.htpasswd import HtpasswdError, parse_htpasswd
+from pullthrough.clientauth.tokens import TokenVerifier
 from pullthrough.config.model import (
     DEFAULT_TTL,
     DOCKER_HUB_NAME,
+    AuthConfig,
     Config,
     StoreLimit,
     UpstreamConfig,
@@ -95,10 +99,26 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
         )
 
     warnings = [*warnings, *unknown_keys(root)]
-    if root.auth:
+    auth = _auth(root.auth)
+    for ca in tls.clientcas:
+        if not Path(ca).is_file():
+            raise ConfigError(f"http.tls.clientcas: cannot read {ca}")
+    if root.http.tls.clientcas and not tls.certificate:
+        raise ConfigError("http.tls.clientcas: needs http.tls.certificate and key")
+    with_credentials = [u.name for u in upstreams if u.username]
+    if with_credentials and auth is None and not _loopback(host):
+        if not root.mirror.allow_anonymous_with_upstream_credentials:
+            raise ConfigError(
+                f"auth: upstream credentials are configured ({', '.join(with_credentials)}) but "
+                f"no client authentication, on {root.http.addr}: anyone who reaches the port "
+                "could pull every private image those credentials can read. Set auth.htpasswd "
+                "or auth.token, listen on a loopback address, or accept it explicitly with "
+                "mirror.allow_anonymous_with_upstream_credentials: true"
+            )
         warnings.append(
-            "auth: client authentication is not enforced yet by this version; "
-            "anyone who reaches the port can pull"
+            "mirror.allow_anonymous_with_upstream_credentials: anyone who reaches this port "
+            f"can pull every private image the credentials of {', '.join(with_credentials)} "
+            "can read"
         )
     level = {"warn": "warning", "panic": "critical", "fatal": "critical", "trace": "debug"}.get(
         root.log.level, root.log.level
@@ -116,7 +136,8 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
         upstreams=upstreams,
         default_upstream=default,
         allow_any_upstream=root.mirror.allow_any_upstream,
-        auth=root.auth,
+        auth=auth,
+        tls_clientcas=tuple(tls.clientcas),
         maxsize=_maxsize(root.mirror.maxsize),
         debug_addr=parse_addr(debug.addr, "http.debug.addr") if debug.addr else None,
         metrics_path=_metrics_path(debug.prometheus.path) if debug.prometheus.enabled else None,
@@ -213,6 +234,57 @@ def _upstreams(root: Root) -> tuple[UpstreamConfig, ...]:
             )
         )
     return tuple(found)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _auth(raw: dict[str, Any] | None) -> AuthConfig | None:
+    """``auth.htpasswd`` or ``auth.token``, checked now (file readable, bcrypt only,
+    certificate bundle loadable) so a bad one stops start-up, not the first pull."""
+    if not raw:
+        return None
+    kinds = sorted(raw)
+    if len(kinds) != 1 or kinds[0] not in ("htpasswd", "token"):
+        raise ConfigError(
+            f"auth: pullthrough supports auth.htpasswd or auth.token (one of them), got "
+            f"{', '.join(kinds)}"
+        )
+    kind = kinds[0]
+    section = raw[kind] if isinstance(raw[kind], dict) else {}
+    realm = str(section.get("realm") or "")
+    if not realm:
+        raise ConfigError(f"auth.{kind}.realm: required")
+    if kind == "htpasswd":
+        path = Path(str(section.get("path") or ""))
+        try:
+            parse_htpasswd(path.read_text(), str(path))
+        except OSError as exc:
+            raise ConfigError(f"auth.htpasswd.path: cannot read {path}: {exc.strerror}") from None
+        except HtpasswdError as exc:
+            raise ConfigError(f"auth.htpasswd.path: {exc}") from None
+        return AuthConfig(kind, realm, path=path)
+    for key in ("service", "issuer", "rootcertbundle"):
+        if not section.get(key):
+            raise ConfigError(f"auth.token.{key}: required")
+    bundle = Path(str(section["rootcertbundle"]))
+    try:
+        TokenVerifier(
+            issuer=str(section["issuer"]), service=str(section["service"]), rootcertbundle=bundle
+        )
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"auth.token.rootcertbundle: cannot use {bundle}: {exc}") from None
+    return AuthConfig(
+        kind,
+        realm,
+        service=str(section["service"]),
+        issuer=str(section["issuer"]),
+        rootcertbundle=bundle,
+    )
 
 
 def _positive(value: Any, key: str) -> float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 DEFAULT_REMOTE = "https://registry-1.docker.io"
 DOCKER_HUB_NAME = "docker.io"
@@ -30,6 +29,19 @@ class UpstreamConfig:
         """Docker Hub rules (``alpine`` is ``library/alpine``) apply to the upstream named
         ``docker.io``, which ``proxy:`` is unless configured otherwise."""
         return self.name == DOCKER_HUB_NAME
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """``auth.htpasswd`` (realm, path) or ``auth.token`` (realm, service, issuer,
+    rootcertbundle): how clients prove who they are."""
+
+    kind: str  # "htpasswd" or "token"
+    realm: str
+    path: Path | None = None
+    service: str | None = None
+    issuer: str | None = None
+    rootcertbundle: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +74,11 @@ class Config:
     upstreams: tuple[UpstreamConfig, ...]
     default_upstream: str
     allow_any_upstream: bool
-    auth: dict[str, Any] | None
+    auth: AuthConfig | None
     maxsize: StoreLimit | None = None
     debug_addr: tuple[str, int] | None = None  # http.debug.addr: health (and metrics)
     metrics_path: str | None = None  # http.debug.prometheus.path when enabled
+    tls_clientcas: tuple[str, ...] = ()
     gc_interval: float = 60.0
     gc_batch: int = 1000
     warnings: tuple[str, ...] = ()
@@ -81,4 +94,9 @@ class Config:
             return None
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(self.tls_certificate, self.tls_key)
+        if self.tls_clientcas:
+            # Mutual TLS: only clients with a certificate from one of these CAs get in.
+            for ca in self.tls_clientcas:
+                ctx.load_verify_locations(cafile=ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx

@@ -39,7 +39,7 @@ _IGNORED_KEYS = {
         "h2c",
         "net",
     },
-    "http.tls": {"clientcas", "letsencrypt", "minimumtls", "ciphersuites", "clientauth"},
+    "http.tls": {"letsencrypt", "minimumtls", "ciphersuites", "clientauth"},
 }
 
 
@@ -73,6 +73,7 @@ class _Storage(_Section):
 class _TLS(_Section):
     certificate: str | None = None
     key: str | None = None
+    clientcas: list[str] = []
 
 
 class _Prometheus(_Section):
@@ -113,6 +114,7 @@ class _Mirror(_Section):
     upstreams: list[_Upstream] = []
     default_upstream: str | None = None
     allow_any_upstream: bool = False
+    allow_anonymous_with_upstream_credentials: bool = False
     upstream_connect_timeout: Any = "5s"
     upstream_read_timeout: Any = "30s"
     tag_freshness: Any = "0s"

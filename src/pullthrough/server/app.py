@@ -10,9 +10,10 @@ from aiohttp import web
 
 from pullthrough.config import Config
 from pullthrough.mirror.service import Mirror
+from pullthrough.server.auth import build_auth
 from pullthrough.server.errors import oci_errors
 from pullthrough.server.metrics import count_requests
-from pullthrough.server.routes import MIRROR_KEY, dispatch
+from pullthrough.server.routes import AUTH_KEY, MIRROR_KEY, dispatch
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ def build_app(config: Config) -> web.Application:
     )
     mirror = Mirror(config)
     app[MIRROR_KEY] = mirror
+    app[AUTH_KEY] = build_auth(config.auth)
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:
         await mirror.start()

@@ -17,6 +17,7 @@ from pullthrough.manifest import parse_accept
 from pullthrough.mirror.listing import Page
 from pullthrough.mirror.service import Mirror
 from pullthrough.reference import is_digest, parse_digest, validate_tag
+from pullthrough.server.auth import ClientAuth
 from pullthrough.server.ranges import parse_range
 from pullthrough.server.routing import resolve
 from pullthrough.server.transfer import send_blob
@@ -24,6 +25,7 @@ from pullthrough.upstream.client import UpstreamClient
 
 MIRROR_KEY = web.AppKey("mirror", Mirror)
 KIND_KEY = "pullthrough.kind"  # the route a request took, for metrics
+AUTH_KEY = web.AppKey("auth", ClientAuth)
 
 API_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
 READ_METHODS = ("GET", "HEAD")
@@ -52,8 +54,10 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
                 headers={"Allow": "GET, HEAD"},
             )
         request[KIND_KEY] = kind
+        params = match.groupdict()
+        await request.app[AUTH_KEY].authorize(request, kind, params.get("name"))
         handler = _HANDLERS[kind]
-        return await handler(request, match.groupdict())
+        return await handler(request, params)
     raise _not_found(path)
 
 

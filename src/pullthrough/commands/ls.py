@@ -1,0 +1,173 @@
+"""``pullthrough ls [CONFIG] [--json]``: the cached images, one line per tag.
+
+Each tag line gives the manifest digest the tag points at, the size of the image as stored
+(the manifest plus every stored object it references: for an index, its platform manifests
+and their blobs too; a layer shared by two platforms counts once), how many of the objects
+it references are stored (an index warmed for one platform is partial), and when any of
+them was last read. Manifests of a repository that no tag reaches (pulled by digest, or a
+tag's earlier target) are listed with tag ``<none>``; a repository that holds blobs but no
+manifest at all gets one line with digest ``-``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pullthrough.commands.inventory import (
+    Walker,
+    iso,
+    repository_links,
+    stored_objects,
+    table,
+)
+from pullthrough.commands.offline import open_store
+from pullthrough.commands.progress import human
+from pullthrough.config import Config
+
+
+@dataclass
+class Row:
+    upstream: str
+    repository: str
+    tag: str | None
+    digest: str | None
+    media_type: str | None
+    size: int
+    stored: int
+    missing: int
+    last_access: float
+    # The same tag resolved to other manifests for clients accepting other media types.
+    other_digests: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "upstream": self.upstream,
+            "repository": self.repository,
+            "tag": self.tag,
+            "digest": self.digest,
+            "media_type": self.media_type,
+            "size": self.size,
+            "objects": self.stored,
+            "missing": self.missing,
+            "last_access": iso(self.last_access),
+            "other_digests": self.other_digests,
+        }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run(config: Config, args: argparse.Namespace) -> int:
+    rows = asyncio.run(collect(config))
+    if args.json:
+        print(json.dumps({"images": [row.as_json() for row in rows]}, indent=2))
+        return 0
+    if not rows:
+        print(f"nothing cached in {config.root}")
+        return 0
+    lines = [["UPSTREAM", "REPOSITORY", "TAG", "DIGEST", "SIZE", "OBJECTS", "LAST ACCESS"]]
+    for row in rows:
+        lines.append(
+            [
+                row.upstream,
+                row.repository,
+                row.tag if row.tag is not None else "<none>",
+                row.digest or "-",
+                human(row.size),
+                f"{row.stored}/{row.stored + row.missing}",
+                iso(row.last_access) or "-",
+            ]
+        )
+    print("\n".join(table(lines)))
+    return 0
+
+
+async def collect(config: Config) -> list[Row]:
+    """Every tag, untagged manifest and manifest-less repository in the store."""
+    if not config.index_path.is_file():
+        return []  # nothing was ever stored; do not create an index just to say so
+    async with open_store(config) as opened:
+        index = opened.index
+        objects = await stored_objects(index)
+        links = await repository_links(index)
+        walker = Walker(opened.store, objects)
+
+        tagged: dict[tuple[str, str, str], list[str]] = {}
+        for upstream, repo, tag, digest, _size, _access in await index.catalog_rows():
+            digests = tagged.setdefault((upstream, repo, tag), [])
+            if digest not in digests:
+                digests.append(digest)
+
+        rows: list[Row] = []
+        reached: dict[tuple[str, str], set[str]] = {}
+        for (upstream, repo, tag), digests in tagged.items():
+            if len(digests) > 1:
+                # One row per tag: the resolution checked most recently leads.
+                order = [r.digest for r in await index.tag(upstream, repo, tag)]
+                digests.sort(key=lambda d: order.index(d) if d in order else len(order))
+            seen = reached.setdefault((upstream, repo), set())
+            for digest in digests:
+                image = await walker.image(digest)
+                seen |= image.stored | image.missing
+            image = await walker.image(digests[0])
+            rows.append(
+                Row(
+                    upstream,
+                    repo,
+                    tag,
+                    digests[0],
+                    image.media_type,
+                    image.size,
+                    len(image.stored),
+                    len(image.missing),
+                    image.last_access,
+                    digests[1:],
+                )
+            )
+
+        for (upstream, repo), all_linked in links.items():
+            # A running server may have stored (or evicted) something between the queries.
+            linked = {d for d in all_linked if d in objects}
+            if not linked:
+                continue
+            seen = reached.get((upstream, repo), set())
+            manifests = {d for d in linked if objects[d].is_manifest}
+            referenced: set[str] = set()
+            for digest in manifests:
+                referenced |= await walker.referenced(digest)
+            for root in sorted(manifests - referenced - seen):
+                image = await walker.image(root)
+                rows.append(
+                    Row(
+                        upstream,
+                        repo,
+                        None,
+                        root,
+                        image.media_type,
+                        image.size,
+                        len(image.stored),
+                        len(image.missing),
+                        image.last_access,
+                    )
+                )
+            if not seen and not manifests:
+                rows.append(
+                    Row(
+                        upstream,
+                        repo,
+                        None,
+                        None,
+                        None,
+                        sum(objects[d].size for d in linked),
+                        len(linked),
+                        0,
+                        max(objects[d].last_access for d in linked),
+                    )
+                )
+    rows.sort(key=lambda r: (r.upstream, r.repository, r.tag is None, r.tag or "", r.digest or ""))
+    return rows
