@@ -1,0 +1,188 @@
+"""Fixtures that point real container clients (dockerd, containerd, podman, buildah,
+skopeo) at a real ``pullthrough serve`` whose ``docker.io`` upstream is the session's
+test registry. Each client runs privately from a temp dir; see tests/support/clients.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration import conftest as integration
+from tests.support import KiB
+from tests.support.clients import (
+    Buildah,
+    Containerd,
+    DockerDaemon,
+    HubGuard,
+    Podman,
+    Skopeo,
+    containerd_hosts_dir,
+)
+from tests.support.images import ImageFactory, PushedImage
+from tests.support.mirror import MirrorProcess
+
+# The integration tests' mirror fixtures, reused as they are: ``mirror`` is a started
+# ``pullthrough serve`` whose upstream (named docker.io) is the session registry seen
+# through ``upstream_proxy``.
+mirror_factory = integration.mirror_factory
+mirror = integration.mirror
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "clients: drives real dockerd/containerd/podman/buildah/skopeo at the mirror"
+    )
+
+
+# Where the clients would write if they used the machine's own configuration: a test
+# leaving anything new here changed the sandbox. (containers/image's blob-info cache in
+# /var/lib/containers/cache is shared with the rest of the suite's skopeo and not checked.)
+HOST_DIRS = (
+    "/etc/docker",
+    "/etc/containers",
+    "/etc/cni/net.d",
+    "/opt",
+    "/run",
+    "/dev/shm",
+    "/var/lib/docker",
+    "/var/lib/containerd",
+    "/var/lib/containers",
+    "/var/lib/containers/storage",
+)
+
+
+def _host_entries() -> set[str]:
+    found: set[str] = set()
+    for top in HOST_DIRS:
+        base = Path(top)
+        if base.is_dir():
+            found |= {str(p) for p in base.iterdir()}
+    return found
+
+
+@pytest.fixture(autouse=True)
+def host_untouched() -> Iterator[None]:
+    """Fail a client test that left new files in the machine's container directories."""
+    before = _host_entries()
+    yield
+    # Only entries a test created and left behind; others may come and go meanwhile.
+    assert sorted(_host_entries() - before) == []
+
+
+@pytest.fixture
+def hub_guard() -> Iterator[HubGuard]:
+    """The refusing proxy every client is given as HTTP(S)_PROXY: any attempt to reach a
+    registry other than the (loopback) mirror is refused and recorded in ``.attempts``."""
+    with HubGuard() as guard:
+        yield guard
+
+
+@pytest.fixture
+def team_app(image_factory: ImageFactory) -> PushedImage:
+    """A fresh non-library Docker Hub name: ``team/app:v1``, two gzip layers."""
+    return image_factory("team/app", "v1", layers=(384 * KiB, 96 * KiB), compression="gzip")
+
+
+@pytest.fixture
+def docker_factory(
+    tmp_path: Path, mirror: MirrorProcess, hub_guard: HubGuard
+) -> Iterator[Callable[..., DockerDaemon]]:
+    """``docker_factory(**DockerDaemon_kwargs) -> started DockerDaemon`` with a fresh data
+    root and ``registry-mirrors: [mirror.url]``; stopped (by PID) at teardown."""
+    made: list[DockerDaemon] = []
+    ids = count()
+
+    def factory(**kwargs: Any) -> DockerDaemon:
+        kwargs.setdefault("mirrors", [mirror.url])
+        kwargs.setdefault("insecure", [mirror.host])
+        daemon = DockerDaemon(tmp_path / f"docker-{next(ids)}", env=hub_guard.env(), **kwargs)
+        made.append(daemon)
+        return daemon.start()
+
+    yield factory
+    for daemon in reversed(made):
+        daemon.stop()
+        print(f"--- {daemon.log_path} (tail)\n{daemon.log_tail(30)}")
+
+
+@pytest.fixture
+def containerd_factory(tmp_path: Path, hub_guard: HubGuard) -> Iterator[Callable[..., Containerd]]:
+    """``containerd_factory(**Containerd_kwargs) -> started Containerd`` with a fresh root;
+    stopped (by PID) at teardown. Pass ``env=hub_guard.env()`` to ``pull()`` as well: the
+    ``ctr`` process is the one that talks to registries."""
+    made: list[Containerd] = []
+    ids = count()
+
+    def factory(**kwargs: Any) -> Containerd:
+        kwargs.setdefault("env", hub_guard.env())
+        daemon = Containerd(tmp_path / f"containerd-{next(ids)}", **kwargs)
+        made.append(daemon)
+        return daemon.start()
+
+    yield factory
+    for daemon in reversed(made):
+        daemon.stop()
+        print(f"--- {daemon.log_path} (tail)\n{daemon.log_tail(20)}")
+
+
+@pytest.fixture
+def hosts_dir(tmp_path: Path, mirror: MirrorProcess) -> Path:
+    """A containerd ``--hosts-dir`` whose ``docker.io/hosts.toml`` names the mirror."""
+    return containerd_hosts_dir(tmp_path / "certs.d", mirror.url)
+
+
+@pytest.fixture
+def podman_factory(
+    tmp_path: Path, mirror: MirrorProcess, hub_guard: HubGuard
+) -> Iterator[Callable[..., Podman]]:
+    """``podman_factory(**Podman_kwargs) -> Podman`` on a fresh store, mirror configured."""
+    made: list[Podman] = []
+    ids = count()
+
+    def factory(**kwargs: Any) -> Podman:
+        kwargs.setdefault("mirrors", [mirror.host])
+        tool = Podman(tmp_path / f"podman-{next(ids)}", env=hub_guard.env(), **kwargs)
+        made.append(tool)
+        return tool
+
+    yield factory
+    for tool in made:
+        tool.close()
+
+
+@pytest.fixture
+def buildah_factory(
+    tmp_path: Path, mirror: MirrorProcess, hub_guard: HubGuard
+) -> Iterator[Callable[..., Buildah]]:
+    """``buildah_factory(**Buildah_kwargs) -> Buildah`` on a fresh store, mirror configured."""
+    made: list[Buildah] = []
+    ids = count()
+
+    def factory(**kwargs: Any) -> Buildah:
+        kwargs.setdefault("mirrors", [mirror.host])
+        tool = Buildah(tmp_path / f"buildah-{next(ids)}", env=hub_guard.env(), **kwargs)
+        made.append(tool)
+        return tool
+
+    yield factory
+    for tool in made:
+        tool.close()
+
+
+@pytest.fixture
+def skopeo_factory(
+    tmp_path: Path, mirror: MirrorProcess, hub_guard: HubGuard
+) -> Callable[..., Skopeo]:
+    """``skopeo_factory(**Skopeo_kwargs) -> Skopeo`` in mirror mode (registries.conf)."""
+    ids = count()
+
+    def factory(**kwargs: Any) -> Skopeo:
+        kwargs.setdefault("mirrors", [mirror.host])
+        return Skopeo(tmp_path / f"skopeo-{next(ids)}", env=hub_guard.env(), **kwargs)
+
+    return factory
