@@ -47,10 +47,16 @@ log = logging.getLogger(__name__)
 MAX_REDIRECTS = 5
 # Back-off before each retry of a request that failed to connect or lost its connection.
 CONNECT_RETRY_BACKOFF = (0.1, 0.4)
+# After the upstream could not be reached at all, requests within this many seconds fail
+# at once (cached content is served without waiting for retries and time-outs again).
+DOWN_FOR = 3.0
 # Large reads keep the per-chunk overhead (thread hops, hashing calls) small on big blobs.
 READ_BUFSIZE = 4 * 1024 * 1024
 
 E = TypeVar("E", bound=RegistryError)
+# Failures that say the upstream cannot be reached at all (refused, no route, no name,
+# connect time-out), as opposed to one slow or broken answer.
+_UNREACHABLE = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 _NETWORK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
@@ -100,6 +106,7 @@ class UpstreamClient:
             on_remaining=self.metrics.ratelimit_remaining.labels(config.name).set,
         )
         self.last_ok: float | None = None  # time.time() of the last answer below 500
+        self._down_until = 0.0  # time.monotonic() before which the upstream is not tried
         self.last_error: str | None = None
 
     @property
@@ -244,6 +251,14 @@ class UpstreamClient:
         params: dict[str, str] | None,
     ) -> aiohttp.ClientResponse:
         self._check_not_throttled()
+        if time.monotonic() < self._down_until:
+            raise self._failed(
+                UpstreamUnavailable(
+                    f"upstream {self.name} could not be reached moments ago "
+                    f"({self.last_error or 'no answer'}); trying again shortly"
+                ),
+                remember=False,
+            )
         for attempt in range(2):
             auth = self._auth_header(scope)
             resp = await self._send(method, url, headers, params, auth)
@@ -301,6 +316,8 @@ class UpstreamClient:
                 )
             except (aiohttp.ClientConnectionError, ConnectionError) as exc:
                 if backoff is None or isinstance(exc, aiohttp.ServerTimeoutError):
+                    if isinstance(exc, _UNREACHABLE):
+                        self._down_until = time.monotonic() + DOWN_FOR
                     raise self._unavailable(exc) from exc
                 log.debug("upstream %s: %s; retry %d", self.name, exc, attempt + 1)
                 await asyncio.sleep(backoff)
@@ -392,10 +409,12 @@ class UpstreamClient:
             UpstreamInvalid(f"upstream {self.name} answered {resp.status} unexpectedly")
         )
 
-    def _failed(self, error: E) -> E:
-        """Count and remember an upstream failure on its way to the caller."""
+    def _failed(self, error: E, *, remember: bool = True) -> E:
+        """Count (and remember) an upstream failure on its way to the caller."""
         self.metrics.upstream_errors.labels(self.name, error.code).inc()
-        self.last_error = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {error.message}"
+        if remember:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            self.last_error = f"{stamp} {error.message}"
         return error
 
     def _too_many(self, resp: aiohttp.ClientResponse) -> TooManyRequests:
