@@ -7,9 +7,17 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
+# The upstream registry, and every client the tests pull with. openssl makes test
+# certificates; util-linux gives unshare/mount for the private namespaces some tests use.
 need_apt=()
 command -v docker-registry >/dev/null || need_apt+=(docker-registry)
 command -v skopeo >/dev/null || need_apt+=(skopeo)
+command -v dockerd >/dev/null || need_apt+=(docker.io)
+command -v containerd >/dev/null || need_apt+=(containerd)
+command -v podman >/dev/null || need_apt+=(podman)
+command -v buildah >/dev/null || need_apt+=(buildah)
+command -v openssl >/dev/null || need_apt+=(openssl)
+command -v unshare >/dev/null || need_apt+=(util-linux)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
