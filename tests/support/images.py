@@ -8,6 +8,7 @@ are uncompressed by default; ``compression="gzip"`` stores them as gzip level 0
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -408,6 +409,7 @@ def _skopeo_env() -> dict[str, str]:
         with os.fdopen(fd, "w") as f:
             f.write('{"auths": {}}')
         _AUTH_FILE = Path(name)
+        atexit.register(_AUTH_FILE.unlink, missing_ok=True)  # one per test process
     return clean_env({"REGISTRY_AUTH_FILE": str(_AUTH_FILE)})
 
 
