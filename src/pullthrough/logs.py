@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 from pullthrough.config import Config
 
 ACCESS_LOGGER = "pullthrough.access"
@@ -26,6 +28,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+def _client_garbage(record: logging.LogRecord) -> bool:
+    """aiohttp logs every request it cannot parse (a TLS hello on the plain port, bad
+    header bytes) as an error with a traceback. That is the client's garbage, not our
+    failure: keep one plain line at info instead."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, HttpProcessingError):
+        record.msg, record.args = "refused a malformed request: %s", (exc.message.strip(),)
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+    return True
+
+
 def setup(config: Config) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if config.log_formatter == "text":
@@ -35,6 +49,8 @@ def setup(config: Config) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(config.log_level.upper())
+    server_log = logging.getLogger("aiohttp.server")
+    server_log.addFilter(_client_garbage)
     logging.getLogger("aiohttp.access").setLevel(
         logging.INFO if config.accesslog else logging.CRITICAL + 1
     )
