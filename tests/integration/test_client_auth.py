@@ -165,3 +165,66 @@ def test_token_auth_verifies_signature_issuer_audience_expiry_and_access(
         scopes=["repository:library/oci-small:pull"],
     )
     assert get("/v2/library/oci-small/manifests/v1", stale) == 401
+
+
+def test_a_client_allowed_only_b_cannot_read_a_private_blob_through_bs_name(
+    token_registry_factory, image_factory, client_issuer: TokenIssuer, mirror_factory
+) -> None:
+    upstream = token_registry_factory(private={"team/a"})  # owner may read team/a; anyone team/b
+    private_a = image_factory("team/a", registry=upstream)
+    public_b = image_factory("team/b", registry=upstream)
+    owner = upstream.creds
+    mirror = mirror_factory(
+        upstream.url,
+        config={
+            "proxy": {"username": owner[0], "password": owner[1]},
+            "auth": {
+                "token": {
+                    "realm": client_issuer.url,
+                    "service": client_issuer.service,
+                    "issuer": client_issuer.issuer,
+                    "rootcertbundle": str(client_issuer.cert_path),
+                }
+            },
+        },
+    )
+
+    def token(*repos: str, creds: tuple[str, str] | None = None) -> dict[str, str]:
+        value = fetch_token(
+            client_issuer.url,
+            service=client_issuer.service,
+            scopes=[f"repository:{r}:pull" for r in repos],
+            creds=creds,
+        )
+        return {"Authorization": f"Bearer {value}"}
+
+    a_layer = private_a.source.layer_digests[0]
+    # Someone allowed to read team/a pulls its layer: now it is in the store.
+    got = http_request(
+        "GET", f"{mirror.url}/v2/team/a/blobs/{a_layer}", headers=token("team/a", creds=ALICE)
+    )
+    assert got.status == 200
+    manifest = http_request(
+        "GET",
+        f"{mirror.url}/v2/team/a/manifests/{private_a.tag}",
+        headers=token("team/a", creds=ALICE),
+    )
+    assert manifest.status == 200
+    assert {a_layer, private_a.digest} <= set(mirror.stored_files())
+
+    only_b = token("team/b")
+    assert (
+        http_request("GET", f"{mirror.url}/v2/team/a/blobs/{a_layer}", headers=only_b).status == 401
+    )
+    leak = http_request("GET", f"{mirror.url}/v2/team/b/blobs/{a_layer}", headers=only_b)
+    assert leak.status == 404
+    assert json.loads(leak.body)["errors"][0]["code"] == "BLOB_UNKNOWN"
+    manifest_leak = http_request(
+        "GET", f"{mirror.url}/v2/team/b/manifests/{private_a.digest}", headers=only_b
+    )
+    assert manifest_leak.status == 404
+    # B's own content is fine.
+    b_layer = public_b.source.layer_digests[0]
+    assert (
+        http_request("GET", f"{mirror.url}/v2/team/b/blobs/{b_layer}", headers=only_b).status == 200
+    )
