@@ -45,6 +45,8 @@ from pullthrough.upstream.ratelimit import RateLimit
 log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
+# A token response is a few KiB; anything past this is refused unread.
+MAX_TOKEN_RESPONSE = 1024 * 1024
 # Back-off before each retry of a request that failed to connect or lost its connection.
 CONNECT_RETRY_BACKOFF = (0.1, 0.4)
 # After the upstream could not be reached at all, requests within this many seconds fail
@@ -163,7 +165,7 @@ class UpstreamClient:
             if (resp.content_length or 0) > MAX_MANIFEST_SIZE:
                 raise UpstreamInvalid(f"upstream {self.name} sent a manifest over 4 MiB")
             try:
-                body = await resp.content.read(MAX_MANIFEST_SIZE + 1)
+                body = await _read_capped(resp, MAX_MANIFEST_SIZE + 1)
             except _NETWORK_ERRORS as exc:
                 raise self._unavailable(exc) from exc
             if len(body) > MAX_MANIFEST_SIZE:
@@ -210,7 +212,7 @@ class UpstreamClient:
                 return None
             self._expect_ok(resp)
             try:
-                doc = json.loads(await resp.content.read(16 * 1024 * 1024))
+                doc = json.loads(await _read_capped(resp, 16 * 1024 * 1024))
             except _NETWORK_ERRORS as exc:
                 raise self._unavailable(exc) from exc
             except ValueError as exc:
@@ -299,9 +301,18 @@ class UpstreamClient:
                 url = urljoin(url, resp.headers["Location"])
                 params = None  # the Location carries its own query
                 resp.release()
+                if urlsplit(url).scheme not in ("http", "https"):
+                    raise self._failed(
+                        UpstreamInvalid(
+                            f"upstream {self.name} redirected to a non-HTTP URL "
+                            f"({urlsplit(url).scheme or 'no scheme'}:); refused"
+                        )
+                    )
                 continue
             return resp
-        raise UpstreamInvalid(f"upstream {self.name}: too many redirects")
+        raise self._failed(
+            UpstreamInvalid(f"upstream {self.name}: more than {MAX_REDIRECTS} redirects; refused")
+        )
 
     async def _request_with_retry(
         self, method: str, url: str, headers: CIMultiDict[str], params: dict[str, str] | None
@@ -380,7 +391,15 @@ class UpstreamClient:
                     raise UpstreamUnavailable(
                         f"upstream {self.name}'s token service answered {resp.status}"
                     )
-                doc = await resp.json(content_type=None)
+                raw = await _read_capped(resp, MAX_TOKEN_RESPONSE + 1)
+            if len(raw) > MAX_TOKEN_RESPONSE:
+                raise self._failed(
+                    UpstreamInvalid(
+                        f"upstream {self.name}'s token service sent more than "
+                        f"{MAX_TOKEN_RESPONSE} bytes; refused"
+                    )
+                )
+            doc = json.loads(raw)
         except _NETWORK_ERRORS as exc:
             raise self._unavailable(exc) from exc
         except ValueError as exc:
@@ -443,6 +462,19 @@ class UpstreamClient:
         return self._failed(
             UpstreamUnavailable(f"upstream {self.name} could not be reached: {reason}")
         )
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, read to its end or until ``limit`` bytes (whichever comes first): a
+    hostile upstream cannot make the mirror buffer more than that."""
+    parts: list[bytes] = []
+    total = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        parts.append(chunk)
+        total += len(chunk)
+        if total >= limit:
+            break
+    return b"".join(parts)[:limit]
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

@@ -1,0 +1,116 @@
+"""A hand-written hostile upstream for fault injection (never instead of the real one):
+each path answers with one kind of abuse a registry mirror must survive."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from .net import LOOPBACK, free_port
+
+HUGE = 100 * 1024 * 1024
+
+
+class EvilUpstream:
+    """``/v2/huge/manifests/*``: a 100 MB manifest (sent lazily, chunk by chunk);
+    ``/v2/wide/manifests/*``: a manifest referencing 100 000 blobs (cut at the size cap);
+    ``/v2/loop/...``: redirects to itself forever; ``/v2/file/...``: redirects to
+    ``file:///etc/passwd``; ``/v2/ftp/...``: to ``ftp://``; ``/v2/tokenbomb/...``: a Bearer
+    challenge whose realm answers 10 MB of JSON."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://{LOOPBACK}:{self.port}"
+        self.requests: list[str] = []
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self) -> EvilUpstream:
+        evil = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _send(self, status: int, headers: dict[str, str], body: bytes = b"") -> None:
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                self.do_GET()
+
+            def do_GET(self) -> None:  # noqa: N802
+                path = self.path
+                evil.requests.append(f"{self.command} {path}")
+                if path == "/v2/" or path.startswith("/token"):
+                    if path.startswith("/token"):
+                        self._send(
+                            200,
+                            {"Content-Type": "application/json"},
+                            b'{"token": "' + b"x" * (10 * 1024 * 1024) + b'"}',
+                        )
+                    else:
+                        self._send(200, {})
+                    return
+                first = path.split("/")[2] if path.count("/") > 2 else ""
+                if first == "tokenbomb":
+                    realm = f"{evil.url}/token"
+                    self._send(401, {"WWW-Authenticate": f'Bearer realm="{realm}",service="x"'})
+                elif first == "loop":
+                    self._send(307, {"Location": path})
+                elif first == "file":
+                    self._send(307, {"Location": "file:///etc/passwd"})
+                elif first == "ftp":
+                    self._send(307, {"Location": "ftp://127.0.0.1/blob"})
+                elif first == "huge" and "/manifests/" in path:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+                    self.send_header("Content-Length", str(HUGE))
+                    self.end_headers()
+                    if self.command == "GET":
+                        try:
+                            chunk = b" " * (1024 * 1024)
+                            for _ in range(HUGE // len(chunk)):
+                                self.wfile.write(chunk)
+                        except OSError:
+                            pass  # the mirror hung up, as it should
+                elif first == "wide" and "/manifests/" in path:
+                    layers = [
+                        {
+                            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                            "digest": f"sha256:{i:064x}",
+                            "size": 1,
+                        }
+                        for i in range(100_000)
+                    ]
+                    body = json.dumps(
+                        {
+                            "schemaVersion": 2,
+                            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                            "config": {"digest": f"sha256:{0:064x}", "size": 1},
+                            "layers": layers,
+                        }
+                    ).encode()
+                    self._send(
+                        200, {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}, body
+                    )
+                else:
+                    self._send(404, {"Content-Type": "application/json"}, b'{"errors":[]}')
+
+        self._server = ThreadingHTTPServer((LOOPBACK, self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
