@@ -154,3 +154,33 @@ def test_connection_dropped_mid_blob_is_resumed_with_range_requests(
     assert offsets == sorted(offsets) and offsets[0] > 0
     assert all(off <= MiB * 3 * (n + 1) for n, off in enumerate(offsets))
     assert layer in mirror.stored_files()
+
+
+def test_a_stored_blob_that_rotted_on_disk_is_never_served_as_a_success(
+    image_factory, mirror: MirrorProcess, upstream_proxy: RecordingProxy
+) -> None:
+    image = image_factory("library/rotten", layers=(3 * MiB,))
+    layer = image.source.layer_digests[0]
+    url = f"{mirror.url}/v2/{image.repo}/blobs/{layer}"
+    assert hashlib.sha256(http_request("GET", url).body).hexdigest() == layer.split(":")[1]
+    stored = mirror.stored_files()[layer]
+    with stored.open("r+b") as f:  # one flipped bit in the middle, as a bad disk would do
+        f.seek(MiB)
+        byte = f.read(1)
+        f.seek(MiB)
+        f.write(bytes([byte[0] ^ 1]))
+
+    conn = http.client.HTTPConnection(mirror.host, timeout=30)
+    conn.request("GET", f"/v2/{image.repo}/blobs/{layer}")
+    resp = conn.getresponse()
+    with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+        resp.read()
+    conn.close()
+    assert layer not in mirror.stored_files()
+    assert "does not match its digest" in mirror.log_text()
+
+    upstream_proxy.reset()
+    again = http_request("GET", url)
+    assert hashlib.sha256(again.body).hexdigest() == layer.split(":")[1]
+    assert len(upstream_proxy.blob_gets()) == 1  # fetched once more, and stored again
+    assert layer in mirror.stored_files()

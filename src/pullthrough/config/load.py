@@ -138,6 +138,7 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
         allow_any_upstream=root.mirror.allow_any_upstream,
         auth=auth,
         tls_clientcas=tuple(tls.clientcas),
+        verify_on_read=root.mirror.verify_on_read,
         maxsize=_maxsize(root.mirror.maxsize),
         debug_addr=parse_addr(debug.addr, "http.debug.addr") if debug.addr else None,
         metrics_path=_metrics_path(debug.prometheus.path) if debug.prometheus.enabled else None,

@@ -79,6 +79,7 @@ class Config:
     debug_addr: tuple[str, int] | None = None  # http.debug.addr: health (and metrics)
     metrics_path: str | None = None  # http.debug.prometheus.path when enabled
     tls_clientcas: tuple[str, ...] = ()
+    verify_on_read: bool = True
     gc_interval: float = 60.0
     gc_batch: int = 1000
     warnings: tuple[str, ...] = ()

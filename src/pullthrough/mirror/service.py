@@ -16,7 +16,7 @@ from pullthrough.mirror.fetches import Fetches
 from pullthrough.mirror.listing import Listing
 from pullthrough.mirror.manifests import ManifestService
 from pullthrough.mirror.upstreams import Upstreams
-from pullthrough.reference import parse_digest
+from pullthrough.reference import Digest, parse_digest
 from pullthrough.store.blobs import BlobStore
 from pullthrough.store.index import AgedBlob, Index
 
@@ -80,6 +80,13 @@ class Mirror:
             repo=fetch.repo,
         )
         self.sweeper.nudge()
+
+    async def quarantine(self, digest: Digest) -> None:
+        """A stored file no longer matches its digest: drop it (index first), so the next
+        request fetches it again."""
+        self.metrics.evictions.labels("corrupt").inc()
+        await self.index.forget(str(digest))
+        await self.store.remove(digest)
 
     def _removed(self, blob: AgedBlob, reason: str) -> None:
         self.metrics.evictions.labels(reason).inc()

@@ -119,7 +119,8 @@ async def blob(request: web.Request, params: dict[str, str]) -> web.StreamRespon
         if body.cached is not None:
             body.cached.close()
         raise
-    return await send_blob(request, body, byte_range, headers, mirror.metrics)
+    verify = mirror.quarantine if mirror.config.verify_on_read else None
+    return await send_blob(request, body, byte_range, headers, mirror.metrics, verify)
 
 
 async def tags(request: web.Request, params: dict[str, str]) -> web.StreamResponse:

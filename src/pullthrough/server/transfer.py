@@ -5,6 +5,10 @@ zero-copy), else by large ``pread`` chunks in a thread (uvloop has no sendfile).
 of a fetch in progress sends what the fetch made readable and waits for more; if the
 fetch fails, the connection is aborted so the client sees a failed transfer, never a
 short or wrong body as a success.
+
+A whole stored blob is hashed again as it is sent (``mirror.verify_on_read``, on by
+default): the last byte goes out only when the hash matches, so a file that rotted on disk
+is never served as a success; it is removed and the next request fetches it again.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -20,7 +25,9 @@ from pullthrough.metrics import Metrics
 from pullthrough.mirror.blobs import BlobBody, open_fetch_file
 from pullthrough.mirror.fetch import Fetch
 from pullthrough.mirror.taps import Tap
+from pullthrough.reference import Digest
 from pullthrough.server.ranges import ByteRange
+from pullthrough.store.blobs import hasher_for
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +40,7 @@ async def send_blob(
     byte_range: ByteRange | None,
     headers: dict[str, str],
     metrics: Metrics,
+    on_corrupt: Callable[[Digest], Awaitable[None]] | None = None,
 ) -> web.StreamResponse:
     """Stream ``body`` (or ``byte_range`` of it) as the response to a blob GET."""
     resp = web.StreamResponse(headers=headers)
@@ -47,7 +55,15 @@ async def send_blob(
     if body.cached is not None:
         try:
             await resp.prepare(request)
-            await _send_span(request, resp, body.cached.fd, start, (stop or 0) - start)
+            if on_corrupt is not None and byte_range is None:
+                if not await _send_verified(resp, body.cached.fd, body.cached.size, body.digest):
+                    log.error("stored %s does not match its digest: removed", body.digest)
+                    await on_corrupt(body.digest)
+                    if request.transport is not None:
+                        request.transport.abort()
+                    return resp
+            else:
+                await _send_span(request, resp, body.cached.fd, start, (stop or 0) - start)
             metrics.served_bytes.labels("cache").inc((stop or 0) - start)
         finally:
             body.cached.close()
@@ -106,6 +122,32 @@ async def _send_growing(
         elif fetch.verified:
             break  # everything sent (a body of unknown size has ended)
     return position - start
+
+
+async def _send_verified(resp: web.StreamResponse, fd: int, size: int, digest: Digest) -> bool:
+    """Send the whole file, hashing it; the last byte only if the hash is the digest.
+    Returns whether it matched (when not, the response is left one byte short)."""
+    hasher = hasher_for(digest)
+    position = 0
+    while position < size - 1:
+        count = min(CHUNK, size - 1 - position)
+        chunk = await asyncio.to_thread(_read_and_hash, fd, hasher, count, position)
+        if not chunk:
+            return False  # shorter than it was: not the blob any more
+        await resp.write(chunk)
+        position += len(chunk)
+    last = await asyncio.to_thread(_read_and_hash, fd, hasher, size - position, position)
+    if hasher.hexdigest() != digest.hex:
+        return False
+    if last:
+        await resp.write(last)
+    return True
+
+
+def _read_and_hash(fd: int, hasher: object, count: int, offset: int) -> bytes:
+    data = os.pread(fd, count, offset)
+    hasher.update(data)  # type: ignore[attr-defined]
+    return data
 
 
 async def _send_tapped(
