@@ -1,0 +1,40 @@
+"""Slow or stuck clients must not block normal pulls (slowloris)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from tests.support.images import manifest_digest_in_dir, pull_dir
+from tests.support.mirror import MirrorProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SLOW_CONNECTIONS = 500
+ROUNDS = 3
+INTERVAL = 2.0  # seconds between the bytes each slow client dribbles
+
+
+def test_500_slowloris_connections_do_not_block_pulls(
+    images, mirror: MirrorProcess, tmp_path
+) -> None:
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(SLOW_CONNECTIONS):
+            sock = socket.create_connection(("127.0.0.1", mirror.port), timeout=5)
+            sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")  # headers never finish
+            slow.append(sock)
+        for round_ in range(ROUNDS):
+            began = time.monotonic()
+            dest = tmp_path / f"pull-{round_}"
+            pull_dir(images.oci_small.on(mirror.host), dest, timeout=30)
+            assert manifest_digest_in_dir(dest) == images.oci_small.digest
+            assert time.monotonic() - began < 10
+            for sock in slow:
+                sock.sendall(b"X")  # one more byte each, as slowloris does
+            time.sleep(INTERVAL)
+    finally:
+        for sock in slow:
+            sock.close()
