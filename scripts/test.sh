@@ -27,6 +27,9 @@ PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 
-.venv/bin/ruff check src tests
+.venv/bin/ruff check src tests fuzz bench
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"
+# Coverage-guided fuzzing of the parsers strangers feed, for a bounded time.
+.venv/bin/python fuzz/fuzz_parsers.py -max_total_time="${FUZZ_SECONDS:-30}" -print_final_stats=0 \
+  2>&1 | tail -n 1
