@@ -31,5 +31,8 @@ PYTHON="${PYTHON:-python3}"
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"
 # Coverage-guided fuzzing of the parsers strangers feed, for a bounded time.
-.venv/bin/python fuzz/fuzz_parsers.py -max_total_time="${FUZZ_SECONDS:-30}" -print_final_stats=0 \
-  2>&1 | tail -n 1
+# A crash stops the script (set -e) with the input saved under the temp directory.
+fuzz_out="$(mktemp -d)"
+.venv/bin/python fuzz/fuzz_parsers.py -max_total_time="${FUZZ_SECONDS:-30}" \
+  -artifact_prefix="$fuzz_out/" >"$fuzz_out/log" 2>&1 || { tail -n 40 "$fuzz_out/log"; exit 1; }
+echo "fuzz: $(grep -o 'Done [0-9]* runs in [0-9]* second(s)' "$fuzz_out/log")"

@@ -45,3 +45,12 @@ def test_unsatisfiable_ranges_are_416_with_the_size(header: str) -> None:
 
 def test_content_range_header() -> None:
     assert ByteRange(10, 20).content_range(100) == "bytes 10-19/100"
+
+
+def test_non_ascii_digits_are_not_numbers() -> None:
+    """Found by the fuzzer: '➑' and '٣' are "digits" to str.isdigit() and regex \\d."""
+    from pullthrough.upstream.ratelimit import parse_retry_after
+
+    assert parse_retry_after("➑") is None
+    with pytest.raises(RangeInvalid):
+        parse_range("bytes=٣-", 100)

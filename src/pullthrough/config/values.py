@@ -11,7 +11,7 @@ class ConfigError(Exception):
     """A configuration value that cannot be used; the message names the key."""
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -29,7 +29,7 @@ def parse_duration(value: Any, key: str) -> float:
         text = value.strip()
         sign = -1.0 if text.startswith("-") else 1.0
         body = text.lstrip("+-")
-        if re.fullmatch(r"\d+(?:\.\d+)?", body):
+        if re.fullmatch(r"[0-9]+(?:\.[0-9]+)?", body):
             seconds = sign * float(body)
         elif body and "".join(m.group(0) for m in _DURATION_PART.finditer(body)) == body:
             seconds = sign * sum(
@@ -47,7 +47,7 @@ def parse_duration(value: Any, key: str) -> float:
 def parse_addr(value: str, key: str) -> tuple[str, int]:
     """``:5000`` → (``0.0.0.0``, 5000); ``127.0.0.1:5000``; ``[::1]:5000``."""
     text = str(value).strip()
-    match = re.fullmatch(r"(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]]*)):(\d{1,5})", text)
+    match = re.fullmatch(r"(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]]*)):([0-9]{1,5})", text)
     if not match:
         raise ConfigError(f"{key}: expected host:port such as :5000, got {value!r}")
     host = match.group(1) or match.group(2) or "0.0.0.0"
@@ -70,7 +70,7 @@ def check_url(value: str, key: str) -> str:
     return value.strip().rstrip("/")
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?B?|B)?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]i?B?|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4, "p": 1000**5}
 
 

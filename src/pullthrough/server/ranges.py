@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from pullthrough.errors import RangeInvalid
 
-_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d{0,19})\s*-\s*(\d{0,19})\s*$", re.IGNORECASE)
+_RANGE = re.compile(r"^\s*bytes\s*=\s*([0-9]{0,19})\s*-\s*([0-9]{0,19})\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)

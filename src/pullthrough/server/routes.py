@@ -158,7 +158,7 @@ def _paging(request: web.Request) -> tuple[int | None, str | None]:
     raw_n = request.query.get("n")
     n: int | None = None
     if raw_n not in (None, ""):
-        if not raw_n.isdigit() or len(raw_n) > 9:
+        if not (raw_n.isascii() and raw_n.isdigit()) or len(raw_n) > 9:
             raise PaginationInvalid(f"n must be a whole number from 0 to {MAX_PAGE}, got {raw_n!r}")
         n = min(int(raw_n), MAX_PAGE)
     last = request.query.get("last") or None

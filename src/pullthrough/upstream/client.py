@@ -492,7 +492,7 @@ def _total_size(resp: aiohttp.ClientResponse, offset: int) -> int | None:
     if resp.status == 206:
         content_range = resp.headers.get("Content-Range", "")
         total = content_range.rpartition("/")[2]
-        return int(total) if total.isdigit() else None
+        return int(total) if total.isascii() and total.isdigit() else None
     if resp.content_length is not None:
         return offset + resp.content_length
     return None
