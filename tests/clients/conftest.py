@@ -1,6 +1,7 @@
 """Fixtures that point real container clients (dockerd, containerd, podman, buildah,
 skopeo) at a real ``pullthrough serve`` whose ``docker.io`` upstream is the session's
-test registry. Each client runs privately from a temp dir; see tests/support/clients.py.
+test registry (``ghcr``: a second registry, for a mirror of two upstreams). Each client
+runs privately from a temp dir; see tests/support/clients.py.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.clients.scenario import SecondUpstream
 from tests.integration import conftest as integration
 from tests.support import KiB
 from tests.support.clients import (
@@ -25,6 +27,8 @@ from tests.support.clients import (
 )
 from tests.support.images import ImageFactory, PushedImage
 from tests.support.mirror import MirrorProcess
+from tests.support.proxy import ProxyFactory
+from tests.support.registry import RegistryFactory
 
 # The integration tests' mirror fixtures, reused as they are: ``mirror`` is a started
 # ``pullthrough serve`` whose upstream (named docker.io) is the session registry seen
@@ -86,6 +90,21 @@ def hub_guard() -> Iterator[HubGuard]:
 def team_app(image_factory: ImageFactory) -> PushedImage:
     """A fresh non-library Docker Hub name: ``team/app:v1``, two gzip layers."""
     return image_factory("team/app", "v1", layers=(384 * KiB, 96 * KiB), compression="gzip")
+
+
+@pytest.fixture
+def ghcr(
+    registry_factory: RegistryFactory, proxy_factory: ProxyFactory, image_factory: ImageFactory
+) -> SecondUpstream:
+    """A second registry, to be mirrored as ``ghcr.io`` (``ghcr.mirror_config()``), behind its
+    own ``RecordingProxy``, holding ``org/app:v1`` (two gzip layers). A test module that
+    uses it overrides ``mirror`` so that every client factory gets the two-upstream mirror."""
+    registry = registry_factory()
+    proxy = proxy_factory(registry.url)
+    app = image_factory(
+        "org/app", "v1", layers=(192 * KiB, 64 * KiB), compression="gzip", registry=registry
+    )
+    return SecondUpstream("ghcr.io", registry, proxy, app)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.clients.scenario import (
+    USER_AGENT,
     assert_no_fallback,
     assert_upstream_down,
     check_served,
@@ -24,7 +25,7 @@ from tests.support.proxy import RecordingProxy
 
 pytestmark = [pytest.mark.clients, pytest.mark.slow]
 
-UA = "containerd/"
+UA = USER_AGENT["containerd"]
 
 
 def _ref(image: PushedImage) -> str:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.clients.scenario import (
+    USER_AGENT,
     assert_no_fallback,
     assert_upstream_down,
     check_served,
@@ -22,7 +23,7 @@ from tests.support.proxy import RecordingProxy
 
 pytestmark = [pytest.mark.clients, pytest.mark.slow]
 
-UA = "docker/"
+UA = USER_AGENT["docker"]
 
 
 def test_docker_pulls_through_mirror_and_then_from_its_cache(

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.clients.scenario import (
+    USER_AGENT,
     assert_no_fallback,
     assert_upstream_down,
     check_served,
@@ -22,7 +23,7 @@ from tests.support.proxy import RecordingProxy
 
 pytestmark = [pytest.mark.clients, pytest.mark.slow]
 
-UA = "containers/"  # containers/image's User-Agent (buildah and skopeo set their own)
+UA = USER_AGENT["podman"]
 
 
 def _pull_all(factory: Callable[..., Podman], wanted: list[PushedImage]) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.clients.scenario import (
+    USER_AGENT,
     assert_no_fallback,
     assert_upstream_down,
     check_served,
@@ -22,7 +23,7 @@ from tests.support.proxy import RecordingProxy
 
 pytestmark = [pytest.mark.clients, pytest.mark.slow]
 
-UA = "skopeo/"  # skopeo sets its own User-Agent; podman sends containers/image's
+UA = USER_AGENT["skopeo"]
 
 
 def _copy_all(skopeo: Skopeo, wanted: list[PushedImage]) -> None:

@@ -9,10 +9,10 @@ disappears with them, and are stopped by PID.
 
 Every client runs with ``HTTPS_PROXY``/``HTTP_PROXY`` pointing at a ``HubGuard``: a
 loopback "proxy" that refuses every request and records it. Go never proxies loopback
-addresses, so the mirror is reached directly, while any fallback to the real registry
-(``registry-1.docker.io``: every one of these clients tries the registry itself when its
-mirror fails, dockerd without a word) is refused and shows up in ``HubGuard.attempts``.
-Nothing leaves the machine.
+addresses, so the mirror is reached directly, while any fallback to a real registry
+(``registry-1.docker.io``, ``ghcr.io``, any other name: every one of these clients tries
+the registry itself when its mirror fails, dockerd without a word) is refused and shows up
+in ``HubGuard.attempts``. Nothing leaves the machine.
 
 Classes (each skips the calling test with a clear reason if its binaries are missing, if
 not root, or, for the daemons, if ``unshare --mount`` does not work here):
@@ -131,8 +131,9 @@ class HubGuard:
     """A loopback HTTP proxy that refuses everything and records what was attempted.
 
     Clients get ``env()`` (``HTTPS_PROXY``/``HTTP_PROXY`` = this, ``NO_PROXY`` = loopback),
-    so a fallback to a real registry ends here, answered ``403``, as
-    ``"CONNECT registry-1.docker.io:443 HTTP/1.1"`` in ``attempts``.
+    so a fallback to any real registry ends here, answered ``403``, as e.g.
+    ``"CONNECT registry-1.docker.io:443 HTTP/1.1"`` or ``"CONNECT ghcr.io:443 HTTP/1.1"``
+    in ``attempts`` (the client hands the name to the proxy; it is never resolved).
     """
 
     def __init__(self) -> None:
@@ -308,26 +309,41 @@ def registries_conf(
     prefix: str = "docker.io",
     location: str = "docker.io",
     insecure: bool = True,
+    also: Mapping[str, Iterable[str]] | None = None,
 ) -> Path:
     """Write a containers-registries.conf(5) with ``mirrors`` (``host:port[/path]``) for
-    ``prefix``; no unqualified-search registries, so short names never resolve anywhere."""
-    lines = [
-        "unqualified-search-registries = []",
-        "",
-        "[[registry]]",
-        f'prefix = "{prefix}"',
-        f'location = "{location}"',
-    ]
-    for mirror in mirrors:
+    ``prefix``, then one ``[[registry]]`` per entry of ``also`` (``{registry: mirrors}``,
+    ``prefix = location = registry``: e.g. ``{"ghcr.io": ["host:port/ghcr.io"]}``, a
+    path-prefixed mirror); no unqualified-search registries, so short names never resolve
+    anywhere."""
+    lines = ["unqualified-search-registries = []"]
+    blocks = [(prefix, location, mirrors), *((r, r, m) for r, m in (also or {}).items())]
+    for block_prefix, block_location, block_mirrors in blocks:
         lines += [
             "",
-            "[[registry.mirror]]",
-            f'location = "{mirror}"',
-            f"insecure = {'true' if insecure else 'false'}",
+            "[[registry]]",
+            f'prefix = "{block_prefix}"',
+            f'location = "{block_location}"',
         ]
+        for mirror in block_mirrors:
+            lines += [
+                "",
+                "[[registry.mirror]]",
+                f'location = "{mirror}"',
+                f"insecure = {'true' if insecure else 'false'}",
+            ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def registry_server(registry: str) -> str | None:
+    """The ``server`` a ``hosts.toml`` for ``registry`` names: the registry itself (Docker
+    Hub's API host for ``docker.io``); none for ``_default``, where containerd falls back to
+    whichever registry the image name has."""
+    if registry == "_default":
+        return None
+    return "https://registry-1.docker.io" if registry == "docker.io" else f"https://{registry}"
 
 
 def containerd_hosts_dir(
@@ -335,19 +351,19 @@ def containerd_hosts_dir(
     mirror_url: str,
     *,
     registry: str = "docker.io",
-    server: str = "https://registry-1.docker.io",
+    server: str | None = None,
     capabilities: Sequence[str] = ("pull", "resolve"),
 ) -> Path:
     """Write ``hosts_dir/<registry>/hosts.toml`` naming ``mirror_url`` (``http://host:port``)
-    as a mirror of ``registry`` (whose own ``server`` stays the fallback)."""
+    as a mirror of ``registry`` (``_default``: of every registry without its own directory),
+    whose own ``server`` (default: ``registry_server(registry)``) stays the fallback."""
     caps = ", ".join(f'"{c}"' for c in capabilities)
+    server = server or registry_server(registry)
     target = hosts_dir / registry / "hosts.toml"
     target.parent.mkdir(parents=True, exist_ok=True)
+    head = f'server = "{server}"\n\n' if server else ""
     target.write_text(
-        f'server = "{server}"\n\n'
-        f'[host."{mirror_url}"]\n'
-        f"  capabilities = [{caps}]\n"
-        "  skip_verify = true\n"
+        f'{head}[host."{mirror_url}"]\n  capabilities = [{caps}]\n  skip_verify = true\n'
     )
     return hosts_dir
 
