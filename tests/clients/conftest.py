@@ -17,6 +17,8 @@ from tests.clients.scenario import SecondUpstream
 from tests.integration import conftest as integration
 from tests.support import KiB
 from tests.support.clients import (
+    CURRENT_TEST,
+    PULL_TIMES,
     Buildah,
     Containerd,
     DockerDaemon,
@@ -205,3 +207,26 @@ def skopeo_factory(
         return Skopeo(tmp_path / f"skopeo-{next(ids)}", env=hub_guard.env(), **kwargs)
 
     return factory
+
+
+@pytest.fixture(autouse=True)
+def _name_the_pulls(request: pytest.FixtureRequest) -> Iterator[None]:
+    token = CURRENT_TEST.set(request.node.name)
+    yield
+    CURRENT_TEST.reset(token)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The client x image x (first pull, cached pull) table, with the seconds seen."""
+    if not PULL_TIMES:
+        return
+    rows: dict[tuple[str, str], list[float]] = {}
+    for test, ref, seconds in PULL_TIMES:
+        rows.setdefault((test, ref), []).append(seconds)
+    terminalreporter.write_sep(
+        "-", "client pulls (seconds, in order: through the mirror, then cached)"
+    )
+    for (test, ref), times in rows.items():
+        terminalreporter.write_line(
+            f"{test[:70]:70} {ref[-45:]:45} " + " ".join(f"{t:6.2f}" for t in times)
+        )

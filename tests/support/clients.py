@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import contextvars
 import http.client
 import json
 import os
@@ -381,6 +382,14 @@ class PullResult:
     the tag names an index, except where a client's doc says otherwise)."""
     seconds: float
     output: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        PULL_TIMES.append((CURRENT_TEST.get(), self.ref, self.seconds))
+
+
+# Every pull's time, by test, for the table the client tests print at the end of the run.
+CURRENT_TEST: contextvars.ContextVar[str] = contextvars.ContextVar("current_test", default="?")
+PULL_TIMES: list[tuple[str, str, float]] = []
 
 
 # ---------------------------------------------------------------------------- daemons
