@@ -43,6 +43,7 @@ def test_metrics_count_hits_misses_and_bytes(observed, images, tmp_path: Path) -
     pull_dir(image.on(mirror.host), tmp_path / "first")
     pull_dir(image.on(mirror.host), tmp_path / "second")
     m = _metrics(debug)
+    print("\n" + "\n".join(f"{k} {v:g}" for k, v in m.items() if k.startswith("pullthrough_")))
     blobs = len(image.blob_digests)
     assert m['pullthrough_cache_total{kind="blob",result="miss",upstream="docker.io"}'] == blobs
     assert m['pullthrough_cache_total{kind="blob",result="hit",upstream="docker.io"}'] == blobs
