@@ -79,6 +79,9 @@ class Mirror:
             upstream=fetch.upstream.name,
             repo=fetch.repo,
         )
+        # Kept current between sweeps (which set them from the index).
+        self.metrics.store_objects.inc()
+        self.metrics.store_bytes.inc(fetch.written)
         self.sweeper.nudge()
 
     async def quarantine(self, digest: Digest) -> None:
@@ -91,6 +94,8 @@ class Mirror:
     def _removed(self, blob: AgedBlob, reason: str) -> None:
         self.metrics.evictions.labels(reason).inc()
         self.metrics.evicted_bytes.labels(reason).inc(blob.size)
+        self.metrics.store_objects.dec()
+        self.metrics.store_bytes.dec(blob.size)
 
     def _swept(self, report: SweepReport) -> None:
         self.metrics.store_objects.set(report.objects)

@@ -105,7 +105,8 @@ class UpstreamClient:
         self.token_requests = 0
         self.rate_limit = RateLimit(
             config.name,
-            on_remaining=self.metrics.ratelimit_remaining.labels(config.name).set,
+            # Created on the first header seen: an unknown quota is absent, not zero.
+            on_remaining=lambda n: self.metrics.ratelimit_remaining.labels(config.name).set(n),
         )
         self.last_ok: float | None = None  # time.time() of the last answer below 500
         self._down_until = 0.0  # time.monotonic() before which the upstream is not tried
