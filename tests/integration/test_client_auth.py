@@ -96,6 +96,18 @@ def test_non_bcrypt_htpasswd_entries_stop_start_up(tmp_path: Path) -> None:
     assert "auth.htpasswd.path" in result.stderr and "not bcrypt" in result.stderr
 
 
+def _token_auth(issuer: TokenIssuer) -> dict[str, object]:
+    """The mirror's ``auth:`` section for clients of ``issuer``."""
+    return {
+        "token": {
+            "realm": issuer.url,
+            "service": issuer.service,
+            "issuer": issuer.issuer,
+            "rootcertbundle": str(issuer.cert_path),
+        }
+    }
+
+
 @pytest.fixture
 def client_issuer(tmp_path: Path) -> Iterator[TokenIssuer]:
     issuer = TokenIssuer(
@@ -115,16 +127,7 @@ def test_token_auth_verifies_signature_issuer_audience_expiry_and_access(
 ) -> None:
     mirror: MirrorProcess = mirror_factory(
         upstream_proxy.url,
-        config={
-            "auth": {
-                "token": {
-                    "realm": client_issuer.url,
-                    "service": client_issuer.service,
-                    "issuer": client_issuer.issuer,
-                    "rootcertbundle": str(client_issuer.cert_path),
-                }
-            }
-        },
+        config={"auth": _token_auth(client_issuer)},
     )
     probe = http_request("GET", f"{mirror.url}/v2/library/oci-small/manifests/v1")
     assert probe.status == 401
@@ -178,14 +181,7 @@ def test_a_client_allowed_only_b_cannot_read_a_private_blob_through_bs_name(
         upstream.url,
         config={
             "proxy": {"username": owner[0], "password": owner[1]},
-            "auth": {
-                "token": {
-                    "realm": client_issuer.url,
-                    "service": client_issuer.service,
-                    "issuer": client_issuer.issuer,
-                    "rootcertbundle": str(client_issuer.cert_path),
-                }
-            },
+            "auth": _token_auth(client_issuer),
         },
     )
 
