@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,11 +20,12 @@ from pullthrough.config.model import (
     DEFAULT_TTL,
     DOCKER_HUB_NAME,
     AuthConfig,
+    ClusterConfig,
     Config,
     StoreLimit,
     UpstreamConfig,
 )
-from pullthrough.config.schema import Root, apply_env, unknown_keys
+from pullthrough.config.schema import Root, _Cluster, apply_env, unknown_keys
 from pullthrough.config.values import (
     ConfigError,
     check_url,
@@ -120,6 +122,9 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
             f"can pull every private image the credentials of {', '.join(with_credentials)} "
             "can read"
         )
+    cluster = _cluster(
+        root.mirror.cluster, host, port, https=bool(tls.certificate), warnings=warnings
+    )
     level = {"warn": "warning", "panic": "critical", "fatal": "critical", "trace": "debug"}.get(
         root.log.level, root.log.level
     )
@@ -144,6 +149,7 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
         metrics_path=_metrics_path(debug.prometheus.path) if debug.prometheus.enabled else None,
         gc_interval=_positive(root.mirror.gc_interval, "mirror.gc_interval"),
         gc_batch=_batch(root.mirror.gc_batch),
+        cluster=cluster,
         warnings=tuple(warnings),
     )
 
@@ -166,6 +172,61 @@ def _maxsize(value: Any) -> StoreLimit | None:
     if size <= 0:
         raise ConfigError("mirror.maxsize: must be greater than zero")
     return StoreLimit(bytes=size)
+
+
+def _cluster(
+    section: _Cluster, host: str, port: int, *, https: bool, warnings: list[str]
+) -> ClusterConfig | None:
+    """``mirror.cluster``, or None (one process, SQLite) when no Redis address is set."""
+    redis = section.redis
+    if not redis.addr:
+        if section.advertise or section.secret:
+            raise ConfigError("mirror.cluster.redis.addr: required to run as a cluster")
+        return None
+    text = str(redis.addr).strip()
+    # ":6379" means this host, as for distribution's own redis.addr.
+    redis_host, redis_port = parse_addr(
+        f"127.0.0.1{text}" if text.startswith(":") else text, "mirror.cluster.redis.addr"
+    )
+    if redis.db < 0:
+        raise ConfigError("mirror.cluster.redis.db: must not be negative")
+    tls, ca = _redis_tls(redis.tls)
+    if section.advertise:
+        advertise = check_url(section.advertise, "mirror.cluster.advertise")
+    else:
+        # A name for this replica in claims and logs; peers never dial it (see
+        # pullthrough.cluster: followers read the shared store, not the owner).
+        name = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+        advertise = f"{'https' if https else 'http'}://{name}:{port}"
+    if section.secret:
+        warnings.append(
+            "mirror.cluster.secret: not used: replicas stream a blob another replica is "
+            "fetching from the shared store, not from each other"
+        )
+    return ClusterConfig(
+        redis_host=redis_host,
+        redis_port=redis_port,
+        redis_db=redis.db,
+        redis_password=redis.password,
+        redis_tls=tls,
+        redis_tls_ca=ca,
+        advertise=advertise,
+        secret=section.secret,
+    )
+
+
+def _redis_tls(value: Any) -> tuple[bool, str | None]:
+    """``tls: true`` (system CAs) or ``tls: {ca: /path}`` (a private CA)."""
+    if isinstance(value, bool):
+        return value, None
+    if isinstance(value, dict) and set(value) <= {"ca"}:
+        ca = str(value.get("ca") or "")
+        if ca and not Path(ca).is_file():
+            raise ConfigError(f"mirror.cluster.redis.tls.ca: cannot read {ca}")
+        return True, ca or None
+    raise ConfigError(
+        f"mirror.cluster.redis.tls: expected true, false or {{ca: /path/to/ca.pem}}, got {value!r}"
+    )
 
 
 def _metrics_path(path: str) -> str:

@@ -59,6 +59,20 @@ class StoreLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """``mirror.cluster``: replicas sharing one storage root coordinate through Redis."""
+
+    redis_host: str
+    redis_port: int
+    advertise: str  # this replica's URL for its peers; also its name in claims and logs
+    redis_db: int = 0
+    redis_password: str | None = field(default=None, repr=False)
+    redis_tls: bool = False
+    redis_tls_ca: str | None = None
+    secret: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything the running mirror needs, typed and validated."""
 
@@ -82,6 +96,7 @@ class Config:
     verify_on_read: bool = True
     gc_interval: float = 60.0
     gc_batch: int = 1000
+    cluster: ClusterConfig | None = None  # None: one process, SQLite index
     warnings: tuple[str, ...] = ()
 
     @property

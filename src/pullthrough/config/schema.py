@@ -110,6 +110,19 @@ class _Upstream(_Section):
     upstream_read_timeout: Any = None
 
 
+class _Redis(_Section):
+    addr: str | None = None  # host:port; set, it turns cluster mode on
+    db: int = 0
+    password: str | None = None
+    tls: Any = False  # true, or {ca: /path/to/ca.pem}
+
+
+class _Cluster(_Section):
+    redis: _Redis = _Redis()
+    advertise: str | None = None
+    secret: str | None = None
+
+
 class _Mirror(_Section):
     upstreams: list[_Upstream] = []
     default_upstream: str | None = None
@@ -123,6 +136,7 @@ class _Mirror(_Section):
     maxsize: Any = None
     gc_interval: Any = "1m"
     gc_batch: int = 1000
+    cluster: _Cluster = _Cluster()
 
 
 class Root(_Section):
