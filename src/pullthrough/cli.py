@@ -14,6 +14,7 @@ from aiohttp import web
 from pullthrough import __version__
 from pullthrough.config import Config, ConfigError, load
 from pullthrough.logs import setup as setup_logging
+from pullthrough.server.limits import ConnectionGuard
 
 log = logging.getLogger("pullthrough")
 
@@ -87,8 +88,15 @@ async def _serve(config: Config) -> int:
         access_log_format=ACCESS_LOG_FORMAT,
         access_log=logging.getLogger("aiohttp.access") if config.accesslog else None,
         handle_signals=False,
+        keepalive_timeout=config.limits.idle_timeout,
+        max_line_size=config.limits.max_line_size,
+        max_field_size=config.limits.max_field_size,
+        max_headers=config.limits.max_headers,
     )
     await runner.setup()
+    assert runner.server is not None
+    guard = ConnectionGuard(runner.server, config.limits)
+    guard.start()
     site = web.TCPSite(
         runner,
         host=config.host,
@@ -101,6 +109,7 @@ async def _serve(config: Config) -> int:
         await site.start()
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
+        await guard.stop()
         await runner.cleanup()
         return 1
     debug_runner = await _start_debug(app, config)
@@ -116,6 +125,7 @@ async def _serve(config: Config) -> int:
     log.info("shutting down")
     if debug_runner is not None:
         await debug_runner.cleanup()
+    await guard.stop()
     await runner.cleanup()
     return 0
 

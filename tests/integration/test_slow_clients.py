@@ -9,6 +9,7 @@ import pytest
 
 from tests.support.images import manifest_digest_in_dir, pull_dir
 from tests.support.mirror import MirrorProcess
+from tests.support.net import http_request
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,3 +39,43 @@ def test_500_slowloris_connections_do_not_block_pulls(
     finally:
         for sock in slow:
             sock.close()
+
+
+def test_a_connection_that_never_finishes_its_request_is_closed(
+    mirror_factory, upstream_proxy
+) -> None:
+    mirror = mirror_factory(
+        upstream_proxy.url, config={"mirror": {"limits": {"header_timeout": "1s"}}}
+    )
+    sock = socket.create_connection(("127.0.0.1", mirror.port), timeout=10)
+    try:
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
+        began = time.monotonic()
+        assert sock.recv(1024) == b""  # the server hung up
+        assert time.monotonic() - began < 5
+    finally:
+        sock.close()
+
+
+def test_connections_beyond_the_limit_are_refused_and_service_goes_on(
+    mirror_factory, upstream_proxy
+) -> None:
+    mirror = mirror_factory(
+        upstream_proxy.url, config={"mirror": {"limits": {"max_connections": 5}}}
+    )
+    held = [socket.create_connection(("127.0.0.1", mirror.port), timeout=5) for _ in range(5)]
+    try:
+        extra = socket.create_connection(("127.0.0.1", mirror.port), timeout=5)
+        extra.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            answer = extra.recv(1024)
+        except ConnectionResetError:
+            answer = b""
+        assert answer == b""  # closed without an answer
+        extra.close()
+        assert "max_connections" in mirror.log_text()
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.3)
+    assert http_request("GET", f"{mirror.url}/v2/").status == 200

@@ -12,6 +12,7 @@ from pullthrough.config.model import (
     DOCKER_HUB_NAME,
     AuthConfig,
     Config,
+    Limits,
     StoreLimit,
     UpstreamConfig,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "DOCKER_HUB_NAME",
     "Config",
     "ConfigError",
+    "Limits",
     "StoreLimit",
     "UpstreamConfig",
     "load",

@@ -22,6 +22,7 @@ from pullthrough.config.model import (
     AuthConfig,
     ClusterConfig,
     Config,
+    Limits,
     StoreLimit,
     UpstreamConfig,
 )
@@ -144,6 +145,7 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
         auth=auth,
         tls_clientcas=tuple(tls.clientcas),
         verify_on_read=root.mirror.verify_on_read,
+        limits=_limits(root),
         maxsize=_maxsize(root.mirror.maxsize),
         debug_addr=parse_addr(debug.addr, "http.debug.addr") if debug.addr else None,
         metrics_path=_metrics_path(debug.prometheus.path) if debug.prometheus.enabled else None,
@@ -296,6 +298,21 @@ def _upstreams(root: Root) -> tuple[UpstreamConfig, ...]:
             )
         )
     return tuple(found)
+
+
+def _limits(root: Root) -> Limits:
+    raw = root.mirror.limits
+    for key in ("max_connections", "max_line_size", "max_field_size", "max_headers"):
+        if getattr(raw, key) < 1:
+            raise ConfigError(f"mirror.limits.{key}: must be at least 1")
+    return Limits(
+        max_connections=raw.max_connections,
+        header_timeout=_positive(raw.header_timeout, "mirror.limits.header_timeout"),
+        idle_timeout=_positive(raw.idle_timeout, "mirror.limits.idle_timeout"),
+        max_line_size=raw.max_line_size,
+        max_field_size=raw.max_field_size,
+        max_headers=raw.max_headers,
+    )
 
 
 def _loopback(host: str) -> bool:

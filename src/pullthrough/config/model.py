@@ -45,6 +45,18 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """``mirror.limits``: what one client may cost the server."""
+
+    max_connections: int = 10_000
+    header_timeout: float = 30.0  # a new connection must send a whole request by then
+    idle_timeout: float = 75.0  # keep-alive connections idle longer are closed
+    max_line_size: int = 8190
+    max_field_size: int = 8190
+    max_headers: int = 128
+
+
+@dataclass(frozen=True, slots=True)
 class StoreLimit:
     """``mirror.maxsize``: bytes, or a share of the store's filesystem."""
 
@@ -94,6 +106,7 @@ class Config:
     metrics_path: str | None = None  # http.debug.prometheus.path when enabled
     tls_clientcas: tuple[str, ...] = ()
     verify_on_read: bool = True
+    limits: Limits = Limits()
     gc_interval: float = 60.0
     gc_batch: int = 1000
     cluster: ClusterConfig | None = None  # None: one process, SQLite index

@@ -123,7 +123,17 @@ class _Cluster(_Section):
     secret: str | None = None
 
 
+class _Limits(_Section):
+    max_connections: int = 10_000
+    header_timeout: Any = "30s"
+    idle_timeout: Any = "75s"
+    max_line_size: int = 8190
+    max_field_size: int = 8190
+    max_headers: int = 128
+
+
 class _Mirror(_Section):
+    limits: _Limits = _Limits()
     upstreams: list[_Upstream] = []
     default_upstream: str | None = None
     allow_any_upstream: bool = False
