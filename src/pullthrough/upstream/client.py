@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -32,21 +32,16 @@ from pullthrough.errors import (
 )
 from pullthrough.manifest import MAX_MANIFEST_SIZE
 from pullthrough.metrics import Metrics
-from pullthrough.singleflight import SingleFlight
 from pullthrough.upstream.auth import (
-    DEFAULT_TOKEN_LIFETIME,
-    TokenCache,
-    basic_header,
     parse_challenge,
-    same_registrable_domain,
 )
+from pullthrough.upstream.bodies import NETWORK_ERRORS, read_capped
 from pullthrough.upstream.ratelimit import RateLimit
+from pullthrough.upstream.tokens import UpstreamAuth
 
 log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
-# A token response is a few KiB; anything past this is refused unread.
-MAX_TOKEN_RESPONSE = 1024 * 1024
 # Back-off before each retry of a request that failed to connect or lost its connection.
 CONNECT_RETRY_BACKOFF = (0.1, 0.4)
 # After the upstream could not be reached at all, requests within this many seconds fail
@@ -59,8 +54,6 @@ E = TypeVar("E", bound=RegistryError)
 # Failures that say the upstream cannot be reached at all (refused, no route, no name,
 # connect time-out), as opposed to one slow or broken answer.
 _UNREACHABLE = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
-
-_NETWORK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,11 +91,7 @@ class UpstreamClient:
         self.name = config.name
         self.base = config.url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
-        self._tokens = TokenCache()
-        self._token_flight: SingleFlight[str] = SingleFlight()
-        self._scheme: str | None = None  # "basic" or "bearer", learnt from the first challenge
-        self._bearer_params: dict[str, str] = {}
-        self.token_requests = 0
+        self.auth = UpstreamAuth(self)
         self.rate_limit = RateLimit(
             config.name,
             # Created on the first header seen: an unknown quota is absent, not zero.
@@ -166,9 +155,9 @@ class UpstreamClient:
             if (resp.content_length or 0) > MAX_MANIFEST_SIZE:
                 raise UpstreamInvalid(f"upstream {self.name} sent a manifest over 4 MiB")
             try:
-                body = await _read_capped(resp, MAX_MANIFEST_SIZE + 1)
-            except _NETWORK_ERRORS as exc:
-                raise self._unavailable(exc) from exc
+                body = await read_capped(resp, MAX_MANIFEST_SIZE + 1)
+            except NETWORK_ERRORS as exc:
+                raise self.unavailable(exc) from exc
             if len(body) > MAX_MANIFEST_SIZE:
                 raise UpstreamInvalid(f"upstream {self.name} sent a manifest over 4 MiB")
             return ManifestBody(body, _media_type(resp), resp.headers.get("Docker-Content-Digest"))
@@ -213,9 +202,9 @@ class UpstreamClient:
                 return None
             self._expect_ok(resp)
             try:
-                doc = json.loads(await _read_capped(resp, 16 * 1024 * 1024))
-            except _NETWORK_ERRORS as exc:
-                raise self._unavailable(exc) from exc
+                doc = json.loads(await read_capped(resp, 16 * 1024 * 1024))
+            except NETWORK_ERRORS as exc:
+                raise self.unavailable(exc) from exc
             except ValueError as exc:
                 raise UpstreamInvalid(f"upstream {self.name} sent an unreadable tag list") from exc
             tags = doc.get("tags") if isinstance(doc, dict) else None
@@ -240,8 +229,8 @@ class UpstreamClient:
         resp = await self._send_authed(method, url, scope, headers or {}, params)
         try:
             yield resp
-        except _NETWORK_ERRORS as exc:
-            raise self._unavailable(exc) from exc
+        except NETWORK_ERRORS as exc:
+            raise self.unavailable(exc) from exc
         finally:
             resp.release()
 
@@ -255,7 +244,7 @@ class UpstreamClient:
     ) -> aiohttp.ClientResponse:
         self._check_not_throttled()
         if time.monotonic() < self._down_until:
-            raise self._failed(
+            raise self.failed(
                 UpstreamUnavailable(
                     f"upstream {self.name} could not be reached moments ago "
                     f"({self.last_error or 'no answer'}); trying again shortly"
@@ -263,7 +252,7 @@ class UpstreamClient:
                 remember=False,
             )
         for attempt in range(2):
-            auth = self._auth_header(scope)
+            auth = self.auth.header(scope)
             resp = await self._send(method, url, headers, params, auth)
             if resp.status != 401:
                 self.rate_limit.note(resp.headers)
@@ -274,7 +263,7 @@ class UpstreamClient:
             resp.release()
             if attempt == 1 or challenge is None:
                 break
-            await self._answer_challenge(challenge, scope, had_auth=auth is not None)
+            await self.auth.answer(challenge, scope, had_auth=auth is not None)
         hint = (
             "the upstream rejected the configured proxy.username/proxy.password"
             if self.config.username
@@ -303,7 +292,7 @@ class UpstreamClient:
                 params = None  # the Location carries its own query
                 resp.release()
                 if urlsplit(url).scheme not in ("http", "https"):
-                    raise self._failed(
+                    raise self.failed(
                         UpstreamInvalid(
                             f"upstream {self.name} redirected to a non-HTTP URL "
                             f"({urlsplit(url).scheme or 'no scheme'}:); refused"
@@ -311,7 +300,7 @@ class UpstreamClient:
                     )
                 continue
             return resp
-        raise self._failed(
+        raise self.failed(
             UpstreamInvalid(f"upstream {self.name}: more than {MAX_REDIRECTS} redirects; refused")
         )
 
@@ -330,89 +319,12 @@ class UpstreamClient:
                 if backoff is None or isinstance(exc, aiohttp.ServerTimeoutError):
                     if isinstance(exc, _UNREACHABLE):
                         self._down_until = time.monotonic() + DOWN_FOR
-                    raise self._unavailable(exc) from exc
+                    raise self.unavailable(exc) from exc
                 log.debug("upstream %s: %s; retry %d", self.name, exc, attempt + 1)
                 await asyncio.sleep(backoff)
-            except _NETWORK_ERRORS as exc:
-                raise self._unavailable(exc) from exc
+            except NETWORK_ERRORS as exc:
+                raise self.unavailable(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
-
-    def _auth_header(self, scope: str) -> str | None:
-        if self._scheme == "bearer":
-            token = self._tokens.get(scope)
-            return f"Bearer {token}" if token else None
-        if self._scheme == "basic" and self.config.username:
-            return basic_header(self.config.username, self.config.password or "")
-        return None
-
-    async def _answer_challenge(self, challenge: Any, scope: str, *, had_auth: bool) -> None:
-        if challenge.scheme == "basic":
-            if not self.config.username:
-                return  # the retry fails the same way and reports that credentials are needed
-            self._scheme = "basic"
-            return
-        if challenge.scheme != "bearer" or "realm" not in challenge.params:
-            raise UpstreamInvalid(
-                f"upstream {self.name} sent an authentication challenge pullthrough cannot answer"
-            )
-        self._scheme = "bearer"
-        self._bearer_params = challenge.params
-        if had_auth:
-            self._tokens.drop(scope)  # expired or revoked: fetch a fresh one, once
-        await self._token_flight.do(scope, lambda: self._fetch_token(challenge.params, scope))
-
-    async def _fetch_token(self, params: dict[str, str], scope: str) -> str:
-        realm = params["realm"]
-        if urlsplit(realm).scheme not in ("http", "https"):
-            raise UpstreamInvalid(f"upstream {self.name} named an unusable token realm {realm!r}")
-        query = {"scope": scope}
-        if "service" in params:
-            query["service"] = params["service"]
-        headers: dict[str, str] = {}
-        if self.config.username:
-            if not same_registrable_domain(realm, self.base):
-                raise Unauthorized(
-                    f"upstream {self.name} sent its token realm {urlsplit(realm).hostname}, "
-                    "outside its own domain; pullthrough will not send the configured "
-                    "credentials there"
-                )
-            headers["Authorization"] = basic_header(
-                self.config.username, self.config.password or ""
-            )
-        self.token_requests += 1
-        try:
-            async with self.session.get(realm, params=query, headers=headers) as resp:
-                if resp.status in (401, 403):
-                    raise Unauthorized(
-                        f"upstream {self.name}'s token service refused the configured credentials"
-                    )
-                if resp.status == 429:
-                    raise self._too_many(resp)
-                if resp.status != 200:
-                    raise UpstreamUnavailable(
-                        f"upstream {self.name}'s token service answered {resp.status}"
-                    )
-                raw = await _read_capped(resp, MAX_TOKEN_RESPONSE + 1)
-            if len(raw) > MAX_TOKEN_RESPONSE:
-                raise self._failed(
-                    UpstreamInvalid(
-                        f"upstream {self.name}'s token service sent more than "
-                        f"{MAX_TOKEN_RESPONSE} bytes; refused"
-                    )
-                )
-            doc = json.loads(raw)
-        except _NETWORK_ERRORS as exc:
-            raise self._unavailable(exc) from exc
-        except ValueError as exc:
-            raise UpstreamInvalid(f"upstream {self.name}'s token service sent no JSON") from exc
-        token = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
-        if not isinstance(token, str) or not token:
-            raise UpstreamInvalid(f"upstream {self.name}'s token service sent no token")
-        expires_in = doc.get("expires_in", DEFAULT_TOKEN_LIFETIME)
-        if not isinstance(expires_in, int | float) or expires_in <= 0:
-            expires_in = DEFAULT_TOKEN_LIFETIME
-        self._tokens.put(scope, token, float(expires_in))
-        return token
 
     # --- error mapping -----------------------------------------------------------------
 
@@ -420,26 +332,27 @@ class UpstreamClient:
         if resp.status < 300:
             return
         if resp.status == 429:
-            raise self._too_many(resp)
+            raise self.too_many(resp)
         if resp.status == 403:
-            raise self._failed(Denied(f"upstream {self.name} denied access (403)"))
+            raise self.failed(Denied(f"upstream {self.name} denied access (403)"))
         if resp.status >= 500:
-            raise self._failed(UpstreamUnavailable(f"upstream {self.name} answered {resp.status}"))
-        raise self._failed(
+            raise self.failed(UpstreamUnavailable(f"upstream {self.name} answered {resp.status}"))
+        raise self.failed(
             UpstreamInvalid(f"upstream {self.name} answered {resp.status} unexpectedly")
         )
 
-    def _failed(self, error: E, *, remember: bool = True) -> E:
-        """Count (and remember) an upstream failure on its way to the caller."""
+    def failed(self, error: E, *, remember: bool = True) -> E:
+        """Count (and remember) an upstream failure on its way to the caller.
+        (This and the two below are shared with the auth flow in ``upstream.tokens``.)"""
         self.metrics.upstream_errors.labels(self.name, error.code).inc()
         if remember:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             self.last_error = f"{stamp} {error.message}"
         return error
 
-    def _too_many(self, resp: aiohttp.ClientResponse) -> TooManyRequests:
+    def too_many(self, resp: aiohttp.ClientResponse) -> TooManyRequests:
         wait = self.rate_limit.throttle(resp.headers)
-        return self._failed(
+        return self.failed(
             TooManyRequests(
                 f"upstream {self.name} is rate-limiting the mirror (429); nothing cached can "
                 "answer",
@@ -456,26 +369,13 @@ class UpstreamClient:
                 headers={"Retry-After": str(max(1, round(wait)))},
             )
 
-    def _unavailable(self, exc: BaseException) -> UpstreamUnavailable:
+    def unavailable(self, exc: BaseException) -> UpstreamUnavailable:
         reason = str(exc) or type(exc).__name__
         if isinstance(exc, asyncio.TimeoutError):
             reason = "timed out"
-        return self._failed(
+        return self.failed(
             UpstreamUnavailable(f"upstream {self.name} could not be reached: {reason}")
         )
-
-
-async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The body, read to its end or until ``limit`` bytes (whichever comes first): a
-    hostile upstream cannot make the mirror buffer more than that."""
-    parts: list[bytes] = []
-    total = 0
-    async for chunk in resp.content.iter_chunked(64 * 1024):
-        parts.append(chunk)
-        total += len(chunk)
-        if total >= limit:
-            break
-    return b"".join(parts)[:limit]
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
