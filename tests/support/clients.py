@@ -24,6 +24,14 @@ not root, or, for the daemons, if ``unshare --mount`` does not work here):
 * ``Skopeo``: ``skopeo --registries-conf F copy docker://... dir:...``.
 
 ``AccessLogCursor`` reads the mirror's access log (one line per request) from a mark on.
+
+TLS: ``CertAuthority`` (a throwaway CA made with openssl) issues server and client
+certificates; ``cert_dir`` lays them out as containers-certs.d(5) and Docker's certs.d read
+them (``ca.crt``, ``client.cert``, ``client.key``); ``DockerDaemon(certs_d=...)`` sees such a
+tree at ``/etc/docker/certs.d`` (bind mount in its private mount namespace);
+``start_mutual_tls_mirror`` starts a mirror that requires client certificates;
+``Ipv6Relay`` puts a loopback mirror at ``[::1]`` for dockerd, which never verifies
+certificates of 127.0.0.0/8 registries.
 """
 
 from __future__ import annotations
@@ -38,7 +46,9 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -46,11 +56,14 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
 from .net import LOOPBACK, clean_env
+
+if TYPE_CHECKING:
+    from .mirror import MirrorProcess
 
 # Binaries, as installed by Debian's docker.io, containerd, podman, buildah and skopeo.
 # /usr/local/bin/docker (if any) shadows the docker.io CLI on PATH, so paths are absolute.
@@ -63,6 +76,8 @@ BUILDAH = "/usr/bin/buildah"
 SKOPEO = "/usr/bin/skopeo"
 RUNC = "/usr/sbin/runc"
 UNSHARE = "/usr/bin/unshare"
+OPENSSL = "/usr/bin/openssl"
+DOCKER_ETC = "/etc/docker"
 
 _APT_HINT = "apt-get install docker.io containerd podman buildah skopeo"
 
@@ -404,13 +419,23 @@ def _stop_leftovers() -> None:
         daemon.stop()
 
 
-def _private_mounts(argv: Sequence[str], tmpfs: Sequence[str] = ()) -> list[str]:
-    """``argv`` in a private mount namespace, with a fresh tmpfs on each of ``tmpfs``.
+def _private_mounts(
+    argv: Sequence[str],
+    tmpfs: Sequence[str] = (),
+    binds: Sequence[tuple[Path, str]] = (),
+) -> list[str]:
+    """``argv`` in a private mount namespace, with a fresh tmpfs on each of ``tmpfs`` and
+    each ``(source, target)`` of ``binds`` bind-mounted (read-only) over ``target``, which
+    must exist. Only the process sees these mounts; the machine's ``target`` is untouched.
 
     ``unshare`` and ``sh`` both exec, so the PID stays that of ``argv[0]``.
     """
     script = "".join(
         f'mount -t tmpfs -o mode=0755,size=16m pt-tmpfs "{d}" || exit 97; ' for d in tmpfs
+    )
+    script += "".join(
+        f'mount --bind "{src}" "{dst}" && mount -o remount,bind,ro "{dst}" || exit 98; '
+        for src, dst in binds
     )
     return [
         UNSHARE,
@@ -647,6 +672,13 @@ class DockerDaemon(_Daemon):
     workdir (else it writes ``/etc/docker/key.json``). Networking is off (``bridge:
     none``, no iptables): it only pulls. Its own managed containerd is not used because
     that one creates ``/opt/containerd``.
+
+    ``certs_d``: a directory laid out as Docker's ``/etc/docker/certs.d`` (one
+    ``<host:port>/`` per registry or mirror, holding ``ca.crt`` to trust and optionally
+    ``client.cert`` + ``client.key`` to present). dockerd has no option to read that
+    directory from elsewhere, so a copy of it is bind-mounted over ``/etc/docker`` inside
+    the daemon's private mount namespace (the machine's ``/etc/docker`` must exist, as the
+    mount point, and is left as it is).
     """
 
     name = "dockerd"
@@ -659,14 +691,18 @@ class DockerDaemon(_Daemon):
         insecure: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         extra_config: Mapping[str, Any] | None = None,
+        certs_d: Path | None = None,
     ) -> None:
         require(DOCKERD, DOCKER_CLI, CONTAINERD, RUNC, UNSHARE)
         require_root()
         require_private_mounts()
+        if certs_d is not None and not Path(DOCKER_ETC).is_dir():
+            pytest.skip(f"{DOCKER_ETC} does not exist: nothing to bind-mount certs.d over")
         super().__init__(workdir, env)
         self.mirrors = list(mirrors)
         self.insecure = list(insecure)
         self.extra_config = dict(extra_config or {})
+        self.certs_d = certs_d
         self.rundir = _short_dir("pt-dockerd-")
         self.socket = str(self.rundir / "docker.sock")
         self.config_path = self.workdir / "daemon.json"
@@ -692,6 +728,12 @@ class DockerDaemon(_Daemon):
             return self
         self.containerd.start()
         self.config_path.write_text(json.dumps(self.config(), indent=1))
+        binds: list[tuple[Path, str]] = []
+        if self.certs_d is not None:
+            etc = self.workdir / "etc-docker"
+            shutil.rmtree(etc, ignore_errors=True)
+            shutil.copytree(self.certs_d, etc / "certs.d")
+            binds.append((etc, DOCKER_ETC))
         argv = [
             DOCKERD,
             "--config-file", str(self.config_path),
@@ -702,7 +744,7 @@ class DockerDaemon(_Daemon):
             "--containerd", self.containerd.address,
         ]  # fmt: skip
         try:
-            self._launch(_private_mounts(argv, tmpfs=["/run"]), self._ready)
+            self._launch(_private_mounts(argv, tmpfs=["/run"], binds=binds), self._ready)
         except BaseException:
             self.containerd.stop()
             raise
@@ -736,6 +778,19 @@ class DockerDaemon(_Daemon):
         cli_env = clean_env({"DOCKER_CONFIG": str(self.workdir / "cli-config")})
         cmd = [DOCKER_CLI, "-H", f"unix://{self.socket}", *args]
         return run(cmd, env=cli_env, timeout=timeout, check=check)
+
+    def login(
+        self, registry: str, user: str, password: str, *, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """``docker login REGISTRY``; the credentials go to this daemon's own CLI config
+        (``cli-config/config.json``, under the key ``REGISTRY``)."""
+        args = ["login", "--username", user, "--password", password, registry]
+        return self.docker(args, timeout=60, check=check)
+
+    @property
+    def cli_config(self) -> Path:
+        """The ``config.json`` the ``docker`` CLI of this daemon reads (``auths``...)."""
+        return self.workdir / "cli-config" / "config.json"
 
     def pull(self, name: str, *, timeout: float = 120.0) -> PullResult:
         """``docker pull NAME``; ``digest`` is the ``Digest:`` line it prints (for a
@@ -815,14 +870,15 @@ class _ContainersTool:
             f'static_dir = "{w / "root" / "libpod"}"\n'
             f'volume_path = "{w / "root" / "volumes"}"\n'
         )
-        (w / "auth.json").write_text('{"auths": {}}\n')
+        self.auth_file = w / "auth.json"
+        self.auth_file.write_text('{"auths": {}}\n')
         self.env = clean_env(
             {
                 **dict(env or {}),
                 "CONTAINERS_REGISTRIES_CONF": str(self.registries),
                 "CONTAINERS_STORAGE_CONF": str(w / "storage.conf"),
                 "CONTAINERS_CONF": str(w / "containers.conf"),
-                "REGISTRY_AUTH_FILE": str(w / "auth.json"),
+                "REGISTRY_AUTH_FILE": str(self.auth_file),
                 "TMPDIR": str(w / "tmp"),
             }
         )
@@ -847,10 +903,29 @@ class _ContainersTool:
     def pull_args(self) -> list[str]:
         return []
 
-    def pull(self, ref: str, *, timeout: float = 120.0, check: bool = True) -> PullResult:
-        """``<tool> pull REF``; ``digest`` is what the tool records for ``REF``."""
+    def login(
+        self, registry: str, user: str, password: str, *, tls_verify: bool, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """``<tool> login`` into this instance's own ``auth_file``."""
+        return self.cmd(
+            _login_args(registry, user, password, self.auth_file, tls_verify=tls_verify),
+            timeout=60,
+            check=check,
+        )
+
+    def pull(
+        self,
+        ref: str,
+        *,
+        timeout: float = 120.0,
+        check: bool = True,
+        extra_args: Sequence[str] = (),
+    ) -> PullResult:
+        """``<tool> pull REF``; ``digest`` is what the tool records for ``REF`` (empty when
+        ``check`` is false: the pull may have failed; see ``output``)."""
         start = time.monotonic()
-        out = self.cmd(["pull", *self.pull_args(), ref], timeout=timeout, check=check).stdout
+        args = ["pull", *self.pull_args(), *extra_args, ref]
+        out = self.cmd(args, timeout=timeout, check=check).stdout
         seconds = time.monotonic() - start
         return PullResult(ref, self.image_digest(ref) if check else "", seconds, out)
 
@@ -918,10 +993,9 @@ class Skopeo:
         self.workdir = Path(workdir)
         (self.workdir / "tmp").mkdir(parents=True, exist_ok=True)
         self.registries = registries or registries_conf(self.workdir / "registries.conf", mirrors)
-        (self.workdir / "auth.json").write_text('{"auths": {}}\n')
-        self.env = clean_env(
-            {**dict(env or {}), "REGISTRY_AUTH_FILE": str(self.workdir / "auth.json")}
-        )
+        self.auth_file = self.workdir / "auth.json"
+        self.auth_file.write_text('{"auths": {}}\n')
+        self.env = clean_env({**dict(env or {}), "REGISTRY_AUTH_FILE": str(self.auth_file)})
         self._copies = 0
 
     def cmd(
@@ -936,16 +1010,286 @@ class Skopeo:
         ]
         return run([*base, *args], env=self.env, timeout=timeout, check=check)
 
-    def pull(self, ref: str, *, all_platforms: bool = False, timeout: float = 120.0) -> PullResult:
+    def login(
+        self, registry: str, user: str, password: str, *, tls_verify: bool, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """``skopeo login`` into this instance's own ``auth_file``."""
+        return self.cmd(
+            _login_args(registry, user, password, self.auth_file, tls_verify=tls_verify),
+            timeout=60,
+            check=check,
+        )
+
+    def pull(
+        self,
+        ref: str,
+        *,
+        all_platforms: bool = False,
+        timeout: float = 120.0,
+        extra_args: Sequence[str] = (),
+    ) -> PullResult:
         """Copy ``docker://REF`` into a new ``dir:``; ``digest`` is skopeo's ``--digestfile``:
-        the platform manifest's digest for a multi-platform tag, unless ``all_platforms``."""
+        the platform manifest's digest for a multi-platform tag, unless ``all_platforms``.
+        ``extra_args`` go to ``copy`` (e.g. ``--src-cert-dir DIR``)."""
         self._copies += 1
         dest = self.workdir / f"copy-{self._copies}"
         digest_file = self.workdir / f"copy-{self._copies}.digest"
-        args = ["copy", "--retry-times", "0", "--digestfile", str(digest_file)]
+        args = ["copy", "--retry-times", "0", "--digestfile", str(digest_file), *extra_args]
         if all_platforms:
             args.append("--all")
         start = time.monotonic()
         out = self.cmd([*args, f"docker://{ref}", f"dir:{dest}"], timeout=timeout).stdout
         seconds = time.monotonic() - start
         return PullResult(ref, digest_file.read_text().strip(), seconds, out)
+
+    def try_pull(
+        self, ref: str, *, timeout: float = 60.0, extra_args: Sequence[str] = ()
+    ) -> subprocess.CompletedProcess[str]:
+        """A copy expected to fail: the finished command (output in ``.stdout``), unchecked."""
+        self._copies += 1
+        dest = self.workdir / f"copy-{self._copies}"
+        args = ["copy", "--retry-times", "0", *extra_args, f"docker://{ref}", f"dir:{dest}"]
+        return self.cmd(args, timeout=timeout, check=False)
+
+
+def _login_args(
+    registry: str, user: str, password: str, auth_file: Path, *, tls_verify: bool
+) -> list[str]:
+    """``login`` as podman, buildah and skopeo (containers/common) all spell it."""
+    return [
+        "login",
+        f"--tls-verify={'true' if tls_verify else 'false'}",
+        "--authfile", str(auth_file),
+        "--username", user,
+        "--password", password,
+        registry,
+    ]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- TLS material
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """A PEM certificate and its unencrypted private key."""
+
+    cert: Path
+    key: Path
+
+
+class CertAuthority:
+    """A throwaway certificate authority made with ``openssl`` (P-256 keys, valid two days):
+    ``cert`` (``ca.crt``) to trust, and ``issue()`` for leaf certificates it signs.
+
+    ``issue(name, usage="server")`` is a server certificate for ``IP:127.0.0.1`` (Go
+    clients ignore the CN; only the SAN counts); ``usage="client"`` a client certificate.
+    """
+
+    def __init__(self, directory: Path, name: str = "pullthrough test CA") -> None:
+        require(OPENSSL)
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.cert = self.directory / "ca.crt"
+        self.key = self.directory / "ca.key"
+        self._openssl(
+            "req", "-x509", "-new", *_EC_KEY, "-nodes", "-days", "2",
+            "-subj", f"/CN={name}",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout", str(self.key), "-out", str(self.cert),
+        )  # fmt: skip
+
+    def issue(self, name: str, *, usage: str = "server", san: str = f"IP:{LOOPBACK}") -> KeyPair:
+        """A certificate for ``name`` signed by this CA, as ``<name>.crt`` + ``<name>.key``."""
+        if usage not in ("server", "client"):
+            raise ValueError(f"usage must be server or client, not {usage!r}")
+        pair = KeyPair(self.directory / f"{name}.crt", self.directory / f"{name}.key")
+        csr = self.directory / f"{name}.csr"
+        ext = self.directory / f"{name}.ext"
+        lines = [
+            "basicConstraints=critical,CA:FALSE",
+            "keyUsage=critical,digitalSignature",
+            f"extendedKeyUsage={'serverAuth' if usage == 'server' else 'clientAuth'}",
+            "subjectKeyIdentifier=hash",
+            "authorityKeyIdentifier=keyid,issuer",
+        ]
+        if san:
+            lines.append(f"subjectAltName={san}")
+        ext.write_text("\n".join(lines) + "\n")
+        self._openssl(
+            "req", "-new", *_EC_KEY, "-nodes", "-subj", f"/CN={name}",
+            "-keyout", str(pair.key), "-out", str(csr),
+        )  # fmt: skip
+        self._openssl(
+            "x509", "-req", "-in", str(csr), "-CA", str(self.cert), "-CAkey", str(self.key),
+            "-set_serial", str(int.from_bytes(os.urandom(8), "big")), "-days", "2",
+            "-extfile", str(ext), "-out", str(pair.cert),
+        )  # fmt: skip
+        return pair
+
+    @staticmethod
+    def _openssl(*args: str) -> None:
+        run([OPENSSL, *args], env=clean_env(), timeout=60)
+
+
+_EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1")
+
+
+def cert_dir(directory: Path, *, ca: Path | None = None, client: KeyPair | None = None) -> Path:
+    """A certificate directory as containers-certs.d(5) and Docker's certs.d read it:
+    ``ca.crt`` (trusted CA) and ``client.cert`` + ``client.key`` (presented to the server).
+    For skopeo's ``--src-cert-dir``, or as ``<certs.d>/<host:port>/`` for dockerd."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if ca is not None:
+        shutil.copyfile(ca, directory / "ca.crt")
+    if client is not None:
+        shutil.copyfile(client.cert, directory / "client.cert")
+        shutil.copyfile(client.key, directory / "client.key")
+    return directory
+
+
+def client_context(ca: Path | None = None, client: KeyPair | None = None) -> ssl.SSLContext:
+    """A Python TLS client context trusting ``ca`` (no verification without one: for probes)
+    and presenting ``client``."""
+    ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
+    if ca is None:
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    if client is not None:
+        ctx.load_cert_chain(str(client.cert), str(client.key))
+    return ctx
+
+
+def start_mutual_tls_mirror(
+    mirror: MirrorProcess, client: KeyPair, *, timeout: float = 15.0
+) -> MirrorProcess:
+    """Start ``mirror`` (made with ``start=False``) whose ``http.tls.clientcas`` requires a
+    client certificate, and wait until it answers ``GET /v2/`` to ``client``.
+
+    ``MirrorProcess.start()`` cannot: it waits for an answer to a request made without a
+    client certificate, which such a mirror rightly refuses. The command line is the same
+    (``python -m pullthrough serve CONFIG``, output appended to ``mirror.log_path``), and
+    ``mirror.proc`` is set, so ``mirror.stop()`` (by PID) works as usual.
+    """
+    with open(mirror.log_path, "ab") as log:
+        mirror.proc = subprocess.Popen(
+            [sys.executable, "-m", "pullthrough", "serve", str(mirror.config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=clean_env(getattr(mirror, "env", None) or {}),
+            cwd=mirror.workdir,
+        )
+    ctx = client_context(client=client)
+    deadline = time.monotonic() + timeout
+    while True:
+        if mirror.proc.poll() is not None:
+            rc = mirror.proc.returncode
+            raise RuntimeError(f"pullthrough exited {rc} during start:\n{mirror.log_tail()}")
+        conn = http.client.HTTPSConnection(LOOPBACK, mirror.port, timeout=1, context=ctx)
+        try:
+            conn.request("GET", "/v2/")
+            if conn.getresponse().status in (200, 401):
+                return mirror
+        except (OSError, http.client.HTTPException):
+            pass  # not listening yet
+        finally:
+            conn.close()
+        if time.monotonic() >= deadline:
+            mirror.stop()
+            raise RuntimeError(
+                f"pullthrough did not answer within {timeout}s:\n{mirror.log_tail()}"
+            )
+        time.sleep(0.05)
+
+
+class Ipv6Relay:
+    """Relays every TCP connection made to ``[::1]:<port>`` to ``127.0.0.1:<target_port>``,
+    byte for byte (TLS stays end to end between client and server).
+
+    Why: dockerd adds ``127.0.0.0/8`` to its insecure registries whatever its config says
+    (moby's ``loadInsecureRegistries``), and for an insecure registry or mirror it skips
+    certificate verification and never reads ``certs.d`` (no CA, no client certificate).
+    Docker 20.10 does not do that for ``::1``; later versions add ``::1/128`` too, and then
+    this relay no longer helps (a test that checks a daemon without the CA is refused
+    notices). ``host`` is ``[::1]:<port>``.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: socket.socket | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def host(self) -> str:
+        return f"[::1]:{self.port}"
+
+    def start(self) -> Ipv6Relay:
+        try:
+            server = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            server.bind(("::1", 0))
+        except OSError as exc:
+            pytest.skip(f"no IPv6 loopback here ({exc}): cannot relay [::1] to the mirror")
+        server.listen(64)
+        server.settimeout(0.2)
+        self._server = server
+        self.port = int(server.getsockname()[1])
+        self._spawn(self._accept)
+        return self
+
+    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name="Ipv6Relay", daemon=True)
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        assert self._server is not None
+        while not self._stopping.is_set():
+            try:
+                client, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection((LOOPBACK, self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            for sock in (client, upstream):
+                sock.settimeout(None)
+            with self._lock:
+                self._open |= {client, upstream}
+            self._spawn(self._pump, client, upstream)
+            self._spawn(self._pump, upstream, client)
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := src.recv(65536):
+                dst.sendall(chunk)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)  # pass the end on; the other pump ends the pair
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._server is not None:
+            self._server.close()
+        with self._lock:
+            sockets, threads = list(self._open), list(self._threads)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        for thread in threads:
+            thread.join(5)
+
+    def __enter__(self) -> Ipv6Relay:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -38,7 +38,9 @@ class BasicAuth:
         creds = basic_credentials(request.headers.get("Authorization"))
         if creds is not None and await self.htpasswd.check(*creds):
             return
-        message = "authentication required" if creds is None else "wrong user name or password"
+        # containers/image sends "Basic Og==" (empty user and password) when it has none.
+        anonymous = creds is None or creds == ("", "")
+        message = "authentication required" if anonymous else "wrong user name or password"
         raise Unauthorized(
             message, headers={"WWW-Authenticate": f'Basic realm="{_quote(self.realm)}"'}
         )
