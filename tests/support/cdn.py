@@ -7,13 +7,12 @@ second loopback address.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from .net import free_port
+from .servers import HandlerServer
 
 
 @dataclass(frozen=True)
@@ -23,22 +22,19 @@ class CdnRequest:
     range: str | None
 
 
-class Cdn:
-    """``GET /blobs/<digest>`` → the bytes of ``locate(digest)``; 404 when it is None."""
+class Cdn(HandlerServer):
+    """``GET /blobs/<digest>`` → the bytes of ``locate(digest)``; 404 when it is None.
+
+    Serves on ``url`` (``http://<host>:<port>``) between ``start()`` and ``stop()``, or in a
+    ``with`` block; ``requests`` lists every GET as it came.
+    """
 
     def __init__(self, locate: Callable[[str], Path | None], host: str = "127.0.0.2") -> None:
+        super().__init__(host)
         self.locate = locate
-        self.host = host
-        self.port = free_port(host)
         self.requests: list[CdnRequest] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self) -> Cdn:
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
         cdn = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -70,19 +66,4 @@ class Cdn:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> Cdn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return Handler

@@ -4,28 +4,28 @@ each path answers with one kind of abuse a registry mirror must survive."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
-from .net import LOOPBACK, free_port
+from .servers import HandlerServer
 
 HUGE = 100 * 1024 * 1024
 
 
-class EvilUpstream:
+class EvilUpstream(HandlerServer):
     """``/v2/huge/manifests/*``: a 100 MB manifest (sent lazily, chunk by chunk);
     ``/v2/wide/manifests/*``: a manifest referencing 100 000 blobs (cut at the size cap);
     ``/v2/loop/...``: redirects to itself forever; ``/v2/file/...``: redirects to
     ``file:///etc/passwd``; ``/v2/ftp/...``: to ``ftp://``; ``/v2/tokenbomb/...``: a Bearer
-    challenge whose realm answers 10 MB of JSON."""
+    challenge whose realm answers 10 MB of JSON.
+
+    Serves on ``url`` (``http://127.0.0.1:<port>``) between ``start()`` and ``stop()``;
+    ``requests`` lists ``"<METHOD> <path>"`` for every request as it came."""
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://{LOOPBACK}:{self.port}"
+        super().__init__()
         self.requests: list[str] = []
-        self._server: ThreadingHTTPServer | None = None
 
-    def start(self) -> EvilUpstream:
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
         evil = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -104,13 +104,4 @@ class EvilUpstream:
                 else:
                     self._send(404, {"Content-Type": "application/json"}, b'{"errors":[]}')
 
-        self._server = ThreadingHTTPServer((LOOPBACK, self.port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        return Handler

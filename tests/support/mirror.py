@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import http.client
-import os
-import signal
-import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.support.net import LOOPBACK, clean_env, free_port, http_request
+from tests.support.net import LOOPBACK, clean_env, free_port
+from tests.support.servers import kill_process, spawn_logged, stop_process, wait_answering
 
 
 class MirrorProcess:
@@ -65,58 +61,27 @@ class MirrorProcess:
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.host}"
 
-    def _answers(self) -> bool:
-        if not self.tls:
-            # 401: up, and asking for credentials (auth: configured)
-            return http_request("GET", f"{self.url}/v2/", timeout=1).status in (200, 401)
-        ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-        conn = http.client.HTTPSConnection(LOOPBACK, self.port, timeout=1, context=ctx)
-        try:
-            conn.request("GET", "/v2/")
-            return conn.getresponse().status in (200, 401)
-        finally:
-            conn.close()
-
     def start(self, timeout: float = 15.0) -> MirrorProcess:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
+        """Start the process; ``RuntimeError`` with the log tail if it exits or does not
+        answer ``GET /v2/`` (200, or 401 when auth is configured) within ``timeout`` s."""
+        self.proc = spawn_logged(
             [*self.wrapper, sys.executable, "-m", "pullthrough", "serve", str(self.config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            self.log_path,
             env=clean_env(self.env),
             cwd=self.workdir,
         )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"pullthrough exited {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if self._answers():
-                    return self
-            except (OSError, http.client.HTTPException):
-                pass  # not listening yet
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"pullthrough did not answer within {timeout}s:\n{self.log_tail()}")
+        wait_answering(
+            self.proc, self.url, name="pullthrough", timeout=timeout, log_tail=self.log_tail
+        )
+        return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM by PID, SIGKILL if it does not exit in ``timeout`` seconds."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        stop_process(self.proc, timeout)
 
     def kill(self) -> None:
         """``kill -9``: no shutdown code runs, as in a crash."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        kill_process(self.proc)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -9,19 +9,15 @@ redirects, and each exchange is recorded once it finishes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from types import TracebackType
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .net import LOOPBACK
+from .servers import Records, ThreadedApp
 
 # RFC 9110 hop-by-hop headers plus ones aiohttp must compute itself.
 _HOP_BY_HOP = frozenset(
@@ -88,7 +84,7 @@ def _is_blob_path(path: str) -> bool:
     return "/blobs/" in path and "/blobs/uploads" not in path
 
 
-class RecordingProxy:
+class RecordingProxy(ThreadedApp):
     """Reverse proxy to ``target`` (e.g. ``http://127.0.0.1:5000``) that records traffic.
 
     Fault knobs are plain attributes, safe to flip from the test thread at any time;
@@ -116,14 +112,17 @@ class RecordingProxy:
       apply to paths containing this substring.
 
     Location headers pointing at ``target`` are rewritten to point at the proxy.
+
+    Serving (``start``/``stop``, ``with``, ``port``/``host``/``url``/``running``) is
+    ``servers.ThreadedApp``'s: ``url`` is ``http://127.0.0.1:PORT`` and the port is kept
+    across ``stop()``/``start()``.
     """
 
     def __init__(self, target: str, *, port: int = 0, chunk_size: int = 64 * 1024) -> None:
+        super().__init__(port=port)
         self.target = target.rstrip("/")
         self.chunk_size = chunk_size
-        self._port = port
-        self._lock = threading.Lock()
-        self._log: list[Exchange] = []
+        self._log: Records[Exchange] = Records()
         self.fail_status: int | None = None
         self.fail_headers: dict[str, str] = {}
         self.fail_body: str | None = None
@@ -138,32 +137,7 @@ class RecordingProxy:
         self.drop_after: int | None = None
         self.blob_rate: int | None = None
         self.fault_path_contains: str | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
-
-    # ------------------------------------------------------------------ addressing
-    @property
-    def port(self) -> int:
-        """Bound port (valid after ``start()``; kept across ``stop()``/``start()``)."""
-        if not self._port:
-            raise RuntimeError("proxy not started")
-        return self._port
-
-    @property
-    def host(self) -> str:
-        """``127.0.0.1:PORT``."""
-        return f"{LOOPBACK}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:PORT`` (no trailing slash)."""
-        return f"http://{self.host}"
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     # ------------------------------------------------------------------ faults
     def clear_faults(self) -> None:
@@ -192,11 +166,9 @@ class RecordingProxy:
         status: int | None = None,
     ) -> list[Exchange]:
         """Snapshot of recorded exchanges, oldest first, optionally filtered."""
-        with self._lock:
-            items = list(self._log)
         return [
             e
-            for e in items
+            for e in self._log.snapshot()
             if (method is None or e.method == method.upper())
             and (path_contains is None or path_contains in e.path)
             and (status is None or e.status == status)
@@ -222,8 +194,7 @@ class RecordingProxy:
 
     def reset(self) -> None:
         """Forget all recorded exchanges (faults are kept; see ``clear_faults``)."""
-        with self._lock:
-            self._log.clear()
+        self._log.clear()
 
     def wait_for(
         self,
@@ -245,34 +216,8 @@ class RecordingProxy:
                 )
             time.sleep(0.02)
 
-    def _record(self, exchange: Exchange) -> None:
-        with self._lock:
-            self._log.append(exchange)
-
-    # ------------------------------------------------------------------ lifecycle
-    def start(self, timeout: float = 10.0) -> RecordingProxy:
-        """Bind the port and serve in a daemon thread. Idempotent while running."""
-        if self.running:
-            return self
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((LOOPBACK, self._port))
-        self._port = int(sock.getsockname()[1])
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(
-            target=loop.run_forever, name=f"RecordingProxy:{self._port}", daemon=True
-        )
-        self._thread.start()
-        try:
-            asyncio.run_coroutine_threadsafe(self._astart(sock), loop).result(timeout)
-        except BaseException:
-            sock.close()
-            self.stop()
-            raise
-        return self
-
-    async def _astart(self, sock: socket.socket) -> None:
+    # ------------------------------------------------------------------ serving
+    async def _make_app(self) -> web.Application:
         self._session = aiohttp.ClientSession(
             auto_decompress=False,
             trust_env=False,
@@ -283,46 +228,13 @@ class RecordingProxy:
         )
         app = web.Application(client_max_size=1 << 40)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=1.0, handle_signals=False
-        )
-        await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
+        return app
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop serving and join the thread (bounded by ``timeout``). Idempotent."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        if thread.is_alive():
-            # Best effort: the loop is stopped below anyway.
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(self._astop(), loop).result(timeout)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout)
-        if not thread.is_alive():
-            loop.close()
-        self._loop = None
-        self._thread = None
-
-    async def _astop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+    async def _shutdown(self) -> None:
+        await super()._shutdown()
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-    def __enter__(self) -> RecordingProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         where = self.url if self._port else "unbound"
@@ -526,7 +438,7 @@ class _Tally:
         if self.committed:
             return
         self.committed = True
-        self.proxy._record(
+        self.proxy._log.add(
             Exchange(
                 method=self.request.method,
                 path=self.request.path,

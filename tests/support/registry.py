@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import atexit
 import hashlib
-import http.client
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +20,7 @@ import yaml
 from .images import MANIFEST_ACCEPT
 from .net import LOOPBACK, HTTPResponse, clean_env, free_port, http_request
 from .regclient import bearer_request
+from .servers import kill_process, spawn_logged, stop_process, wait_answering
 
 if TYPE_CHECKING:
     from .tokens import TokenIssuer
@@ -222,68 +220,44 @@ class Registry:
         env = clean_env()
         # REGISTRY_* variables override config.yml entries; never inherit them.
         env = {k: v for k, v in env.items() if not k.startswith("REGISTRY_")}
-        with open(self.log_path, "ab") as log:
-            log.write(f"--- starting {self.binary} on {self.host} ---\n".encode())
-            log.flush()
-            self._proc = subprocess.Popen(
-                [self.binary, "serve", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.root,
-                start_new_session=True,
-            )
+        self._proc = spawn_logged(
+            [self.binary, "serve", str(self.config_path)],
+            self.log_path,
+            env=env,
+            cwd=self.root,
+            banner=f"--- starting {self.binary} on {self.host} ---",
+            new_session=True,
+        )
         _LIVE.add(self)
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            if self._proc.poll() is not None:
-                rc = self._proc.returncode
-                self._proc = None
-                raise RegistryError(
-                    f"docker-registry exited with {rc} during startup:\n{self.log_tail()}"
-                )
-            try:
-                status = http_request("GET", f"{self.url}/v2/", timeout=1.0).status
-            except (OSError, http.client.HTTPException):
-                status = None
-            if status in (200, 401):
-                self._ever_started = True
-                return
-            if time.monotonic() >= deadline:
-                self._terminate()
-                raise RegistryError(
-                    f"docker-registry did not answer GET /v2/ within {self.start_timeout}s "
-                    f"(last status {status}):\n{self.log_tail()}"
-                )
-            time.sleep(0.05)
+        try:
+            wait_answering(
+                self._proc,
+                self.url,
+                name="docker-registry",
+                timeout=self.start_timeout,
+                log_tail=self.log_tail,
+                error=RegistryError,
+                stop_timeout=self.stop_timeout,
+            )
+        except RegistryError:
+            self._proc = None
+            raise
+        self._ever_started = True
 
     def stop(self) -> None:
         """SIGTERM the process (SIGKILL after ``stop_timeout``) and wait for it. Idempotent."""
-        self._terminate()
+        proc, self._proc = self._proc, None
+        stop_process(proc, self.stop_timeout, kill_timeout=self.stop_timeout)
 
     def kill(self) -> None:
         """SIGKILL the process immediately (an abrupt crash rather than a shutdown)."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGKILL)
-            self._proc.wait(timeout=self.stop_timeout)
-        self._proc = None
+        proc, self._proc = self._proc, None
+        kill_process(proc, self.stop_timeout)
 
     def restart(self) -> Registry:
         """``stop()`` then ``start()``; same port and storage."""
         self.stop()
         return self.start()
-
-    def _terminate(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=self.stop_timeout)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=self.stop_timeout)
 
     def cleanup(self) -> None:
         """Stop, and delete ``root`` if this instance created it."""

@@ -1,7 +1,7 @@
 """A Docker-Hub-style token server (the "realm" of registry token auth) for tests.
 
 ``TokenIssuer`` runs a small aiohttp app on a loopback address in a background
-thread (own event loop, same pattern as ``proxy.RecordingProxy``). It implements
+thread (own event loop: a ``servers.ThreadedApp``, like ``proxy.RecordingProxy``). It implements
 the Docker registry token protocol (``GET /token?service=..&scope=..``, plus the
 OAuth2 ``POST /token`` password grant) and signs RS256 JWTs that a real
 ``docker-registry`` 2.8 configured with ``auth.token`` accepts:
@@ -38,14 +38,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import datetime as dt
 import hashlib
 import secrets
 import shutil
-import socket
 import tempfile
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -62,6 +59,7 @@ from cryptography.x509.oid import NameOID
 
 from .net import LOOPBACK
 from .regclient import TokenError, bearer_request, fetch_token, parse_challenge
+from .servers import Records, ThreadedApp
 
 DEFAULT_SERVICE = "pullthrough-test-registry"
 DEFAULT_ISSUER = "pullthrough-test-token-issuer"
@@ -191,7 +189,7 @@ def _split_scopes(values: Iterable[str]) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------- server
 
 
-class TokenIssuer:
+class TokenIssuer(ThreadedApp):
     """Token server on ``http://<host>:<port>/token`` signing JWTs for one registry service.
 
     Addressing (valid after ``start()``): ``url`` is the realm (``.../token``),
@@ -233,8 +231,7 @@ class TokenIssuer:
     ) -> None:
         if not host.startswith("127."):
             raise ValueError(f"TokenIssuer only binds loopback addresses, not {host!r}")
-        self._host = host
-        self._port = port
+        super().__init__(address=host, port=port)
         self.service = service
         self.issuer = issuer
         self.users: dict[str, str] = dict(users or {})
@@ -252,43 +249,13 @@ class TokenIssuer:
         self._cert: x509.Certificate | None = None
         self._key_id = ""
         self._x5c: list[str] = []
-        self._lock = threading.Lock()
-        self._log: list[TokenRequest] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
+        self._log: Records[TokenRequest] = Records()
 
     # ------------------------------------------------------------------ addressing
-    @property
-    def port(self) -> int:
-        """Bound port (valid after ``start()``; kept across ``stop()``/``start()``)."""
-        if not self._port:
-            raise RuntimeError("token issuer not started")
-        return self._port
-
-    @property
-    def host(self) -> str:
-        """``<loopback address>:PORT``."""
-        return f"{self._host}:{self.port}"
-
-    @property
-    def address(self) -> str:
-        """The loopback IP address the server binds (e.g. ``127.0.0.1``)."""
-        return self._host
-
-    @property
-    def base_url(self) -> str:
-        """``http://<host>:<port>`` (no trailing slash)."""
-        return f"http://{self.host}"
-
     @property
     def url(self) -> str:
         """The realm: ``http://<host>:<port>/token``."""
         return f"{self.base_url}/token"
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     @property
     def key_id(self) -> str:
@@ -321,11 +288,9 @@ class TokenIssuer:
 
         ``scope_contains`` keeps requests where any asked scope contains it.
         """
-        with self._lock:
-            items = list(self._log)
         return [
             r
-            for r in items
+            for r in self._log.snapshot()
             if (scope_contains is None or r.asked(scope_contains))
             and (status is None or r.status == status)
         ]
@@ -336,12 +301,7 @@ class TokenIssuer:
 
     def reset(self) -> None:
         """Forget recorded requests (policy knobs are kept)."""
-        with self._lock:
-            self._log.clear()
-
-    def _record(self, entry: TokenRequest) -> None:
-        with self._lock:
-            self._log.append(entry)
+        self._log.clear()
 
     # ------------------------------------------------------------------ tokens
     def _ensure_key(self) -> None:
@@ -432,72 +392,20 @@ class TokenIssuer:
         Idempotent while running; raises on bind failure or if not serving within
         ``timeout`` seconds.
         """
-        if self.running:
-            return self
         self._ensure_key()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self._host, self._port))
-        except OSError:
-            sock.close()
-            raise
-        self._port = int(sock.getsockname()[1])
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(
-            target=loop.run_forever, name=f"TokenIssuer:{self._port}", daemon=True
-        )
-        self._thread.start()
-        try:
-            asyncio.run_coroutine_threadsafe(self._astart(sock), loop).result(timeout)
-        except BaseException:
-            sock.close()
-            self.stop()
-            raise
-        return self
+        return super().start(timeout)
 
-    async def _astart(self, sock: socket.socket) -> None:
+    async def _make_app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("GET", "/token", self._handle)
         app.router.add_route("POST", "/token", self._handle)
-        self._runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=1.0, handle_signals=False
-        )
-        await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop serving and join the thread (bounded by ``timeout``). Idempotent.
-
-        Keeps the key, certificate file, port and records.
-        """
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        if thread.is_alive():
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(self._astop(), loop).result(timeout)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout)
-        if not thread.is_alive():
-            loop.close()
-        self._loop = None
-        self._thread = None
-
-    async def _astop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        return app
 
     def cleanup(self) -> None:
         """``stop()``, and delete ``root`` (with the certificate) if this object created it."""
         self.stop()
         if self._owns_root:
             shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> TokenIssuer:
-        return self.start()
 
     def __exit__(
         self,
@@ -539,7 +447,7 @@ class TokenIssuer:
         def answer(
             status: int, body: dict[str, Any], granted: tuple[str, ...] = ()
         ) -> web.Response:
-            self._record(
+            self._log.add(
                 TokenRequest(
                     time=time.time(),
                     method=request.method,
