@@ -145,6 +145,7 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
         auth=auth,
         tls_clientcas=tuple(tls.clientcas),
         verify_on_read=root.mirror.verify_on_read,
+        verify_interval=parse_duration(root.mirror.verify_interval, "mirror.verify_interval"),
         limits=_limits(root),
         maxsize=_maxsize(root.mirror.maxsize),
         debug_addr=parse_addr(debug.addr, "http.debug.addr") if debug.addr else None,

@@ -106,6 +106,7 @@ class Config:
     metrics_path: str | None = None  # http.debug.prometheus.path when enabled
     tls_clientcas: tuple[str, ...] = ()
     verify_on_read: bool = True
+    verify_interval: float = 24 * 3600.0
     limits: Limits = Limits()
     gc_interval: float = 60.0
     gc_batch: int = 1000

@@ -139,6 +139,7 @@ class _Mirror(_Section):
     allow_any_upstream: bool = False
     allow_anonymous_with_upstream_credentials: bool = False
     verify_on_read: bool = True
+    verify_interval: Any = "24h"
     upstream_connect_timeout: Any = "5s"
     upstream_read_timeout: Any = "30s"
     tag_freshness: Any = "0s"

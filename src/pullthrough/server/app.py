@@ -13,7 +13,8 @@ from pullthrough.mirror.service import Mirror
 from pullthrough.server.auth import build_auth
 from pullthrough.server.errors import oci_errors
 from pullthrough.server.metrics import count_requests
-from pullthrough.server.routes import AUTH_KEY, MIRROR_KEY, dispatch
+from pullthrough.server.routes import AUTH_KEY, MIRROR_KEY, VERIFY_KEY, dispatch
+from pullthrough.server.verification import ReadVerification
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,11 @@ def build_app(config: Config) -> web.Application:
     mirror = Mirror(config)
     app[MIRROR_KEY] = mirror
     app[AUTH_KEY] = build_auth(config.auth)
+    app[VERIFY_KEY] = ReadVerification(
+        enabled=config.verify_on_read,
+        interval=config.verify_interval,
+        quarantine=mirror.quarantine,
+    )
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:
         await mirror.start()

@@ -21,11 +21,13 @@ from pullthrough.server.auth import ClientAuth
 from pullthrough.server.ranges import parse_range
 from pullthrough.server.routing import resolve
 from pullthrough.server.transfer import send_blob
+from pullthrough.server.verification import ReadVerification
 from pullthrough.upstream.client import UpstreamClient
 
 MIRROR_KEY = web.AppKey("mirror", Mirror)
 KIND_KEY = "pullthrough.kind"  # the route a request took, for metrics
 AUTH_KEY = web.AppKey("auth", ClientAuth)
+VERIFY_KEY = web.AppKey("verify", ReadVerification)
 
 API_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
 READ_METHODS = ("GET", "HEAD")
@@ -119,8 +121,8 @@ async def blob(request: web.Request, params: dict[str, str]) -> web.StreamRespon
         if body.cached is not None:
             body.cached.close()
         raise
-    verify = mirror.quarantine if mirror.config.verify_on_read else None
-    return await send_blob(request, body, byte_range, headers, mirror.metrics, verify)
+    verification = request.app[VERIFY_KEY]
+    return await send_blob(request, body, byte_range, headers, mirror.metrics, verification)
 
 
 async def tags(request: web.Request, params: dict[str, str]) -> web.StreamResponse:

@@ -1,14 +1,13 @@
 """Moving blob bytes from disk to a client: a verified file, or a fetch's growing file.
 
-Bytes go by ``loop.sendfile`` where the event loop supports it (the stdlib loop does:
-zero-copy), else by large ``pread`` chunks in a thread (uvloop has no sendfile). A reader
+Bytes go by sendfile where the connection allows (see ``server.sendfile``). A reader
 of a fetch in progress sends what the fetch made readable and waits for more; if the
 fetch fails, the connection is aborted so the client sees a failed transfer, never a
 short or wrong body as a success.
 
-A whole stored blob is hashed again as it is sent (``mirror.verify_on_read``, on by
-default): the last byte goes out only when the hash matches, so a file that rotted on disk
-is never served as a success; it is removed and the next request fetches it again.
+A whole stored blob is hashed again as it is sent when ``server.verification`` says it is
+due: the last byte goes out only when the hash matches, so a file that rotted on disk is
+never served as a success; it is removed and the next request fetches it again.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -27,11 +25,11 @@ from pullthrough.mirror.fetch import Fetch
 from pullthrough.mirror.taps import Tap
 from pullthrough.reference import Digest
 from pullthrough.server.ranges import ByteRange
+from pullthrough.server.sendfile import CHUNK, send_span
+from pullthrough.server.verification import ReadVerification
 from pullthrough.store.blobs import hasher_for
 
 log = logging.getLogger(__name__)
-
-CHUNK = 1024 * 1024
 
 
 async def send_blob(
@@ -40,7 +38,7 @@ async def send_blob(
     byte_range: ByteRange | None,
     headers: dict[str, str],
     metrics: Metrics,
-    on_corrupt: Callable[[Digest], Awaitable[None]] | None = None,
+    verification: ReadVerification | None = None,
 ) -> web.StreamResponse:
     """Stream ``body`` (or ``byte_range`` of it) as the response to a blob GET."""
     resp = web.StreamResponse(headers=headers)
@@ -55,15 +53,16 @@ async def send_blob(
     if body.cached is not None:
         try:
             await resp.prepare(request)
-            if on_corrupt is not None and byte_range is None:
+            if verification is not None and byte_range is None and verification.due(body.digest):
                 if not await _send_verified(resp, body.cached.fd, body.cached.size, body.digest):
                     log.error("stored %s does not match its digest: removed", body.digest)
-                    await on_corrupt(body.digest)
+                    await verification.failed(body.digest)
                     if request.transport is not None:
                         request.transport.abort()
                     return resp
+                verification.passed(body.digest)
             else:
-                await _send_span(request, resp, body.cached.fd, start, (stop or 0) - start)
+                await send_span(request, resp, body.cached.fd, start, (stop or 0) - start)
             metrics.served_bytes.labels("cache").inc((stop or 0) - start)
         finally:
             body.cached.close()
@@ -117,7 +116,7 @@ async def _send_growing(
                 await fetch.wait_verified()
                 continue
         if limit > position:
-            await _send_span(request, resp, fd, position, limit - position)
+            await send_span(request, resp, fd, position, limit - position)
             position = limit
         elif fetch.verified:
             break  # everything sent (a body of unknown size has ended)
@@ -180,36 +179,3 @@ async def _send_tapped(
         await resp.write(held)
         position += len(held)
     return position - start
-
-
-async def _send_span(
-    request: web.Request, resp: web.StreamResponse, fd: int, offset: int, count: int
-) -> None:
-    if count <= 0:
-        return
-    loop = asyncio.get_running_loop()
-    transport = request.transport
-    if transport is not None and _loop_has_sendfile(loop):
-        await resp.drain()
-        # Wraps the already-open descriptor; opens nothing, so it cannot block.
-        with open(fd, "rb", buffering=0, closefd=False) as fileobj:  # noqa: ASYNC230
-            await loop.sendfile(transport, fileobj, offset, count)
-        return
-    end = offset + count
-    while offset < end:
-        chunk = await asyncio.to_thread(os.pread, fd, min(CHUNK, end - offset), offset)
-        if not chunk:
-            raise RegistryError(f"blob file ended at byte {offset}, expected {end}")
-        await resp.write(chunk)
-        offset += len(chunk)
-
-
-_SENDFILE_SUPPORT: dict[type, bool] = {}
-
-
-def _loop_has_sendfile(loop: asyncio.AbstractEventLoop) -> bool:
-    """uvloop raises NotImplementedError from loop.sendfile; the stdlib loop supports it."""
-    kind = type(loop)
-    if kind not in _SENDFILE_SUPPORT:
-        _SENDFILE_SUPPORT[kind] = isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop)
-    return _SENDFILE_SUPPORT[kind]

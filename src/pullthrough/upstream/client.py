@@ -48,7 +48,7 @@ CONNECT_RETRY_BACKOFF = (0.1, 0.4)
 # at once (cached content is served without waiting for retries and time-outs again).
 DOWN_FOR = 3.0
 # Large reads keep the per-chunk overhead (thread hops, hashing calls) small on big blobs.
-READ_BUFSIZE = 4 * 1024 * 1024
+READ_BUFSIZE = 1024 * 1024  # 4 MiB cost 35 MiB more RSS under 20 cold streams, no speed
 
 E = TypeVar("E", bound=RegistryError)
 # Failures that say the upstream cannot be reached at all (refused, no route, no name,
