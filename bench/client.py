@@ -1,0 +1,151 @@
+"""Blob-download client: N concurrent GETs of one URL, timed per stream.
+
+Run as a child process so its CPU never competes with the driver's bookkeeping:
+``python client.py URL --concurrency 20 [--sha256]`` prints one JSON document.
+
+Each stream is a fresh connection (``Connection: close``). Timings are seconds from the
+moment all threads are released together: ``ttfb`` (first response byte, i.e. the status
+line), ``first_body`` (first body byte) and ``end`` (last body byte). Bodies are read with
+``recv_into`` a 1 MiB buffer and discarded (hashed with ``--sha256``); a stream succeeds only
+with status 200 and exactly Content-Length bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import socket
+import sys
+import threading
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+BUF = 1 << 20
+
+
+def _read_head(sock: socket.socket, t0: float, out: dict[str, Any]) -> tuple[bytes, bytes]:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        data = sock.recv(65536)
+        if not data:
+            raise OSError("connection closed before the response head")
+        if not buf:
+            out["ttfb"] = time.perf_counter() - t0
+        buf += data
+        if len(buf) > 1 << 20:
+            raise OSError("response head too large")
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def fetch(
+    url: str,
+    headers: list[str],
+    want_hash: bool,
+    timeout: float,
+    gate: threading.Barrier,
+    t0_box: list[float],
+    out: dict[str, Any],
+) -> None:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: {host}:{port}",
+        "Connection: close",
+        "User-Agent: pullthrough-bench",
+        *headers,
+    ]
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    hasher = hashlib.sha256() if want_hash else None
+    gate.wait()
+    t0 = t0_box[0]
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(request)
+            head, rest = _read_head(sock, t0, out)
+            status_line, *header_lines = head.decode("latin-1").split("\r\n")
+            out["status"] = int(status_line.split(" ")[1])
+            hdrs = {}
+            for h in header_lines:
+                k, _, v = h.partition(":")
+                hdrs[k.strip().lower()] = v.strip()
+            if "chunked" in hdrs.get("transfer-encoding", ""):
+                raise OSError("chunked response: the bench expects Content-Length on blobs")
+            expected = int(hdrs.get("content-length", "-1"))
+            out["expected"] = expected
+            got = len(rest)
+            if rest:
+                out["first_body"] = time.perf_counter() - t0
+                if hasher:
+                    hasher.update(rest)
+            buf = bytearray(BUF)
+            view = memoryview(buf)
+            # Bounded: every iteration consumes >= 1 byte or ends; the socket has a timeout.
+            while expected < 0 or got < expected:
+                n = sock.recv_into(view, min(BUF, expected - got) if expected >= 0 else BUF)
+                if n == 0:
+                    break
+                if got == 0:
+                    out["first_body"] = time.perf_counter() - t0
+                got += n
+                if hasher:
+                    hasher.update(view[:n])
+            out["end"] = time.perf_counter() - t0
+            out["bytes"] = got
+            out["ok"] = out["status"] == 200 and (expected < 0 or got == expected)
+            if hasher:
+                out["sha256"] = hasher.hexdigest()
+    except OSError as exc:
+        out["end"] = time.perf_counter() - t0
+        out["ok"] = False
+        out["error"] = str(exc)
+
+
+def run(
+    url: str, concurrency: int, headers: list[str], want_hash: bool, timeout: float
+) -> dict[str, Any]:
+    t0_box = [0.0]
+    gate = threading.Barrier(concurrency + 1)
+    results: list[dict[str, Any]] = [{} for _ in range(concurrency)]
+    threads = [
+        threading.Thread(target=fetch, args=(url, headers, want_hash, timeout, gate, t0_box, r))
+        for r in results
+    ]
+    for t in threads:
+        t.start()
+    t0_box[0] = time.perf_counter()
+    gate.wait()
+    for t in threads:
+        t.join(timeout + 5)
+    wall = max((r.get("end", 0.0) for r in results), default=0.0)
+    return {
+        "url": url,
+        "concurrency": concurrency,
+        "wall": wall,
+        "ok": all(r.get("ok") for r in results),
+        "bytes": sum(r.get("bytes", 0) for r in results),
+        "streams": results,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="concurrent blob GETs, timed")
+    p.add_argument("url")
+    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--header", action="append", default=[])
+    p.add_argument("--sha256", action="store_true")
+    p.add_argument("--timeout", type=float, default=300.0, help="socket timeout per read")
+    a = p.parse_args()
+    host = urlsplit(a.url).hostname or ""
+    if not (host.startswith("127.") or host == "localhost"):
+        p.error("loopback URLs only")
+    json.dump(run(a.url, a.concurrency, a.header, a.sha256, a.timeout), sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
