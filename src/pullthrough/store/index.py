@@ -1,11 +1,14 @@
-"""The SQLite index: what the store holds and what it means.
+"""The index: what the store holds and what it means.
 
 It records, per digest, its size and media type; which (upstream, repository) each digest
 was fetched for or confirmed in (the rule that keeps one repository's blobs from being read
 through another's name); tag → digest per media type; and last access times.
 
-SQLite runs in WAL mode on one dedicated thread, so calls never block the event loop and
-never contend with each other. Access times are kept in memory and flushed in batches.
+``IndexBackend`` is what the mirror needs from an index. ``Index`` is the one-process
+implementation: SQLite in WAL mode on one dedicated thread, so calls never block the event
+loop and never contend with each other. In cluster mode ``pullthrough.cluster.index``
+implements the same interface in Redis. Access times are kept in memory and flushed in
+batches.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -73,8 +76,45 @@ class TagRecord:
     checked: float
 
 
+class IndexBackend(Protocol):
+    """What the mirror, eviction and the operator commands need from an index."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def record(
+        self,
+        digest: str,
+        size: int,
+        *,
+        media_type: str | None,
+        upstream: str,
+        repo: str,
+        children: Iterable[str] = (),
+    ) -> None: ...
+    async def link(self, upstream: str, repo: str, digest: str) -> None: ...
+    async def is_linked(self, upstream: str, repo: str, digest: str) -> bool: ...
+    async def blob(self, digest: str) -> BlobRecord | None: ...
+    async def forget(self, digest: str) -> None: ...
+    async def set_tag(
+        self, upstream: str, repo: str, tag: str, *, media_type: str, digest: str
+    ) -> None: ...
+    async def tag(self, upstream: str, repo: str, tag: str) -> list[TagRecord]: ...
+    async def drop_tag(self, upstream: str, repo: str, tag: str) -> None: ...
+    async def tags(self, upstream: str, repo: str) -> list[str]: ...
+    async def repositories(self, upstream: str) -> list[str]: ...
+    def touch(self, digest: str) -> None: ...
+    async def flush_access(self) -> None: ...
+    async def usage(self) -> tuple[int, int]: ...
+    async def least_recent(self, limit: int, *, accessed_before: float) -> list[AgedBlob]: ...
+    async def digests(self) -> set[str]: ...
+    async def adopt(self, digest: str, size: int, last_access: float) -> None: ...
+    async def catalog_rows(self) -> list[tuple[str, str, str, str, int, float]]: ...
+    async def usage_by_repository(self) -> list[tuple[str, str, int, int]]: ...
+    async def integrity_check(self) -> str: ...
+
+
 class Index:
-    """Async facade over one SQLite database file."""
+    """The SQLite index: an async facade over one database file (implements IndexBackend)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
