@@ -18,6 +18,8 @@ command -v podman >/dev/null || need_apt+=(podman)
 command -v buildah >/dev/null || need_apt+=(buildah)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v unshare >/dev/null || need_apt+=(util-linux)
+# The cluster tests coordinate their replicas through a real Redis (started per test).
+command -v redis-server >/dev/null || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"

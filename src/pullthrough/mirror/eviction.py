@@ -9,6 +9,10 @@ Removing a file never breaks a transfer in progress (an unlinked file stays read
 through the descriptors already open), and the index entry goes before the file, so the
 index never names a file that is gone; a request that still finds no file refetches.
 Work per pass is bounded by ``mirror.gc_batch`` removals.
+
+When several replicas share one store and index (cluster mode), one of them sweeps at a
+time: ``turns`` says whose turn it is (a lease in Redis), and the others only learn from
+it whether the store is full.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
 from pullthrough.config import StoreLimit
 from pullthrough.reference import parse_digest
 from pullthrough.store.blobs import BlobStore
-from pullthrough.store.index import AgedBlob, Index
+from pullthrough.store.index import AgedBlob, IndexBackend
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +57,29 @@ class SweepReport:
         return sum(b.size for b in self.removed)
 
 
+class SweepTurns(Protocol):
+    """Who sweeps when several replicas share the store."""
+
+    async def take(self) -> Literal["held", "new", "other"]:
+        """Whether this replica sweeps now: "held" (as before), "new" (from now on: it
+        reconciles first), or "other" (another replica does)."""
+        ...
+
+    async def publish(self, full: bool) -> None:
+        """Tell the other replicas whether the store is over its limit."""
+        ...
+
+    async def shared_full(self) -> bool:
+        """Whether the replica that sweeps found the store over its limit."""
+        ...
+
+
 class Sweeper:
     def __init__(
         self,
         *,
         store: BlobStore,
-        index: Index,
+        index: IndexBackend,
         ttls: Mapping[str, float],
         default_ttl: float,
         limit: StoreLimit | None,
@@ -66,8 +88,10 @@ class Sweeper:
         clock: Callable[[], float] = time.time,
         on_removed: Callable[[AgedBlob, str], None] | None = None,
         on_swept: Callable[[SweepReport], None] | None = None,
+        turns: SweepTurns | None = None,
     ) -> None:
         self.on_swept = on_swept
+        self.turns = turns
         self.store = store
         self.index = index
         self.ttls = dict(ttls)
@@ -197,16 +221,32 @@ class Sweeper:
             self.on_removed(blob, why)
 
     async def run_forever(self, interval: float) -> None:
-        """Reconcile once, then sweep every ``interval`` seconds until cancelled."""
-        try:
-            await self.reconcile()
-        except Exception:
-            log.exception("reconciling the index with the store failed")
+        """Reconcile once, then sweep every ``interval`` seconds until cancelled (with
+        ``turns``: only in this replica's turn, reconciling when the turn comes)."""
+        if self.turns is None:
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("reconciling the index with the store failed")
         while True:
             try:
-                await self.sweep()
+                if self.turns is None:
+                    await self.sweep()
+                else:
+                    await self._sweep_in_turn(self.turns)
             except Exception:  # the next pass tries again; a failed pass removes nothing more
                 log.exception("sweep failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._nudged.wait(), interval)
             self._nudged.clear()
+
+    async def _sweep_in_turn(self, turns: SweepTurns) -> None:
+        turn = await turns.take()
+        if turn == "other":
+            self.full = await turns.shared_full()
+            return
+        if turn == "new":
+            log.info("this replica sweeps the shared store now")
+            await self.reconcile()
+        await self.sweep()
+        await turns.publish(self.full)

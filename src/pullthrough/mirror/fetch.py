@@ -14,6 +14,11 @@ When the disk is full (ENOSPC) the fetch does not fail: it "spills". The bytes a
 the temp file stay readable there; everything after goes to each attached reader's Tap,
 hashed and verified all the same, and nothing is kept. A fetch started with
 ``keep=False`` (store over its limit, nothing left to evict) spills from the first byte.
+
+In cluster mode (``pullthrough.cluster``) a Fetch is driven by the cluster instead of
+``run()``: it either downloads as here (``download``, perhaps adopting the partial temp
+file of a replica that died) or follows another replica's download of the same file
+(``begin``/``advance``/``complete``/``fail``). Its readers see the same interface either way.
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ MAX_RESUMES = 3
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 # Gather small network reads into writes of about this size: fewer thread hops per GiB.
 WRITE_BATCH = 1024 * 1024
+
+
+class ClaimLost(Exception):
+    """Another replica took this download over (cluster mode): stop writing, leave the
+    temp file to it."""
 
 
 class Fetch:
@@ -76,6 +86,10 @@ class Fetch:
         # Where the temp file's bytes end once the fetch spilled (None: it did not).
         self.spilled_at: int | None = None if keep else 0
         self._taps: set[Tap] = set()
+        # Cluster mode: awaited before each write to the temp file; raises ClaimLost once
+        # another replica owns the download. None (one process): no check at all.
+        self.guard: Callable[[], Awaitable[None]] | None = None
+        self._writing: asyncio.Future[None] | None = None
 
     # --- for readers -------------------------------------------------------------------
 
@@ -130,24 +144,68 @@ class Fetch:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    # --- progress reported by a cluster follower ---------------------------------------
+
+    def begin(self, size: int | None) -> None:
+        """The download (another replica's) is under way; readers may start."""
+        if self.size is None:
+            self.size = size
+        if not self._started.done():
+            self._started.set_result(None)
+        self._notify()
+
+    def advance(self, written: int) -> None:
+        """``written`` leading bytes of the temp file are on disk (not yet verified)."""
+        if written > self.written:
+            self.written = written
+            self._notify()
+
+    def complete(self, size: int) -> None:
+        """The blob was verified and stored (by another replica) with ``size`` bytes."""
+        self.written = size
+        self.verified = True
+        self._notify()
+
+    def fail(self, error: RegistryError) -> None:
+        self.error = error
+        self._notify()
+
+    def settle(self) -> None:
+        """The fetch is over (verified or failed): wake every reader for the last time."""
+        if not self._started.done():
+            self._started.set_exception(self.error or UpstreamUnavailable("fetch ended early"))
+            self._started.exception()  # retrieved: readers may all have gone
+        for tap in list(self._taps):
+            tap.end(self.error)
+        self._notify()
+
     # --- the download ------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Download, verify and store the blob, then settle."""
+        try:
+            await self.download()
+        finally:
+            self.settle()
+
+    async def download(self, *, adopt: bool = False) -> None:
+        """Download into ``temp_path``, verify, fsync, rename into place and index; on a
+        failure set ``error`` and remove the temp file. ``adopt``: the temp file may hold
+        the first bytes already (a replica that died wrote them): hash those, then ask
+        the upstream for the rest. Raises ClaimLost (the file left as it is) only."""
         fd = -1
-        if self.spilled_at is None:
-            try:
-                fd = await asyncio.to_thread(
-                    os.open,
-                    self.temp_path,
-                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                    0o644,
-                )
-            except OSError as exc:
-                if exc.errno not in _DISK_FULL:
-                    raise
-                self._spill(str(exc))
         hasher = hasher_for(self.digest)
         try:
+            if self.spilled_at is None:
+                try:
+                    fd = await asyncio.to_thread(self._open_temp, adopt)
+                except OSError as exc:
+                    if exc.errno not in _DISK_FULL:
+                        raise
+                    self._spill(str(exc))
+            if adopt and fd >= 0:
+                self.written = await asyncio.to_thread(_hash_file, fd, hasher)
+                self._notify()
             await self._download(fd, hasher)
             if self.size is not None and self.written != self.size:
                 raise UpstreamInvalid(
@@ -179,6 +237,8 @@ class Fetch:
                     await self._on_stored(self)
                 except Exception:  # the verified file is in place; the next start indexes it
                     log.exception("indexing %s failed", self.digest)
+        except ClaimLost:
+            raise
         except Exception as exc:
             self.error = (
                 exc
@@ -192,16 +252,27 @@ class Fetch:
             else:
                 log.exception("fetch of %s failed", self.digest)
             await asyncio.to_thread(self._discard, fd)
+            fd = -1
         finally:
-            if not self._started.done():
-                self._started.set_exception(self.error or UpstreamUnavailable("fetch ended early"))
-                self._started.exception()  # retrieved: readers may all have gone
-            for tap in list(self._taps):
-                tap.end(self.error)
-            self._notify()
+            if fd >= 0:
+                # Lost to another replica, or cancelled: let a write still running in its
+                # thread finish before the descriptor goes (its number could be reused).
+                if self._writing is not None:
+                    await asyncio.wait({self._writing})
+                os.close(fd)
+
+    def _open_temp(self, adopt: bool) -> int:
+        # Adopting: read back what is there. Otherwise the file must be new.
+        mode = os.O_RDWR if adopt else os.O_WRONLY | os.O_EXCL
+        return os.open(self.temp_path, mode | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
     async def _download(self, fd: int, hasher: object) -> None:
         failures = 0
+        if self.size is not None and self.written >= self.size:
+            # An adopted temp file that is already whole: nothing left to ask for.
+            if not self._started.done():
+                self._started.set_result(None)
+            return
         while True:
             reached = self.written
             batch: list[bytes] = []
@@ -254,7 +325,15 @@ class Fetch:
         data = batch[0] if len(batch) == 1 else b"".join(batch)
         if self.spilled_at is None:
             try:
-                await asyncio.to_thread(_write_and_hash, fd, hasher, data, self.written)
+                if self.guard is None:
+                    await asyncio.to_thread(_write_and_hash, fd, hasher, data, self.written)
+                else:
+                    await self.guard()
+                    # Shielded: a cancelled download waits for this write before closing fd.
+                    self._writing = asyncio.ensure_future(
+                        asyncio.to_thread(_write_and_hash, fd, hasher, data, self.written)
+                    )
+                    await asyncio.shield(self._writing)
             except OSError as exc:
                 if exc.errno not in _DISK_FULL:
                     raise
@@ -289,9 +368,16 @@ class Fetch:
         """fsync, close and rename the verified temp file into place."""
         try:
             os.fsync(fd)
+            written = os.fstat(fd)
         finally:
             os.close(fd)
-        self.store.commit_sync(self.temp_path, self.digest)
+        try:
+            self.store.commit_sync(self.temp_path, self.digest)
+        except FileNotFoundError:
+            # Cluster mode: the replica that took this download over (the same file) has
+            # renamed it into place already. Any other missing file is an error.
+            if _identity(self.final_path) != (written.st_dev, written.st_ino):
+                raise
 
     def _discard(self, fd: int) -> None:
         if fd >= 0:
@@ -307,6 +393,23 @@ def _write_and_hash(fd: int, hasher: object, data: bytes, offset: int) -> None:
         count = os.pwrite(fd, view, position)
         view, position = view[count:], position + count
     hasher.update(data)  # type: ignore[attr-defined]
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _hash_file(fd: int, hasher: object) -> int:
+    """Feed the file's bytes to ``hasher``; returns how many there were."""
+    position = 0
+    while chunk := os.pread(fd, 4 * WRITE_BATCH, position):
+        hasher.update(chunk)  # type: ignore[attr-defined]
+        position += len(chunk)
+    return position
 
 
 def _cut(fd: int, size: int) -> None:

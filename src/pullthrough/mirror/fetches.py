@@ -30,8 +30,12 @@ class Fetches:
         store: BlobStore,
         on_stored: Callable[[Fetch], Awaitable[None]],
         metrics: Metrics,
+        drive: Callable[[Fetch], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
+        # Cluster mode: runs each fetch so that the cluster fetches the digest once
+        # (pullthrough.cluster.fetching); None: the fetch downloads by itself.
+        self._drive = drive
         self._on_stored = on_stored
         self._metrics = metrics
         self._running: dict[str, Fetch] = {}
@@ -88,7 +92,7 @@ class Fetches:
 
     async def _run(self, key: str, fetch: Fetch) -> None:
         try:
-            await fetch.run()
+            await (fetch.run() if self._drive is None else self._drive(fetch))
         finally:
             if self._running.get(key) is fetch:
                 del self._running[key]

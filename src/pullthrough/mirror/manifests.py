@@ -5,6 +5,10 @@ By tag: revalidated with one upstream HEAD (concurrent revalidations of a tag co
 one), served from the store when the digest is unchanged, fetched when it changed. When the
 upstream is unreachable, times out, answers 5xx or 429, the cached copy is served (stale,
 logged at warning); an upstream 404 is authoritative and drops the cached tag.
+
+In cluster mode the HEAD and the fetch are coalesced across replicas as well (``flights``):
+one HEAD per tag per ``tag_freshness`` window (or per burst of concurrent requests when it
+is 0), one GET per manifest.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from pullthrough.errors import (
     ManifestUnknown,
@@ -32,12 +38,28 @@ from pullthrough.metrics import Metrics
 from pullthrough.reference import Digest, parse_digest
 from pullthrough.singleflight import SingleFlight
 from pullthrough.store.blobs import BlobStore, DigestMismatch
-from pullthrough.store.index import Index, TagRecord
+from pullthrough.store.index import IndexBackend, TagRecord
 from pullthrough.upstream.client import ManifestHead, UpstreamClient
 
 log = logging.getLogger(__name__)
 
 _STALE_ERRORS = (UpstreamUnavailable, TooManyRequests)
+
+T = TypeVar("T")
+
+
+class SharedFlights(Protocol):
+    """Work done once across replicas (``pullthrough.cluster.flights.Flights``)."""
+
+    async def do(
+        self,
+        name: str,
+        work: Callable[[], Awaitable[T]],
+        *,
+        encode: Callable[[T], Any],
+        decode: Callable[[Any], Awaitable[T | None]],
+        reuse_for: float = 0.0,
+    ) -> T: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +73,18 @@ class Manifest:
 
 
 class ManifestService:
-    def __init__(self, *, store: BlobStore, index: Index, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        *,
+        store: BlobStore,
+        index: IndexBackend,
+        metrics: Metrics,
+        flights: SharedFlights | None = None,
+    ) -> None:
         self.store = store
         self.index = index
         self.metrics = metrics
+        self._flights = flights
         self._heads: SingleFlight[ManifestHead | None] = SingleFlight(
             on_join=metrics.coalesced.labels("tag").inc
         )
@@ -137,10 +167,71 @@ class ManifestService:
     async def _revalidate(
         self, upstream: UpstreamClient, repo: str, tag: str, accept: tuple[str, ...]
     ) -> ManifestHead | None:
+        if self._flights is None:
+            return await self._head(upstream, repo, tag, accept)
+        return await self._flights.do(
+            _flight_name("head", upstream.name, repo, tag, accept),
+            lambda: self._head(upstream, repo, tag, accept),
+            encode=_head_to_json,
+            decode=_head_from_json,
+            reuse_for=upstream.config.tag_freshness,
+        )
+
+    async def _head(
+        self, upstream: UpstreamClient, repo: str, tag: str, accept: tuple[str, ...]
+    ) -> ManifestHead | None:
         self.metrics.revalidations.labels(upstream.name).inc()
         return await upstream.head_manifest(repo, tag, accept)
 
     async def _fetch(
+        self,
+        upstream: UpstreamClient,
+        repo: str,
+        reference: str,
+        expected: Digest | None,
+        accept: tuple[str, ...],
+        *,
+        tag: str | None = None,
+    ) -> Manifest:
+        if self._flights is None:
+            return await self._get(upstream, repo, reference, expected, accept, tag=tag)
+
+        async def stored(doc: Any) -> Manifest | None:
+            # The replica that fetched it stored it in the shared store and index.
+            local = await self._stored(str(doc["digest"]), str(doc["media_type"]))
+            if local is not None and tag is not None:
+                # Written again from here so that this replica's index remembers the tag
+                # (it can then serve it stale while Redis and the upstream are both down).
+                await self.index.set_tag(
+                    upstream.name, repo, tag, media_type=local.media_type, digest=local.digest
+                )
+            return local
+
+        async def get() -> Manifest:
+            if expected is not None:
+                # Another replica may have stored it since this one looked: by digest, that
+                # copy is the answer (the flight's lock only orders the replicas' GETs).
+                local = await self._stored(str(expected), None)
+                if local is not None and acceptable(local.media_type, accept):
+                    if tag is not None:
+                        await self.index.set_tag(
+                            upstream.name,
+                            repo,
+                            tag,
+                            media_type=local.media_type,
+                            digest=local.digest,
+                        )
+                    return local
+            return await self._get(upstream, repo, reference, expected, accept, tag=tag)
+
+        return await self._flights.do(
+            _flight_name("get", upstream.name, repo, reference, accept),
+            get,
+            encode=lambda m: {"digest": m.digest, "media_type": m.media_type},
+            decode=stored,
+        )
+
+    async def _get(
         self,
         upstream: UpstreamClient,
         repo: str,
@@ -216,6 +307,22 @@ class ManifestService:
             if acceptable(record.media_type, accept):
                 return record
         return None
+
+
+def _flight_name(kind: str, upstream: str, repo: str, ref: str, accept: tuple[str, ...]) -> str:
+    # The Accept list can be long: a hash of it keeps the Redis key short and readable.
+    wanted = hashlib.sha256("\n".join(accept).encode()).hexdigest()[:16]
+    return "|".join((kind, upstream, repo, ref, wanted))
+
+
+def _head_to_json(head: ManifestHead | None) -> Any:
+    if head is None:
+        return None
+    return {"digest": head.digest, "media_type": head.media_type, "size": head.size}
+
+
+async def _head_from_json(doc: Any) -> ManifestHead | None:
+    return ManifestHead(doc.get("digest"), doc.get("media_type"), doc.get("size"))
 
 
 def _all_children(body: bytes) -> tuple[str, ...]:

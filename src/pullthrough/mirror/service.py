@@ -1,11 +1,16 @@
 """The mirror as one object: the store, the index, the upstream clients and the policies
-that join them. The server holds one Mirror; nothing below it knows about HTTP routes."""
+that join them. The server holds one Mirror; nothing below it knows about HTTP routes.
+
+With ``mirror.cluster`` the index is the shared one in Redis, fetches and manifest requests
+are coalesced across replicas, and one replica sweeps at a time (``pullthrough.cluster``);
+without it nothing of that is even imported."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from typing import TYPE_CHECKING, cast
 
 from pullthrough.config import Config
 from pullthrough.metrics import Metrics
@@ -18,7 +23,10 @@ from pullthrough.mirror.manifests import ManifestService
 from pullthrough.mirror.upstreams import Upstreams
 from pullthrough.reference import Digest, parse_digest
 from pullthrough.store.blobs import BlobStore
-from pullthrough.store.index import AgedBlob, Index
+from pullthrough.store.index import AgedBlob, Index, IndexBackend
+
+if TYPE_CHECKING:
+    from pullthrough.cluster.node import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +38,39 @@ class Mirror:
         self.config = config
         self.metrics = Metrics()
         self.store = BlobStore(config.root)
-        self.index = Index(config.index_path)
+        self.cluster: Cluster | None = None
+        self.index: IndexBackend
+        if config.cluster is None:
+            self.index = Index(config.index_path)
+        else:
+            from pullthrough.cluster.node import Cluster
+
+            self.cluster = Cluster(config.cluster, self.store, gc_interval=config.gc_interval)
+            self.index = self.cluster.index
         self.upstreams = Upstreams(config, self.metrics)
-        self.fetches = Fetches(self.store, self._blob_stored, self.metrics)
+        self.fetches = Fetches(
+            self.store,
+            self._blob_stored,
+            self.metrics,
+            drive=self.cluster.fetches.run if self.cluster else None,
+        )
         # Over mirror.maxsize with nothing left to evict: new fetches keep nothing.
         self.fetches.keep = lambda: not self.sweeper.full
+        # BlobService and Listing are annotated with the SQLite Index; they use only what
+        # IndexBackend declares, which the Redis index implements as well.
         self.blobs = BlobService(
-            store=self.store, index=self.index, fetches=self.fetches, metrics=self.metrics
+            store=self.store,
+            index=cast(Index, self.index),
+            fetches=self.fetches,
+            metrics=self.metrics,
         )
-        self.manifests = ManifestService(store=self.store, index=self.index, metrics=self.metrics)
-        self.listing = Listing(index=self.index)
+        self.manifests = ManifestService(
+            store=self.store,
+            index=self.index,
+            metrics=self.metrics,
+            flights=self.cluster.flights if self.cluster else None,
+        )
+        self.listing = Listing(index=cast(Index, self.index))
         self.sweeper = Sweeper(
             store=self.store,
             index=self.index,
@@ -50,11 +81,15 @@ class Mirror:
             busy=lambda digest: self.fetches.get(parse_digest(digest)) is not None,
             on_removed=self._removed,
             on_swept=self._swept,
+            turns=self.cluster.sweep_turns if self.cluster else None,
         )
         self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.store.prepare)
+        if self.cluster is None:
+            await asyncio.to_thread(self.store.prepare)
+        else:
+            await self.cluster.start()  # the shared temp directory is not emptied
         await self.index.open()
         loop = asyncio.get_running_loop()
         self._background = [
@@ -70,6 +105,8 @@ class Mirror:
         await self.fetches.wait_all(seconds=5.0)
         await self.upstreams.close()
         await self.index.close()
+        if self.cluster is not None:
+            await self.cluster.stop()
 
     async def _blob_stored(self, fetch: Fetch) -> None:
         await self.index.record(

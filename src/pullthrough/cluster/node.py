@@ -1,0 +1,45 @@
+"""A replica's part in the cluster: one Redis connection and everything that uses it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from pullthrough.cluster.claims import Claims
+from pullthrough.cluster.connection import Coordination
+from pullthrough.cluster.fetching import ClusterFetches
+from pullthrough.cluster.flights import Flights
+from pullthrough.cluster.index import RedisIndex
+from pullthrough.cluster.sweeping import SweepLease, prepare_shared
+from pullthrough.config.model import ClusterConfig
+from pullthrough.store.blobs import BlobStore
+
+log = logging.getLogger(__name__)
+
+
+class Cluster:
+    """The shared index, fetch claims, coalesced upstream calls and the sweeper lease of
+    one replica, over one Redis connection."""
+
+    def __init__(self, config: ClusterConfig, store: BlobStore, *, gc_interval: float) -> None:
+        self.config = config
+        self.store = store
+        self.coordination = Coordination(config)
+        self.index = RedisIndex(self.coordination)
+        self.claims = Claims(self.coordination)
+        self.fetches = ClusterFetches(self.coordination, self.claims, self.index)
+        self.flights = Flights(self.coordination)
+        self.sweep_turns = SweepLease(self.coordination, store, gc_interval)
+
+    async def start(self) -> None:
+        """Prepare the shared store (its temp files are other replicas' downloads: kept)."""
+        await asyncio.to_thread(prepare_shared, self.store)
+        if await self.coordination.ping():
+            log.info(
+                "cluster mode: replica %s, coordinating through redis at %s",
+                self.config.advertise,
+                self.coordination.address,
+            )
+
+    async def stop(self) -> None:
+        await self.coordination.close()
