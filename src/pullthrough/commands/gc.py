@@ -22,14 +22,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
 
 async def _gc(config: Config, *, dry_run: bool) -> int:
     async with open_store(config) as opened:
-        sweeper = Sweeper(
-            store=opened.store,
-            index=opened.index,
-            ttls={u.name: u.ttl for u in config.upstreams},
-            default_ttl=config.upstream.ttl,
-            limit=config.maxsize,
-            batch=config.gc_batch,
-        )
+        sweeper = Sweeper.for_config(config, store=opened.store, index=opened.index)
         if not dry_run:
             adopted, forgotten = await sweeper.reconcile()
             if adopted or forgotten:

@@ -23,9 +23,9 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
-from pullthrough.config import StoreLimit
+from pullthrough.config import Config, StoreLimit
 from pullthrough.reference import parse_digest
 from pullthrough.store.blobs import BlobStore
 from pullthrough.store.index import AgedBlob, IndexBackend
@@ -109,6 +109,22 @@ class Sweeper:
         """Ask for a pass now rather than at the next interval (new content was stored)."""
         if self.limit is not None:
             self._nudged.set()
+
+    @classmethod
+    def for_config(
+        cls, config: Config, *, store: BlobStore, index: IndexBackend, **hooks: Any
+    ) -> Sweeper:
+        """A sweeper with the TTLs, limit and batch ``config`` gives (server and gc alike);
+        ``hooks`` are the optional keyword arguments (busy, on_removed, ...)."""
+        return cls(
+            store=store,
+            index=index,
+            ttls={u.name: u.ttl for u in config.upstreams},
+            default_ttl=config.upstream.ttl,
+            limit=config.maxsize,
+            batch=config.gc_batch,
+            **hooks,
+        )
 
     def ttl_of(self, blob: AgedBlob) -> float | None:
         """Seconds ``blob`` may go unused, None for never."""

@@ -71,13 +71,10 @@ class Mirror:
             flights=self.cluster.flights if self.cluster else None,
         )
         self.listing = Listing(index=cast(Index, self.index))
-        self.sweeper = Sweeper(
+        self.sweeper = Sweeper.for_config(
+            config,
             store=self.store,
             index=self.index,
-            ttls={u.name: u.ttl for u in config.upstreams},
-            default_ttl=config.upstream.ttl,
-            limit=config.maxsize,
-            batch=config.gc_batch,
             busy=lambda digest: self.fetches.get(parse_digest(digest)) is not None,
             on_removed=self._removed,
             on_swept=self._swept,
