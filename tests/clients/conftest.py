@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from itertools import count
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -37,6 +37,8 @@ from tests.support.registry import RegistryFactory
 # through ``upstream_proxy``.
 mirror_factory = integration.mirror_factory
 mirror = integration.mirror
+
+ToolT = TypeVar("ToolT", Podman, Buildah)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -157,23 +159,31 @@ def hosts_dir(tmp_path: Path, mirror: MirrorProcess) -> Path:
     return containerd_hosts_dir(tmp_path / "certs.d", mirror.url)
 
 
-@pytest.fixture
-def podman_factory(
-    tmp_path: Path, mirror: MirrorProcess, hub_guard: HubGuard
-) -> Iterator[Callable[..., Podman]]:
-    """``podman_factory(**Podman_kwargs) -> Podman`` on a fresh store, mirror configured."""
-    made: list[Podman] = []
+def _tool_factory(
+    kind: type[ToolT], name: str, tmp_path: Path, mirror: MirrorProcess, hub_guard: HubGuard
+) -> Iterator[Callable[..., ToolT]]:
+    """Fresh stores of a daemonless tool (podman, buildah), the mirror configured; every
+    store is closed at teardown."""
+    made: list[ToolT] = []
     ids = count()
 
-    def factory(**kwargs: Any) -> Podman:
+    def factory(**kwargs: Any) -> ToolT:
         kwargs.setdefault("mirrors", [mirror.host])
-        tool = Podman(tmp_path / f"podman-{next(ids)}", env=hub_guard.env(), **kwargs)
+        tool = kind(tmp_path / f"{name}-{next(ids)}", env=hub_guard.env(), **kwargs)
         made.append(tool)
         return tool
 
     yield factory
     for tool in made:
         tool.close()
+
+
+@pytest.fixture
+def podman_factory(
+    tmp_path: Path, mirror: MirrorProcess, hub_guard: HubGuard
+) -> Iterator[Callable[..., Podman]]:
+    """``podman_factory(**Podman_kwargs) -> Podman`` on a fresh store, mirror configured."""
+    yield from _tool_factory(Podman, "podman", tmp_path, mirror, hub_guard)
 
 
 @pytest.fixture
@@ -181,18 +191,7 @@ def buildah_factory(
     tmp_path: Path, mirror: MirrorProcess, hub_guard: HubGuard
 ) -> Iterator[Callable[..., Buildah]]:
     """``buildah_factory(**Buildah_kwargs) -> Buildah`` on a fresh store, mirror configured."""
-    made: list[Buildah] = []
-    ids = count()
-
-    def factory(**kwargs: Any) -> Buildah:
-        kwargs.setdefault("mirrors", [mirror.host])
-        tool = Buildah(tmp_path / f"buildah-{next(ids)}", env=hub_guard.env(), **kwargs)
-        made.append(tool)
-        return tool
-
-    yield factory
-    for tool in made:
-        tool.close()
+    yield from _tool_factory(Buildah, "buildah", tmp_path, mirror, hub_guard)
 
 
 @pytest.fixture
