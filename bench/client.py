@@ -1,7 +1,8 @@
 """Blob-download client: N concurrent GETs of one URL, timed per stream.
 
 Run as a child process so its CPU never competes with the driver's bookkeeping:
-``python client.py URL --concurrency 20 [--sha256]`` prints one JSON document.
+``python client.py URL [URL ...] --concurrency 20 [--sha256]`` prints one JSON document;
+with several URLs, stream ``i`` fetches ``URL[i % len(URLs)]`` (round-robin).
 
 Each stream is a fresh connection (``Connection: close``). Timings are seconds from the
 moment all threads are released together: ``ttfb`` (first response byte, i.e. the status
@@ -107,14 +108,17 @@ def fetch(
 
 
 def run(
-    url: str, concurrency: int, headers: list[str], want_hash: bool, timeout: float
+    urls: list[str], concurrency: int, headers: list[str], want_hash: bool, timeout: float
 ) -> dict[str, Any]:
     t0_box = [0.0]
     gate = threading.Barrier(concurrency + 1)
     results: list[dict[str, Any]] = [{} for _ in range(concurrency)]
     threads = [
-        threading.Thread(target=fetch, args=(url, headers, want_hash, timeout, gate, t0_box, r))
-        for r in results
+        threading.Thread(
+            target=fetch,
+            args=(urls[i % len(urls)], headers, want_hash, timeout, gate, t0_box, r),
+        )
+        for i, r in enumerate(results)
     ]
     for t in threads:
         t.start()
@@ -124,7 +128,7 @@ def run(
         t.join(timeout + 5)
     wall = max((r.get("end", 0.0) for r in results), default=0.0)
     return {
-        "url": url,
+        "url": urls[0] if len(urls) == 1 else urls,
         "concurrency": concurrency,
         "wall": wall,
         "ok": all(r.get("ok") for r in results),
@@ -135,15 +139,16 @@ def run(
 
 def main() -> None:
     p = argparse.ArgumentParser(description="concurrent blob GETs, timed")
-    p.add_argument("url")
+    p.add_argument("url", nargs="+")
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--header", action="append", default=[])
     p.add_argument("--sha256", action="store_true")
     p.add_argument("--timeout", type=float, default=300.0, help="socket timeout per read")
     a = p.parse_args()
-    host = urlsplit(a.url).hostname or ""
-    if not (host.startswith("127.") or host == "localhost"):
-        p.error("loopback URLs only")
+    for url in a.url:
+        host = urlsplit(url).hostname or ""
+        if not (host.startswith("127.") or host == "localhost"):
+            p.error("loopback URLs only")
     json.dump(run(a.url, a.concurrency, a.header, a.sha256, a.timeout), sys.stdout)
 
 

@@ -44,6 +44,9 @@ from procs import (  # noqa: E402
 )
 from seed import ACCEPT, SKOPEO, Seeded, as_dict, seed_image, seed_index, skopeo  # noqa: E402
 
+sys.path.insert(0, str(BENCH.parent))
+from tests.cluster.redis_server import RedisServer  # noqa: E402
+
 MiB = 1 << 20
 GiB = 1 << 30
 REF, PT = "reference", "pullthrough"
@@ -63,6 +66,7 @@ MODES: dict[str, dict[str, Any]] = {
         "wrk_seconds": 3.0,
         "wrk_runs": 2,
         "huge": 0,
+        "cluster_gets": 9,
     },
     "full": {
         "blob": 1 * GiB,
@@ -73,10 +77,12 @@ MODES: dict[str, dict[str, Any]] = {
         "wrk_seconds": 10.0,
         "wrk_runs": 3,
         "huge": 4 * GiB,
+        "cluster_gets": 30,
     },
 }
 CONCURRENCY = 20
 CONNECTIONS = 32
+REPLICAS = 3
 
 
 def log(msg: str) -> None:
@@ -359,8 +365,11 @@ class Bench:
     def blob_path(self, img: Seeded) -> str:
         return f"/v2/{img.repo}/blobs/{img.layer_digest}"
 
-    def client(self, url: str, concurrency: int = 1, sha256: bool = False) -> dict[str, Any]:
-        cmd = [sys.executable, str(BENCH / "client.py"), url, "--concurrency", str(concurrency)]
+    def client(
+        self, url: str | list[str], concurrency: int = 1, sha256: bool = False
+    ) -> dict[str, Any]:
+        urls = [url] if isinstance(url, str) else url
+        cmd = [sys.executable, str(BENCH / "client.py"), *urls, "--concurrency", str(concurrency)]
         if sha256:
             cmd.append("--sha256")
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=clean_env())
@@ -401,6 +410,7 @@ class Bench:
             ("warm", self.sec_warm_and_rates),
             ("loops", self.sec_loops),
             ("huge", self.sec_huge),
+            ("cluster", self.sec_cluster),
         ]
         only = set(self.args.only.split(",")) if self.args.only else None
         for name, fn in sections:
@@ -774,6 +784,73 @@ class Bench:
             f"rss {out['peak_rss_mib']} MiB (hwm {out['hwm_mib']})"
         )
 
+    def _replicas(self, side: str, root: Path, redis: RedisServer | None) -> list[Server]:
+        """REPLICAS mirrors of one kind sharing the storage ``root``, each on its own port."""
+        servers: list[Server] = []
+        for _ in range(REPLICAS):
+            self.counter += 1
+            workdir = self.runs_dir / f"{self.counter:03d}-{side}"
+            remote = self.proxies[side].url
+            server: Server
+            if side == REF:
+                server = DockerRegistry(workdir, side, remoteurl=remote)
+                server.storage = root  # type: ignore[attr-defined]
+            else:
+                assert redis is not None
+                server = Pullthrough(workdir, side, remoteurl=remote, src=self.src, root=root)
+                server.mirror_extra = {  # type: ignore[attr-defined]
+                    "index_path": str(workdir / "index.db"),
+                    "cluster": {"redis": {"addr": redis.addr}, "advertise": server.url},
+                }
+            servers.append(server)
+            server.start()
+        return servers
+
+    def sec_cluster(self) -> None:
+        """REPLICAS replicas per side over one shared store; N cold GETs round-robin."""
+        r = self.results
+        n = self.mode["cluster_gets"]
+        what = f"{REPLICAS} replicas, {n}x cold GET"
+        r.define("cluster_wall", f"{what} wall", "s", "lower")
+        r.define("cluster_bytes", f"{what} upstream bytes / blob", "x", "lower")
+        r.define("cluster_blob_gets", f"{what} upstream blob GETs", "n", "lower")
+        big = self.images["big"]
+        for run in range(self.mode["conc_runs"]):
+            for side in order(run):
+                base = self.runs_dir / f"cluster-{run}-{side}"
+                redis = RedisServer(base / "redis").start() if side == PT else None
+                servers: list[Server] = []
+                try:
+                    servers = self._replicas(side, base / "store", redis)
+                    self.proxies[side].reset()
+                    urls = [s.url + self.blob_path(big) for s in servers]
+                    res = self.client(urls, n)
+                    stats = self.settle(servers[0], side, big.layer_digest)
+                finally:
+                    for s in servers:
+                        self.retire(s)
+                    if redis is not None:
+                        redis.stop()
+                    shutil.rmtree(base, ignore_errors=True)
+                r.add("cluster_wall", side, res["wall"])
+                r.add("cluster_bytes", side, stats["down_bytes"] / self.size)
+                r.add("cluster_blob_gets", side, stats["blob_gets"])
+                r.keep(
+                    "cluster",
+                    {
+                        "side": side,
+                        "run": run,
+                        "wall": res["wall"],
+                        "gets": n,
+                        "upstream": {k: stats[k] for k in ("down_bytes", "up_bytes", "requests")},
+                        "stream_walls": sorted(round(s["end"], 3) for s in res["streams"]),
+                    },
+                )
+                log(
+                    f"cluster {side} run {run}: {res['wall']:.2f}s upstream "
+                    f"x{stats['down_bytes'] / self.size:.3f} blob GETs {stats['blob_gets']}"
+                )
+
     # ----------------------------------------------------------------- meta
 
     def meta_git(self) -> dict[str, Any]:
@@ -802,6 +879,7 @@ class Bench:
             "wrk_seconds": self.mode["wrk_seconds"],
             "connections": CONNECTIONS,
             "concurrency": CONCURRENCY,
+            "cluster": {"replicas": REPLICAS, "gets": self.mode["cluster_gets"]},
             "wrk_threads": self.args.wrk_threads,
             "git": git,
             "pullthrough_src": str(self.src) if self.src else "installed (work tree)",
@@ -814,6 +892,7 @@ class Bench:
             "docker_registry": version(["/usr/bin/docker-registry", "--version"]),
             "skopeo": version([SKOPEO, "--version"]),
             "wrk": version(["/usr/bin/wrk", "-v"]),
+            "redis_server": version(["/usr/bin/redis-server", "--version"]),
             "images": {k: as_dict(v) for k, v in self.images.items()},
         }
 
@@ -1066,7 +1145,7 @@ def main() -> int:
     p.add_argument(
         "--only",
         help="comma-separated sections: baseline,cold,concurrent_cold,"
-        "skopeo,warm,loops,huge (cold needs baseline for its ratios)",
+        "skopeo,warm,loops,huge,cluster (cold needs baseline for its ratios)",
     )
     p.add_argument("--runs", type=int, help="override the number of runs per measurement")
     p.add_argument("--blob-mib", type=int, help="override the blob size (MiB)")
