@@ -70,6 +70,12 @@ class PaginationInvalid(RegistryError):
     code, status = "PAGINATION_NUMBER_INVALID", 400
 
 
+class NotFound(RegistryError):
+    """A path that is no endpoint of the registry API."""
+
+    code, status = "NOT_FOUND", 404
+
+
 class Unsupported(RegistryError):
     code, status = "UNSUPPORTED", 405
 

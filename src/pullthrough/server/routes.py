@@ -12,7 +12,7 @@ import re
 
 from aiohttp import web
 
-from pullthrough.errors import NameUnknown, PaginationInvalid, RegistryError, Unsupported
+from pullthrough.errors import NameUnknown, NotFound, PaginationInvalid, RegistryError, Unsupported
 from pullthrough.manifest import parse_accept
 from pullthrough.mirror.listing import Page
 from pullthrough.mirror.service import Mirror
@@ -60,13 +60,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         await request.app[AUTH_KEY].authorize(request, kind, params.get("name"))
         handler = _HANDLERS[kind]
         return await handler(request, params)
-    raise _not_found(path)
-
-
-def _not_found(path: str) -> RegistryError:
-    err = RegistryError(f"no such endpoint: {path[:200]}")
-    err.code, err.status = "NOT_FOUND", 404
-    return err
+    raise NotFound(f"no such endpoint: {path[:200]}")
 
 
 async def base(request: web.Request, _: dict[str, str]) -> web.StreamResponse:
