@@ -27,7 +27,12 @@ fi
 
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+# Exactly the pinned set (requirements.lock, made by scripts/lock.sh), and an audit of it
+# against the index's vulnerability data: a known vulnerability stops the run.
+pip_install=(.venv/bin/pip install -q --disable-pip-version-check -c requirements.lock)
+"${pip_install[@]}" pip setuptools
+"${pip_install[@]}" -e '.[test]'
+.venv/bin/python scripts/audit_deps.py requirements.lock
 
 .venv/bin/ruff check .
 .venv/bin/mypy
