@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
             f"config OK: upstreams {upstreams}, default {config.default_upstream}, "
             f"storage {config.root}, listening on {config.host}:{config.port}"
         )
+        # How each mirror.access pattern was read (relative ones gain the default registry).
+        for i, rule in enumerate(config.access):
+            who = "every client" if rule.users is None else ", ".join(rule.users)
+            print(f"mirror.access[{i}]: {who} may pull {', '.join(rule.repositories)}")
         return 0
     if args.command in commands:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")

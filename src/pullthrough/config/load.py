@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from pullthrough.clientauth.access import AccessRule, PatternError, is_registry_component, qualify
 from pullthrough.clientauth.htpasswd import HtpasswdError, parse_htpasswd
 from pullthrough.clientauth.tokens import TokenVerifier
 from pullthrough.config.model import (
@@ -123,6 +124,7 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
             f"can pull every private image the credentials of {', '.join(with_credentials)} "
             "can read"
         )
+    access = _access(root, auth, upstreams, default)
     cluster = _cluster(
         root.mirror.cluster, host, port, https=bool(tls.certificate), warnings=warnings
     )
@@ -153,8 +155,63 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
         gc_interval=_positive(root.mirror.gc_interval, "mirror.gc_interval"),
         gc_batch=_batch(root.mirror.gc_batch),
         cluster=cluster,
+        access=access,
         warnings=tuple(warnings),
     )
+
+
+def _access(
+    root: Root, auth: AuthConfig | None, upstreams: tuple[UpstreamConfig, ...], default: str
+) -> tuple[AccessRule, ...]:
+    """``mirror.access``: per-repository pull rules, patterns qualified with their registry."""
+    entries = root.mirror.access
+    if not entries:
+        return ()
+    if auth is not None and auth.kind == "token":
+        raise ConfigError(
+            "mirror.access: with auth.token the token server's access claims decide who may "
+            "pull what; per-repository rules are for auth.htpasswd users or anonymous clients"
+        )
+    names = {u.name for u in upstreams}
+    hub = next(u for u in upstreams if u.name == default).is_docker_hub
+    rules = []
+    for i, entry in enumerate(entries):
+        key = f"mirror.access[{i}]"
+        if not entry.repositories:
+            raise ConfigError(
+                f"{key}.repositories: required, a list of patterns such as library/* or "
+                "ghcr.io/acme/**"
+            )
+        patterns = []
+        for j, pattern in enumerate(entry.repositories):
+            try:
+                qualified = qualify(pattern, default, hub)
+            except PatternError as exc:
+                raise ConfigError(f"{key}.repositories[{j}]: {exc}") from None
+            registry = qualified.split("/", 1)[0]
+            literal = "*" not in registry and is_registry_component(registry)
+            if literal and registry not in names and not root.mirror.allow_any_upstream:
+                raise ConfigError(
+                    f"{key}.repositories[{j}]: {registry} is not a mirrored registry "
+                    f"(configured: {', '.join(sorted(names))})"
+                )
+            patterns.append(qualified)
+        users = None
+        if entry.users is not None:
+            if auth is None:
+                raise ConfigError(
+                    f"{key}.users: names users, but no client authenticates: set auth.htpasswd "
+                    "(or leave users out to let every client pull these repositories)"
+                )
+            bad = [u for u in entry.users if not u.strip() or ":" in u]
+            if bad or not entry.users:
+                raise ConfigError(
+                    f"{key}.users: expected htpasswd user names or \"*\" (any user), got "
+                    f"{entry.users!r}"
+                )
+            users = tuple(u.strip() for u in entry.users)
+        rules.append(AccessRule(tuple(patterns), users))
+    return tuple(rules)
 
 
 def _maxsize(value: Any) -> StoreLimit | None:

@@ -6,6 +6,8 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pullthrough.clientauth.access import AccessRule
+
 DEFAULT_REMOTE = "https://registry-1.docker.io"
 DOCKER_HUB_NAME = "docker.io"
 DEFAULT_TTL = 168 * 3600.0
@@ -111,6 +113,7 @@ class Config:
     gc_interval: float = 60.0
     gc_batch: int = 1000
     cluster: ClusterConfig | None = None  # None: one process, SQLite index
+    access: tuple[AccessRule, ...] = ()  # mirror.access; empty: no per-repository rules
     warnings: tuple[str, ...] = ()
 
     @property

@@ -132,8 +132,14 @@ class _Limits(_Section):
     max_headers: int = 128
 
 
+class _AccessRule(_Section):
+    repositories: list[str] = []
+    users: list[str] | None = None
+
+
 class _Mirror(_Section):
     limits: _Limits = _Limits()
+    access: list[_AccessRule] = []
     upstreams: list[_Upstream] = []
     default_upstream: str | None = None
     allow_any_upstream: bool = False

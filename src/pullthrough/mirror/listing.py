@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pullthrough.errors import NameUnknown, TooManyRequests, UpstreamUnavailable
@@ -60,11 +61,20 @@ class Listing:
         return Page(tags, more)
 
     async def catalog(
-        self, upstreams: list[tuple[UpstreamClient, str]], n: int | None, last: str | None
+        self,
+        upstreams: list[tuple[UpstreamClient, str]],
+        n: int | None,
+        last: str | None,
+        visible: Callable[[str, str], bool] | None = None,
     ) -> Page:
         """Cached repositories of each upstream, each name behind that upstream's prefix
-        (the default upstream has none), merged in lexical order."""
+        (the default upstream has none), merged in lexical order; only those ``visible``
+        (registry, repository) says, when given, filtered before paging."""
         names: list[str] = []
         for upstream, prefix in upstreams:
-            names.extend(prefix + repo for repo in await self.index.repositories(upstream.name))
+            names.extend(
+                prefix + repo
+                for repo in await self.index.repositories(upstream.name)
+                if visible is None or visible(upstream.name, repo)
+            )
         return page(sorted(names), n, last)

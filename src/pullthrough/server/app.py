@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from pullthrough.clientauth.access import AccessRules
 from pullthrough.config import Config
 from pullthrough.mirror.service import Mirror
 from pullthrough.server.auth import build_auth
 from pullthrough.server.errors import oci_errors
 from pullthrough.server.metrics import count_requests
-from pullthrough.server.routes import AUTH_KEY, MIRROR_KEY, VERIFY_KEY, dispatch
+from pullthrough.server.routes import ACCESS_KEY, AUTH_KEY, MIRROR_KEY, VERIFY_KEY, dispatch
 from pullthrough.server.verification import ReadVerification
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ def build_app(config: Config) -> web.Application:
     mirror = Mirror(config)
     app[MIRROR_KEY] = mirror
     app[AUTH_KEY] = build_auth(config.auth)
+    app[ACCESS_KEY] = AccessRules(config.access)
     app[VERIFY_KEY] = ReadVerification(
         enabled=config.verify_on_read,
         interval=config.verify_interval,

@@ -3,7 +3,8 @@
 Every request that reaches a route is authorized here before anything is looked up: the
 ``/v2/`` probe needs valid credentials, a repository request needs the ``pull`` action
 on that repository (as the client named it), the catalog needs ``registry:catalog:*``.
-Failures are 401 UNAUTHORIZED with the challenge a client needs to log in.
+Failures are 401 UNAUTHORIZED with the challenge a client needs to log in. Who the client
+is (the htpasswd user; None when not authenticated) is returned for ``mirror.access``.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from pullthrough.errors import Unauthorized
 
 
 class ClientAuth(Protocol):
-    async def authorize(self, request: web.Request, kind: str, name: str | None) -> None:
-        """Return if the request may proceed; raise Unauthorized otherwise."""
+    async def authorize(self, request: web.Request, kind: str, name: str | None) -> str | None:
+        """Return who the client is (None: not authenticated) if the request may proceed;
+        raise Unauthorized otherwise."""
 
 
 class Anonymous:
-    async def authorize(self, request: web.Request, kind: str, name: str | None) -> None:
+    async def authorize(self, request: web.Request, kind: str, name: str | None) -> str | None:
         return None
 
 
@@ -34,10 +36,10 @@ class BasicAuth:
         self.realm = realm
         self.htpasswd = Htpasswd(path)
 
-    async def authorize(self, request: web.Request, kind: str, name: str | None) -> None:
+    async def authorize(self, request: web.Request, kind: str, name: str | None) -> str | None:
         creds = basic_credentials(request.headers.get("Authorization"))
         if creds is not None and await self.htpasswd.check(*creds):
-            return
+            return creds[0]
         # containers/image sends "Basic Og==" (empty user and password) when it has none.
         anonymous = creds is None or creds == ("", "")
         message = "authentication required" if anonymous else "wrong user name or password"
@@ -52,7 +54,7 @@ class BearerAuth:
         self.service = service
         self.verifier = verifier
 
-    async def authorize(self, request: web.Request, kind: str, name: str | None) -> None:
+    async def authorize(self, request: web.Request, kind: str, name: str | None) -> str | None:
         if kind == "catalog":
             scope: tuple[str, str, str] | None = ("registry", "catalog", "*")
         elif name is not None:
@@ -70,6 +72,7 @@ class BearerAuth:
             raise self._challenge(
                 scope, "insufficient_scope", f"the token does not grant {':'.join(scope)}"
             )
+        return grant.subject
 
     def _challenge(
         self, scope: tuple[str, str, str] | None, error: str | None, message: str

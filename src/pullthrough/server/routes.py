@@ -12,7 +12,15 @@ import re
 
 from aiohttp import web
 
-from pullthrough.errors import NameUnknown, NotFound, PaginationInvalid, RegistryError, Unsupported
+from pullthrough.clientauth.access import AccessRules
+from pullthrough.errors import (
+    Denied,
+    NameUnknown,
+    NotFound,
+    PaginationInvalid,
+    RegistryError,
+    Unsupported,
+)
 from pullthrough.manifest import parse_accept
 from pullthrough.mirror.listing import Page
 from pullthrough.mirror.service import Mirror
@@ -27,6 +35,8 @@ from pullthrough.upstream.client import UpstreamClient
 MIRROR_KEY = web.AppKey("mirror", Mirror)
 KIND_KEY = "pullthrough.kind"  # the route a request took, for metrics
 AUTH_KEY = web.AppKey("auth", ClientAuth)
+ACCESS_KEY = web.AppKey("access", AccessRules)
+USER_KEY = "pullthrough.user"  # who authorize() said the client is (None: anonymous)
 VERIFY_KEY = web.AppKey("verify", ReadVerification)
 
 API_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
@@ -57,7 +67,9 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
             )
         request[KIND_KEY] = kind
         params = match.groupdict()
-        await request.app[AUTH_KEY].authorize(request, kind, params.get("name"))
+        request[USER_KEY] = await request.app[AUTH_KEY].authorize(
+            request, kind, params.get("name")
+        )
         handler = _HANDLERS[kind]
         return await handler(request, params)
     raise NotFound(f"no such endpoint: {path[:200]}")
@@ -131,22 +143,37 @@ async def catalog(request: web.Request, _: dict[str, str]) -> web.StreamResponse
     mirror = request.app[MIRROR_KEY]
     n, last = _paging(request)
     ns = request.query.get("ns")
+    access, user = request.app[ACCESS_KEY], request[USER_KEY]
     if ns is not None:
         only = mirror.upstreams.for_namespace(ns)
         if only is None:
             raise NameUnknown(mirror.upstreams.how_to_add(ns), detail={"ns": ns[:200]})
-        found = await mirror.listing.catalog([(only, "")], n, last)
+        sources = [(only, "")]
     else:
-        found = await mirror.listing.catalog(
-            [(u, "" if u is mirror.upstreams.default else f"{u.name}/") for u in mirror.upstreams],
-            n,
-            last,
-        )
+        sources = [
+            (u, "" if u is mirror.upstreams.default else f"{u.name}/") for u in mirror.upstreams
+        ]
+
+    # Only what this client may pull: a catalog must not name repositories it may not see.
+    def visible(registry: str, repo: str) -> bool:
+        return access.allows(user, registry, repo)
+
+    found = await mirror.listing.catalog(sources, n, last, visible if access.active else None)
     return _page_response(request, {"repositories": found.items}, found, n)
 
 
 def _route(request: web.Request, params: dict[str, str]) -> tuple[UpstreamClient, str]:
+    """The upstream and repository a request names, once ``mirror.access`` lets the client
+    pull it (checked on the resolved name, however the client addressed it)."""
     route = resolve(request.app[MIRROR_KEY], params["name"], request.query.get("ns"))
+    user = request[USER_KEY]
+    if not request.app[ACCESS_KEY].allows(user, route.upstream.name, route.repo):
+        who = f"user {user}" if user is not None else "an anonymous client"
+        raise Denied(
+            f"requested access to the resource is denied: {who} may not pull "
+            f"{route.upstream.name}/{route.repo} (mirror.access)",
+            detail={"name": params["name"]},
+        )
     return route.upstream, route.repo
 
 
