@@ -12,6 +12,7 @@ import sys
 from aiohttp import web
 
 from pullthrough import __version__
+from pullthrough.commands.offline import IndexUnavailable
 from pullthrough.config import Config, ConfigError, load
 from pullthrough.logs import setup as setup_logging
 from pullthrough.server.limits import ConnectionGuard
@@ -67,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command in commands:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-        result: int = commands[args.command].run(config, args)
+        try:
+            result: int = commands[args.command].run(config, args)
+        except IndexUnavailable as exc:
+            print(f"pullthrough {args.command}: {exc}", file=sys.stderr)
+            return 2
         return result
     setup_logging(config)
     for warning in config.warnings:

@@ -48,6 +48,7 @@ async def _story(index: IndexBackend) -> list[Any]:
     lru = await index.least_recent(10, accessed_before=float("inf"))
     seen.append([(b.digest, b.size, b.upstreams, b.is_manifest) for b in lru])
     seen.append(sorted(await index.usage_by_repository()))
+    seen.append(sorted((name, sorted(d)) for name, d in (await index.repository_links()).items()))
     seen.append([row[:5] for row in await index.catalog_rows()])
     await index.forget(M)  # its tags and links go with it
     await index.adopt(C, 300, 1.0)

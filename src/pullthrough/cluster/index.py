@@ -364,19 +364,32 @@ class RedisIndex:
 
     async def usage_by_repository(self) -> list[tuple[str, str, int, int]]:
         """(upstream, repo, objects, bytes) of what each repository links to."""
+        return [
+            (upstream, repo, len(sizes), sum(sizes.values()))
+            for (upstream, repo), sizes in sorted((await self._linked_sizes()).items())
+        ]
 
-        async def work(r: Any) -> list[tuple[str, str, int, int]]:
-            rows = []
-            for upstream in sorted(await r.smembers(key("upstreams"))):
-                for repo in sorted(await r.smembers(key("repos", upstream))):
-                    digests = await r.smembers(key("links", upstream, repo))
+    async def repository_links(self) -> dict[tuple[str, str], set[str]]:
+        """(upstream, repo) → the stored digests linked to it."""
+        return {name: set(sizes) for name, sizes in (await self._linked_sizes()).items()}
+
+    async def _linked_sizes(self) -> dict[tuple[str, str], dict[str, int]]:
+        """(upstream, repo) → {digest: size} of the stored objects linked to it."""
+
+        async def work(r: Any) -> dict[tuple[str, str], dict[str, int]]:
+            found: dict[tuple[str, str], dict[str, int]] = {}
+            for upstream in await r.smembers(key("upstreams")):
+                for repo in await r.smembers(key("repos", upstream)):
+                    digests = list(await r.smembers(key("links", upstream, repo)))
                     async with r.pipeline(transaction=False) as pipe:
                         for digest in digests:
                             pipe.hget(key("blob", digest), "size")
-                        sizes = [int(s) for s in await pipe.execute() if s is not None]
-                    if sizes:
-                        rows.append((upstream, repo, len(sizes), sum(sizes)))
-            return rows
+                        sizes = await pipe.execute()
+                    pairs = zip(digests, sizes, strict=True)
+                    stored = {d: int(s) for d, s in pairs if s is not None}
+                    if stored:
+                        found[(upstream, repo)] = stored
+            return found
 
         return await self._call(work)
 

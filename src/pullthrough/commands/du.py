@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from pullthrough.commands.inventory import DiskUsage, disk_usage, stored_objects, table
-from pullthrough.commands.offline import open_store
+from pullthrough.commands.offline import has_index, open_store
 from pullthrough.commands.progress import human
 from pullthrough.config import Config
 from pullthrough.store.blobs import BlobStore
@@ -102,7 +102,7 @@ async def collect(config: Config) -> Report:
     disk = await asyncio.to_thread(disk_usage, store.blob_dir)
     limit, setting = await asyncio.to_thread(_limit, config, store)
     empty = Usage(0, 0)
-    if not config.index_path.is_file():
+    if not has_index(config):
         return Report([], [], empty, empty, disk, limit, setting)
     async with open_store(config) as opened:
         index = opened.index

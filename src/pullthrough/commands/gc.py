@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
+from typing import TYPE_CHECKING
 
 from pullthrough.commands.offline import open_store
 from pullthrough.config import Config
 from pullthrough.mirror.eviction import Sweeper, SweepReport
+from pullthrough.store.blobs import BlobStore
+
+if TYPE_CHECKING:
+    from pullthrough.cluster.connection import Coordination
 
 MAX_PASSES = 10_000
 
@@ -22,6 +28,17 @@ def run(config: Config, args: argparse.Namespace) -> int:
 
 async def _gc(config: Config, *, dry_run: bool) -> int:
     async with open_store(config) as opened:
+        if opened.coordination is not None and not dry_run:
+            # Replicas take turns sweeping under a lease; gc takes a turn like any replica.
+            holder = await _sweep_turn(opened.coordination, opened.store, config.gc_interval)
+            if holder is not None:
+                print(
+                    f"pullthrough gc: replica {holder} holds the sweeper lease and sweeps every "
+                    f"{config.gc_interval:g} s (mirror.gc_interval); gc removes nothing while "
+                    "it does (--dry-run still reports)",
+                    file=sys.stderr,
+                )
+                return 1
         sweeper = Sweeper.for_config(config, store=opened.store, index=opened.index)
         if not dry_run:
             adopted, forgotten = await sweeper.reconcile()
@@ -49,3 +66,14 @@ async def _gc(config: Config, *, dry_run: bool) -> int:
             f"store: {total.objects} objects, {total.stored_bytes}{limit} bytes"
         )
     return 0
+
+
+async def _sweep_turn(coordination: Coordination, store: BlobStore, interval: float) -> str | None:
+    """Take the cluster's sweeper lease; None when taken, else the replica holding it."""
+    from pullthrough.cluster.connection import key
+    from pullthrough.cluster.sweeping import SweepLease
+
+    if await SweepLease(coordination, store, interval).take() != "other":
+        return None
+    token = await coordination.call(lambda r: r.get(key("sweeper")))
+    return str(token or "unknown").split("#", 1)[0]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +17,7 @@ from pullthrough.errors import DigestInvalid
 from pullthrough.manifest import MAX_MANIFEST_SIZE, children, detect_media_type
 from pullthrough.reference import parse_digest
 from pullthrough.store.blobs import BlobStore
-from pullthrough.store.index import AgedBlob, Index
+from pullthrough.store.index import AgedBlob, IndexBackend
 
 # ``least_recent`` with no effective limit is the index's only "every object" query.
 _ALL = 2**62
@@ -33,30 +32,10 @@ def iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def stored_objects(index: Index) -> dict[str, AgedBlob]:
+async def stored_objects(index: IndexBackend) -> dict[str, AgedBlob]:
     """Every object the index knows to be stored, by digest."""
     rows = await index.least_recent(_ALL, accessed_before=math.inf)
     return {row.digest: row for row in rows}
-
-
-async def repository_links(index: Index) -> dict[tuple[str, str], set[str]]:
-    """(upstream, repo) → the stored digests linked to it.
-
-    The Index has no public query for this (``usage_by_repository`` only sums), so it runs
-    on the Index's own connection and thread here; it belongs in ``store/index.py`` next to
-    ``usage_by_repository``, which is where it should move.
-    """
-
-    def work() -> list[tuple[str, str, str]]:
-        return index._db.execute(  # private: see the docstring
-            "SELECT l.upstream, l.repo, l.digest FROM links l "
-            "JOIN blobs b ON b.digest = l.digest ORDER BY l.upstream, l.repo"
-        ).fetchall()
-
-    links: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for upstream, repo, digest in await index._run(work):
-        links[(upstream, repo)].add(digest)
-    return dict(links)
 
 
 @dataclass

@@ -20,11 +20,10 @@ from typing import Any
 from pullthrough.commands.inventory import (
     Walker,
     iso,
-    repository_links,
     stored_objects,
     table,
 )
-from pullthrough.commands.offline import open_store
+from pullthrough.commands.offline import has_index, open_store
 from pullthrough.commands.progress import human
 from pullthrough.config import Config
 
@@ -89,12 +88,12 @@ def run(config: Config, args: argparse.Namespace) -> int:
 
 async def collect(config: Config) -> list[Row]:
     """Every tag, untagged manifest and manifest-less repository in the store."""
-    if not config.index_path.is_file():
+    if not has_index(config):
         return []  # nothing was ever stored; do not create an index just to say so
     async with open_store(config) as opened:
         index = opened.index
         objects = await stored_objects(index)
-        links = await repository_links(index)
+        links = await index.repository_links()
         walker = Walker(opened.store, objects)
 
         tagged: dict[tuple[str, str, str], list[str]] = {}

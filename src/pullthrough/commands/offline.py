@@ -1,31 +1,68 @@
 """Opening the store and index of a config without running the server, for the
-operator's commands (which may run while the server is up: SQLite in WAL mode allows it)."""
+operator's commands (which may run while the server is up: SQLite in WAL mode allows it,
+and in cluster mode the index is the replicas' shared one in Redis)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pullthrough.config import Config
 from pullthrough.store.blobs import BlobStore
-from pullthrough.store.index import Index
+from pullthrough.store.index import Index, IndexBackend
+
+if TYPE_CHECKING:
+    from pullthrough.cluster.connection import Coordination
+
+
+class IndexUnavailable(Exception):
+    """The index cannot be read (Redis does not answer): the command cannot say anything true."""
 
 
 @dataclass
 class Offline:
     config: Config
     store: BlobStore
-    index: Index
+    index: IndexBackend
+    where: str  # the index, for messages: its file, or the Redis it lives in
+    coordination: Coordination | None = None  # cluster mode only
+
+
+def has_index(config: Config) -> bool:
+    """Whether anything was ever indexed (opening a missing SQLite file would create it)."""
+    return config.cluster is not None or config.index_path.is_file()
 
 
 @asynccontextmanager
 async def open_store(config: Config) -> AsyncIterator[Offline]:
     """The store and an open index; the store's directories are not touched (no temp
     clean-up: a running server may own the temp files)."""
-    index = Index(config.index_path)
-    await index.open()
+    store = BlobStore(config.root)
+    if config.cluster is None:
+        index = Index(config.index_path)
+        await index.open()
+        try:
+            yield Offline(config, store, index, str(config.index_path))
+        finally:
+            await index.close()
+        return
+
+    from pullthrough.cluster.connection import Coordination, RedisUnavailable
+    from pullthrough.cluster.index import RedisIndex
+
+    coordination = Coordination(config.cluster)
+    where = f"redis at {coordination.address} (mirror.cluster.redis)"
     try:
-        yield Offline(config, BlobStore(config.root), index)
+        if not await coordination.ping():
+            raise IndexUnavailable(f"the shared index cannot be read: {where} does not answer")
+        shared = RedisIndex(coordination)
+        try:
+            yield Offline(config, store, shared, where, coordination)
+        except RedisUnavailable as exc:
+            raise IndexUnavailable(f"{where} stopped answering: {exc}") from None
+        finally:
+            await shared.close()
     finally:
-        await index.close()
+        await coordination.close()

@@ -27,13 +27,13 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pullthrough.commands.offline import open_store
+from pullthrough.commands.offline import has_index, open_store
 from pullthrough.commands.progress import Reporter, Ticker, human
 from pullthrough.config import Config
 from pullthrough.mirror.eviction import Sweeper
 from pullthrough.reference import parse_digest
 from pullthrough.store.blobs import BlobStore, StoredFile
-from pullthrough.store.index import Index
+from pullthrough.store.index import IndexBackend
 
 if TYPE_CHECKING:
     from rich.progress import TaskID
@@ -86,12 +86,12 @@ async def verify(config: Config, *, repair: bool, jobs: int) -> int:
 
     # Opening the index of a store that has none would create one: only --repair does
     # (reconciling then indexes every file, as the server's start-up would).
-    if config.index_path.is_file() or repair:
+    if has_index(config) or repair:
         async with open_store(config) as opened:
             integrity = await opened.index.integrity_check()
             if integrity != "ok":
                 failed = True
-                print(f"index {config.index_path} fails SQLite's integrity check: {integrity}")
+                print(f"index {opened.where} fails its integrity check: {integrity}")
             if repair:
                 for c in corrupt:
                     print(await _remove(opened.index, store, c))
@@ -165,7 +165,7 @@ def _hash_file(file: StoredFile, on_bytes: Callable[[int], None]) -> Checked:
     return Checked(file, f"{algorithm}:{hasher.hexdigest()}", (st.st_dev, st.st_ino))
 
 
-async def _remove(index: Index, store: BlobStore, checked: Checked) -> str:
+async def _remove(index: IndexBackend, store: BlobStore, checked: Checked) -> str:
     digest = checked.file.digest
 
     def same_file() -> bool | None:
@@ -188,7 +188,7 @@ async def _remove(index: Index, store: BlobStore, checked: Checked) -> str:
     return f"removed {digest} (corrupt); it is fetched again when next asked for"
 
 
-def _sweeper(config: Config, index: Index, store: BlobStore) -> Sweeper:
+def _sweeper(config: Config, index: IndexBackend, store: BlobStore) -> Sweeper:
     return Sweeper(
         store=store,
         index=index,
@@ -199,7 +199,7 @@ def _sweeper(config: Config, index: Index, store: BlobStore) -> Sweeper:
     )
 
 
-async def _compare(index: Index, store: BlobStore, on_disk: set[str]) -> None:
+async def _compare(index: IndexBackend, store: BlobStore, on_disk: set[str]) -> None:
     """Say (without changing anything) where the index and the files disagree."""
     known = await index.digests()
     unindexed = len(on_disk - known)

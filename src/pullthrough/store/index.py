@@ -110,6 +110,7 @@ class IndexBackend(Protocol):
     async def adopt(self, digest: str, size: int, last_access: float) -> None: ...
     async def catalog_rows(self) -> list[tuple[str, str, str, str, int, float]]: ...
     async def usage_by_repository(self) -> list[tuple[str, str, int, int]]: ...
+    async def repository_links(self) -> dict[tuple[str, str], set[str]]: ...
     async def integrity_check(self) -> str: ...
 
 
@@ -364,6 +365,19 @@ class Index:
                 "ORDER BY l.upstream, l.repo"
             ).fetchall()
         )
+
+    async def repository_links(self) -> dict[tuple[str, str], set[str]]:
+        """(upstream, repo) → the stored digests linked to it."""
+        rows = await self._run(
+            lambda: self._db.execute(
+                "SELECT l.upstream, l.repo, l.digest FROM links l "
+                "JOIN blobs b ON b.digest = l.digest"
+            ).fetchall()
+        )
+        links: dict[tuple[str, str], set[str]] = {}
+        for upstream, repo, digest in rows:
+            links.setdefault((upstream, repo), set()).add(digest)
+        return links
 
     async def integrity_check(self) -> str:
         row = await self._run(lambda: self._db.execute("PRAGMA integrity_check").fetchone())
