@@ -76,6 +76,10 @@ class NotFound(RegistryError):
     code, status = "NOT_FOUND", 404
 
 
+class SizeInvalid(RegistryError):
+    code, status = "SIZE_INVALID", 413
+
+
 class Unsupported(RegistryError):
     code, status = "UNSUPPORTED", 405
 

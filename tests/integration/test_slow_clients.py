@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -78,4 +79,57 @@ def test_connections_beyond_the_limit_are_refused_and_service_goes_on(
         for sock in held:
             sock.close()
     time.sleep(0.3)
+    assert http_request("GET", f"{mirror.url}/v2/").status == 200
+
+
+def _exchange(
+    port: int, head: bytes, body: bytes = b"", timeout: float = 10
+) -> tuple[bytes, float]:
+    """Send ``head`` (and ``body``), read until the server closes or goes quiet; returns
+    what came back and how long the server took to hang up (or the time-out)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        sock.sendall(head + body)
+        began = time.monotonic()
+        got = b""
+        try:
+            while chunk := sock.recv(65536):
+                got += chunk
+        except TimeoutError:
+            pass
+        return got, time.monotonic() - began
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    "framing, body",
+    [
+        (b"Content-Length: 1000000000", b"x" * 65536),  # 64 KiB of a 1 GB body
+        (b"Transfer-Encoding: chunked", b"10000\r\n" + b"x" * 65536),  # no length announced
+    ],
+)
+def test_a_request_body_over_the_limit_is_refused_unread(
+    mirror_factory, upstream_proxy, framing: bytes, body: bytes
+) -> None:
+    mirror = mirror_factory(
+        upstream_proxy.url, config={"mirror": {"limits": {"max_body_size": "1KiB"}}}
+    )
+    # The mirror answers and hangs up instead of reading on.
+    got, took = _exchange(
+        mirror.port, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n\r\n", body
+    )
+    status, _, rest = got.partition(b"\r\n")
+    assert status.startswith(b"HTTP/1.1 413"), got[:200]
+    body = json.loads(rest.partition(b"\r\n\r\n")[2])
+    assert body["errors"][0]["code"] == "SIZE_INVALID"
+    assert "mirror.limits.max_body_size" in body["errors"][0]["message"]
+    assert took < 2  # closed at once: aiohttp alone would read the body for 10 s
+    # A body within the limit is read and ignored; the service goes on.
+    got, _ = _exchange(
+        mirror.port,
+        b"GET /v2/ HTTP/1.1\r\nHost: x\r\nContent-Length: 512\r\nConnection: close\r\n\r\n",
+        b"y" * 512,
+    )
+    assert got.startswith(b"HTTP/1.1 200"), got[:200]
     assert http_request("GET", f"{mirror.url}/v2/").status == 200

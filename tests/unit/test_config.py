@@ -134,6 +134,9 @@ def test_unknown_env_override_and_unknown_key_are_warnings(tmp_path: Path) -> No
         ("http: {tls: {certificate: /nonexistent.pem}}", "http.tls"),
         ("storage: {s3: {bucket: b}}", "storage.s3"),
         ("mirror: {upstream_connect_timeout: 0s}", "mirror.upstream_connect_timeout"),
+        ("mirror: {limits: {max_body_size: lots}}", "mirror.limits.max_body_size"),
+        ("mirror: {limits: {header_timeout: 0s}}", "mirror.limits.header_timeout"),
+        ("mirror: {limits: {max_headers: 0}}", "mirror.limits.max_headers"),
         ("log: [1, 2]", "log"),
     ],
 )

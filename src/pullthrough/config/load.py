@@ -370,6 +370,7 @@ def _limits(root: Root) -> Limits:
         max_line_size=raw.max_line_size,
         max_field_size=raw.max_field_size,
         max_headers=raw.max_headers,
+        max_body_size=parse_size(raw.max_body_size, "mirror.limits.max_body_size"),
     )
 
 

@@ -56,6 +56,7 @@ class Limits:
     max_line_size: int = 8190
     max_field_size: int = 8190
     max_headers: int = 128
+    max_body_size: int = 64 * 1024  # pulls send no body; a larger one is refused unread
 
 
 @dataclass(frozen=True, slots=True)

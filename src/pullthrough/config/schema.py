@@ -130,6 +130,7 @@ class _Limits(_Section):
     max_line_size: int = 8190
     max_field_size: int = 8190
     max_headers: int = 128
+    max_body_size: Any = "64KiB"
 
 
 class _AccessRule(_Section):

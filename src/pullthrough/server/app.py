@@ -13,20 +13,19 @@ from pullthrough.config import Config
 from pullthrough.mirror.service import Mirror
 from pullthrough.server.auth import build_auth
 from pullthrough.server.errors import oci_errors
+from pullthrough.server.limits import body_limit
 from pullthrough.server.metrics import count_requests
 from pullthrough.server.routes import ACCESS_KEY, AUTH_KEY, MIRROR_KEY, VERIFY_KEY, dispatch
 from pullthrough.server.verification import ReadVerification
 
 log = logging.getLogger(__name__)
 
-# Pull requests carry no body; anything larger is refused before it is read.
-MAX_REQUEST_BODY = 64 * 1024
-
-
 def build_app(config: Config) -> web.Application:
     """A ready-to-run application for ``config``; the mirror starts with the app."""
+    limits = config.limits
     app = web.Application(
-        middlewares=[count_requests, oci_errors], client_max_size=MAX_REQUEST_BODY
+        middlewares=[count_requests, oci_errors, body_limit(limits.max_body_size)],
+        client_max_size=limits.max_body_size,
     )
     mirror = Mirror(config)
     app[MIRROR_KEY] = mirror

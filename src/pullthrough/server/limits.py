@@ -1,4 +1,4 @@
-"""What one client may cost the server: connections, and time to send a request.
+"""What one client may cost the server: connections, time to send a request, and bodies.
 
 aiohttp closes idle keep-alive connections (``keepalive_timeout``) and refuses oversized
 request lines and headers, but it lets a new connection take forever to send its first
@@ -6,6 +6,10 @@ request (a slowloris) and accepts any number of connections. The guard watches t
 server's connections: a connection that has not sent a whole request within
 ``header_timeout`` of opening is closed, and connections beyond ``max_connections`` are
 closed as they arrive.
+
+A pull sends no body. aiohttp reads an unread body after the response (for up to ten
+seconds) to keep the connection; a body over ``max_body_size`` is instead answered with 413
+at once and the connection closed, unread.
 """
 
 from __future__ import annotations
@@ -17,13 +21,40 @@ import time
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from aiohttp.web_protocol import RequestHandler
 
 from pullthrough.config import Limits
+from pullthrough.errors import SizeInvalid
+from pullthrough.server.errors import error_response
 
 log = logging.getLogger(__name__)
 
 WARN_INTERVAL = 60.0
+
+
+def body_limit(max_bytes: int) -> Middleware:
+    """Middleware refusing request bodies over ``max_bytes`` (or of unannounced length)."""
+
+    @web.middleware
+    async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+        length = request.content_length
+        chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+        if not chunked and (length is None or length <= max_bytes):
+            return await handler(request)
+        refused = SizeInvalid(
+            f"request body refused: a pull sends none; this mirror accepts at most {max_bytes} "
+            "bytes, with a Content-Length (mirror.limits.max_body_size)",
+            headers={"Connection": "close"},
+        )
+        response = error_response(request, refused)
+        await response.prepare(request)
+        await response.write_eof()
+        # Close now: aiohttp would otherwise read (and wait for) the rest of the body.
+        request.protocol.force_close()
+        return response
+
+    return limit
 
 
 class ConnectionGuard:
