@@ -72,6 +72,14 @@ class Manifest:
     stale: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class _Confirmed:
+    """What one revalidation of a tag found, shared by every request that joined it."""
+
+    head: ManifestHead | None  # None: the upstream does not know the tag
+    local: Manifest | None = None  # the stored manifest the upstream's digest names
+
+
 class ManifestService:
     def __init__(
         self,
@@ -85,7 +93,7 @@ class ManifestService:
         self.index = index
         self.metrics = metrics
         self._flights = flights
-        self._heads: SingleFlight[ManifestHead | None] = SingleFlight(
+        self._heads: SingleFlight[_Confirmed] = SingleFlight(
             on_join=metrics.coalesced.labels("tag").inc
         )
         self._gets: SingleFlight[Manifest] = SingleFlight()
@@ -107,41 +115,30 @@ class ManifestService:
         self, upstream: UpstreamClient, repo: str, tag: str, accept: tuple[str, ...]
     ) -> Manifest:
         """The manifest ``tag`` points at now, or the cached one when the upstream cannot say."""
-        cached = self._pick(await self.index.tag(upstream.name, repo, tag), accept)
         freshness = upstream.config.tag_freshness
-        if cached is not None and freshness > 0 and time.time() - cached.checked < freshness:
-            local = await self._stored(cached.digest, cached.media_type)
-            if local is not None:
-                self._count(upstream, "hit")
-                return local
+        cached: TagRecord | None = None
+        if freshness > 0:
+            cached = self._pick(await self.index.tag(upstream.name, repo, tag), accept)
+            if cached is not None and time.time() - cached.checked < freshness:
+                local = await self._stored(cached.digest, cached.media_type)
+                if local is not None:
+                    self._count(upstream, "hit")
+                    return local
         wanted = upstream_accept(accept)
         try:
-            head = await self._heads.do(
+            confirmed = await self._heads.do(
                 (upstream.name, repo, tag, wanted),
-                lambda: self._revalidate(upstream, repo, tag, wanted),
+                lambda: self._confirm(upstream, repo, tag, wanted),
             )
+            head, local = confirmed.head, confirmed.local
             if head is None:
-                await self.index.drop_tag(upstream.name, repo, tag)
                 raise ManifestUnknown(
                     f"manifest {repo}:{tag} is unknown to upstream {upstream.name}",
                     detail={"name": repo, "tag": tag},
                 )
-            if head.digest:
-                local = await self._stored(head.digest, None)
-                if local is not None and acceptable(local.media_type, accept):
-                    await self.index.record(
-                        head.digest,
-                        len(local.body),
-                        media_type=local.media_type,
-                        upstream=upstream.name,
-                        repo=repo,
-                        children=_all_children(local.body),
-                    )
-                    await self.index.set_tag(
-                        upstream.name, repo, tag, media_type=local.media_type, digest=head.digest
-                    )
-                    self._count(upstream, "hit")
-                    return local
+            if local is not None and acceptable(local.media_type, accept):
+                self._count(upstream, "hit")
+                return local
             # Fetch by digest when the HEAD named one: immutable, and verifiable on arrival.
             expected = _maybe_digest(head.digest)
             reference = str(expected) if expected else tag
@@ -152,6 +149,8 @@ class ManifestService:
                 lambda: self._fetch(upstream, repo, reference, expected, wanted, tag=tag),
             )
         except _STALE_ERRORS as exc:
+            if freshness <= 0:
+                cached = self._pick(await self.index.tag(upstream.name, repo, tag), accept)
             if cached is None:
                 raise
             local = await self._stored(cached.digest, cached.media_type)
@@ -160,6 +159,33 @@ class ManifestService:
             log.warning("serving %s:%s from cache (stale, %s): %s", repo, tag, cached.digest, exc)
             self._count(upstream, "stale")
             return Manifest(local.digest, local.media_type, local.body, stale=True)
+
+    async def _confirm(
+        self, upstream: UpstreamClient, repo: str, tag: str, wanted: tuple[str, ...]
+    ) -> _Confirmed:
+        """One upstream HEAD for the tag; when it names a manifest stored here, that manifest
+        is read and the tag's resolution recorded once for all the requests that joined
+        (not once per request: under load most requests for a tag join a revalidation)."""
+        head = await self._revalidate(upstream, repo, tag, wanted)
+        if head is None:
+            await self.index.drop_tag(upstream.name, repo, tag)
+            return _Confirmed(None)
+        if not head.digest:
+            return _Confirmed(head)
+        local = await self._stored(head.digest, None)
+        if local is not None:
+            await self.index.record(
+                head.digest,
+                len(local.body),
+                media_type=local.media_type,
+                upstream=upstream.name,
+                repo=repo,
+                children=_all_children(local.body),
+            )
+            await self.index.set_tag(
+                upstream.name, repo, tag, media_type=local.media_type, digest=head.digest
+            )
+        return _Confirmed(head, local)
 
     def _count(self, upstream: UpstreamClient, result: str) -> None:
         self.metrics.cache.labels("manifest", result, upstream.name).inc()
