@@ -187,3 +187,30 @@ def test_a_stored_blob_that_rotted_on_disk_is_never_served_as_a_success(
     assert hashlib.sha256(again.body).hexdigest() == layer.split(":")[1]
     assert len(upstream_proxy.blob_gets()) == 1  # fetched once more, and stored again
     assert layer in mirror.stored_files()
+
+
+def test_a_stored_manifest_that_rotted_on_disk_is_fetched_again_not_served(
+    image_factory, mirror_factory, upstream_proxy: RecordingProxy
+) -> None:
+    mirror = mirror_factory(upstream_proxy.url)
+    image = image_factory("library/rotten-manifest")
+    url = f"{mirror.url}/v2/{image.repo}/manifests/{image.digest}"
+    headers = {"Accept": image.media_type}
+    assert http_request("GET", url, headers=headers).body == image.raw_manifest
+    # A restart empties the mirror's memory of recent manifests: the next read is the disk's.
+    mirror.stop()
+    stored = mirror.stored_files()[image.digest]
+    rotten = bytearray(stored.read_bytes())
+    rotten[len(rotten) // 2] ^= 1
+    stored.write_bytes(rotten)
+    mirror.start()
+
+    upstream_proxy.reset()
+    for _ in range(2):  # by digest, then by tag (the tag's HEAD names the same digest)
+        got = http_request("GET", url, headers=headers)
+        assert got.status == 200
+        assert got.body == image.raw_manifest
+        url = f"{mirror.url}/v2/{image.repo}/manifests/{image.tag}"
+    assert "no longer matches its digest" in mirror.log_text()
+    assert upstream_proxy.count("GET", f"/manifests/{image.digest}") == 1  # fetched again once
+    assert mirror.stored_files()[image.digest].read_bytes() == image.raw_manifest

@@ -35,6 +35,7 @@ from pullthrough.manifest import (
     upstream_accept,
 )
 from pullthrough.metrics import Metrics
+from pullthrough.mirror.recent import RecentManifests
 from pullthrough.reference import Digest, parse_digest
 from pullthrough.singleflight import SingleFlight
 from pullthrough.store.blobs import BlobStore, DigestMismatch
@@ -88,11 +89,14 @@ class ManifestService:
         index: IndexBackend,
         metrics: Metrics,
         flights: SharedFlights | None = None,
+        quarantine: Callable[[Digest], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.index = index
         self.metrics = metrics
         self._flights = flights
+        self._quarantine = quarantine
+        self.recent = RecentManifests()
         self._heads: SingleFlight[_Confirmed] = SingleFlight(
             on_join=metrics.coalesced.labels("tag").inc
         )
@@ -299,9 +303,15 @@ class ManifestService:
             await self.index.set_tag(
                 upstream.name, repo, tag, media_type=media_type, digest=str(digest)
             )
-        return Manifest(str(digest), media_type, got.body)
+        manifest = Manifest(str(digest), media_type, got.body)
+        self.recent.put(manifest, (upstream.name, repo))
+        return manifest
 
     async def _local(self, upstream: UpstreamClient, repo: str, digest: str) -> Manifest | None:
+        known = self.recent.linked(upstream.name, repo, digest)
+        if known is not None:
+            self.index.touch(digest)
+            return known
         if not await self.index.is_linked(upstream.name, repo, digest):
             # Present for another repository (or not at all): the upstream must confirm it.
             if not await self.store.exists(parse_digest(digest)):
@@ -314,18 +324,34 @@ class ManifestService:
                     detail={"name": repo, "digest": digest},
                 )
             await self.index.link(upstream.name, repo, digest)
-        return await self._stored(digest, None)
+        local = await self._stored(digest, None)
+        if local is not None:
+            self.recent.put(local, (upstream.name, repo))
+        return local
 
     async def _stored(self, digest: str, media_type: str | None) -> Manifest | None:
+        """The stored manifest, verified; None when it is not stored (or no longer matches
+        its digest: then it is dropped, and fetched again by the caller)."""
+        self.index.touch(digest)
+        known = self.recent.get(digest)
+        if known is not None:
+            return known
         parsed = parse_digest(digest)
-        body = await self.store.read(parsed)
+        try:
+            body = await self.store.read_verified(parsed)
+        except DigestMismatch:
+            log.error("stored manifest %s no longer matches its digest: dropped", digest)
+            if self._quarantine is not None:
+                await self._quarantine(parsed)
+            return None
         if body is None:
             return None
         if media_type is None:
             record = await self.index.blob(digest)
             media_type = record.media_type if record and record.media_type else None
-        self.index.touch(digest)
-        return Manifest(digest, media_type or detect_media_type(body, None), body)
+        manifest = Manifest(digest, media_type or detect_media_type(body, None), body)
+        self.recent.put(manifest)
+        return manifest
 
     @staticmethod
     def _pick(records: list[TagRecord], accept: tuple[str, ...]) -> TagRecord | None:

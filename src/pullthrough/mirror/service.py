@@ -69,6 +69,7 @@ class Mirror:
             index=self.index,
             metrics=self.metrics,
             flights=self.cluster.flights if self.cluster else None,
+            quarantine=self.quarantine,
         )
         self.listing = Listing(index=cast(Index, self.index))
         self.sweeper = Sweeper.for_config(
@@ -122,10 +123,12 @@ class Mirror:
         """A stored file no longer matches its digest: drop it (index first), so the next
         request fetches it again."""
         self.metrics.evictions.labels("corrupt").inc()
+        self.manifests.recent.forget(str(digest))
         await self.index.forget(str(digest))
         await self.store.remove(digest)
 
     def _removed(self, blob: AgedBlob, reason: str) -> None:
+        self.manifests.recent.forget(blob.digest)
         self.metrics.evictions.labels(reason).inc()
         self.metrics.evicted_bytes.labels(reason).inc(blob.size)
         self.metrics.store_objects.dec()

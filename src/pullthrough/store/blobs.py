@@ -101,6 +101,21 @@ class BlobStore:
         except (FileNotFoundError, NotADirectoryError):
             return None
 
+    async def read_verified(self, digest: Digest) -> bytes | None:
+        """Like ``read``, checked against ``digest`` (in the same thread): raises
+        DigestMismatch when the file no longer matches, as after a disk error."""
+
+        def work() -> bytes | None:
+            data = self._read_sync(self.path_for(digest))
+            if data is not None:
+                hasher = hasher_for(digest)
+                hasher.update(data)
+                if hasher.hexdigest() != digest.hex:
+                    raise DigestMismatch(f"stored {digest} no longer matches its digest")
+            return data
+
+        return await asyncio.to_thread(work)
+
     async def put(self, digest: Digest, data: bytes) -> None:
         """Store ``data`` as ``digest``: verify, write to a temp file, fsync, rename."""
         await asyncio.to_thread(self._put_sync, digest, data)
