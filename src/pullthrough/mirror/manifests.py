@@ -189,6 +189,7 @@ class ManifestService:
             await self.index.set_tag(
                 upstream.name, repo, tag, media_type=local.media_type, digest=head.digest
             )
+            self.recent.put(local, (upstream.name, repo))
         return _Confirmed(head, local)
 
     def _count(self, upstream: UpstreamClient, result: str) -> None:
@@ -332,25 +333,24 @@ class ManifestService:
     async def _stored(self, digest: str, media_type: str | None) -> Manifest | None:
         """The stored manifest, verified; None when it is not stored (or no longer matches
         its digest: then it is dropped, and fetched again by the caller)."""
+        manifest = self.recent.get(digest)
+        if manifest is None:
+            parsed = parse_digest(digest)
+            try:
+                body = await self.store.read_verified(parsed)
+            except DigestMismatch:
+                log.error("stored manifest %s no longer matches its digest: dropped", digest)
+                if self._quarantine is not None:
+                    await self._quarantine(parsed)
+                return None
+            if body is None:
+                return None
+            if media_type is None:
+                record = await self.index.blob(digest)
+                media_type = record.media_type if record and record.media_type else None
+            manifest = Manifest(digest, media_type or detect_media_type(body, None), body)
+            self.recent.put(manifest)
         self.index.touch(digest)
-        known = self.recent.get(digest)
-        if known is not None:
-            return known
-        parsed = parse_digest(digest)
-        try:
-            body = await self.store.read_verified(parsed)
-        except DigestMismatch:
-            log.error("stored manifest %s no longer matches its digest: dropped", digest)
-            if self._quarantine is not None:
-                await self._quarantine(parsed)
-            return None
-        if body is None:
-            return None
-        if media_type is None:
-            record = await self.index.blob(digest)
-            media_type = record.media_type if record and record.media_type else None
-        manifest = Manifest(digest, media_type or detect_media_type(body, None), body)
-        self.recent.put(manifest)
         return manifest
 
     @staticmethod
