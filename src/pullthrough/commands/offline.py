@@ -49,14 +49,20 @@ async def open_store(config: Config) -> AsyncIterator[Offline]:
             await index.close()
         return
 
+    from redis.exceptions import RedisError
+
     from pullthrough.cluster.connection import Coordination, RedisUnavailable
     from pullthrough.cluster.index import RedisIndex
 
     coordination = Coordination(config.cluster)
     where = f"redis at {coordination.address} (mirror.cluster.redis)"
     try:
-        if not await coordination.ping():
-            raise IndexUnavailable(f"the shared index cannot be read: {where} does not answer")
+        try:  # the client itself: Coordination would log a replica's "suspended" warning
+            await coordination.client.ping()
+        except (RedisError, OSError) as exc:
+            raise IndexUnavailable(
+                f"the shared index cannot be read: {where} does not answer ({exc})"
+            ) from None
         shared = RedisIndex(coordination)
         try:
             yield Offline(config, store, shared, where, coordination)
