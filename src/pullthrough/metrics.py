@@ -92,6 +92,34 @@ class Metrics:
             registry=r,
         )
 
+    def add_cluster(self) -> ClusterMetrics:
+        """The cluster's metrics (``mirror.cluster``), registered only in cluster mode."""
+        return ClusterMetrics(self.registry)
+
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)
+
+
+class ClusterMetrics:
+    """What a replica sees of the cluster: Redis, who fetched what, the sweeper lease."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.redis_up = Gauge(
+            "pullthrough_cluster_redis_up",
+            "1 while Redis answers; 0 while coordination is suspended.",
+            registry=r,
+        )
+        self.fetches = Counter(
+            "pullthrough_cluster_fetches",
+            "Blob fetches by this replica's part: own (downloaded here), follow (streamed "
+            "from another replica's download), adopt (taken over from a dead owner), "
+            "stored (found stored on claiming), alone (Redis unreachable: uncoordinated).",
+            ["role"],
+            registry=r,
+        )
+        self.sweeper = Gauge(
+            "pullthrough_cluster_sweeper",
+            "1 while this replica holds the sweeper lease (it sweeps the shared store).",
+            registry=r,
+        )

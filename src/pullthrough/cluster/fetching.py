@@ -25,6 +25,8 @@ import time
 import uuid
 from pathlib import Path
 
+from prometheus_client import Counter
+
 from pullthrough.cluster.claims import CLAIM_TTL, Claim, Claims, Verdict
 from pullthrough.cluster.connection import Coordination, RedisUnavailable
 from pullthrough.cluster.follow import Follower
@@ -44,10 +46,13 @@ LEASE_MARGIN = 1.0
 class ClusterFetches:
     """Drives local Fetches so that the cluster fetches each digest once."""
 
-    def __init__(self, coordination: Coordination, claims: Claims, index: IndexBackend) -> None:
+    def __init__(
+        self, coordination: Coordination, claims: Claims, index: IndexBackend, *, counted: Counter
+    ) -> None:
         self._c = coordination
         self._claims = claims
         self._index = index
+        self._counted = counted  # fetches by role (pullthrough_cluster_fetches)
 
     async def run(self, fetch: Fetch) -> None:
         """Own, follow or take over the download of ``fetch.digest`` until it is stored
@@ -82,6 +87,7 @@ class ClusterFetches:
             )
         except RedisUnavailable:
             log.info("fetching %s without coordination (redis unreachable)", digest)
+            self._counted.labels("alone").inc()
             await fetch.download()
             return
         if verdict in ("own", "adopt") and claim is not None:
@@ -90,12 +96,15 @@ class ClusterFetches:
             # after the release must find the blob there, not download it again.
             stored = await asyncio.to_thread(_size_of, fetch.final_path)
             if stored is not None:
+                self._counted.labels("stored").inc()
                 fetch.begin(stored)
                 fetch.complete(stored)
                 with contextlib.suppress(RedisUnavailable):
                     await self._claims.done(digest, token=token, path=claim.path)
                 return
         while claim is not None:
+            if verdict in ("own", "adopt", "follow"):
+                self._counted.labels(verdict).inc()
             if verdict in ("own", "adopt"):
                 verdict, claim = await self._own(fetch, claim, token, adopt=verdict == "adopt")
             elif verdict == "follow":

@@ -12,6 +12,7 @@ from pullthrough.cluster.flights import Flights
 from pullthrough.cluster.index import RedisIndex
 from pullthrough.cluster.sweeping import SweepLease, prepare_shared
 from pullthrough.config.model import ClusterConfig
+from pullthrough.metrics import Metrics
 from pullthrough.store.blobs import BlobStore
 
 log = logging.getLogger(__name__)
@@ -21,15 +22,23 @@ class Cluster:
     """The shared index, fetch claims, coalesced upstream calls and the sweeper lease of
     one replica, over one Redis connection."""
 
-    def __init__(self, config: ClusterConfig, store: BlobStore, *, gc_interval: float) -> None:
+    def __init__(
+        self, config: ClusterConfig, store: BlobStore, *, gc_interval: float, metrics: Metrics
+    ) -> None:
         self.config = config
         self.store = store
         self.coordination = Coordination(config)
         self.index = RedisIndex(self.coordination)
         self.claims = Claims(self.coordination)
-        self.fetches = ClusterFetches(self.coordination, self.claims, self.index)
+        measured = metrics.add_cluster()
+        self.fetches = ClusterFetches(
+            self.coordination, self.claims, self.index, counted=measured.fetches
+        )
         self.flights = Flights(self.coordination)
         self.sweep_turns = SweepLease(self.coordination, store, gc_interval)
+        # Read when scraped: the connection and the lease keep these states already.
+        measured.redis_up.set_function(lambda: 0.0 if self.coordination.suspended else 1.0)
+        measured.sweeper.set_function(lambda: 1.0 if self.sweep_turns.held else 0.0)
 
     async def start(self) -> None:
         """Prepare the shared store (its temp files are other replicas' downloads: kept)."""

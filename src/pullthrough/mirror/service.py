@@ -45,7 +45,9 @@ class Mirror:
         else:
             from pullthrough.cluster.node import Cluster
 
-            self.cluster = Cluster(config.cluster, self.store, gc_interval=config.gc_interval)
+            self.cluster = Cluster(
+                config.cluster, self.store, gc_interval=config.gc_interval, metrics=self.metrics
+            )
             self.index = self.cluster.index
         self.upstreams = Upstreams(config, self.metrics)
         self.fetches = Fetches(
