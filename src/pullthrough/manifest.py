@@ -98,6 +98,10 @@ class Children:
     blobs: tuple[str, ...]
     manifests: tuple[str, ...]
 
+    @property
+    def all(self) -> tuple[str, ...]:
+        return (*self.blobs, *self.manifests)
+
 
 def children(body: bytes) -> Children:
     """Digests referenced by a manifest or index; unparseable bodies reference nothing."""

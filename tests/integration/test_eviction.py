@@ -109,6 +109,31 @@ def test_ttl_counts_from_the_last_access(
     assert len(upstream_proxy.blob_gets()) == len(dropped.blob_digests)
 
 
+def test_serving_a_manifest_keeps_what_it_references(
+    image_factory, mirror_factory, upstream_proxy: RecordingProxy
+) -> None:
+    """A client that has the layers already asks only for the manifest (docker, containerd):
+    the layers are in use all the same and must not expire under it."""
+    image = image_factory("library/in-use", layers=(256 * 1024, 128 * 1024))
+    mirror = mirror_factory(
+        upstream_proxy.url, config={"proxy": {"ttl": "3s"}, "mirror": {"gc_interval": "0.5s"}}
+    )
+    _pull_blobs(mirror, image)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # longer than the TTL, by tag and by digest
+        for ref in (image.tag, image.digest):
+            resp = http_request(
+                "GET",
+                f"{mirror.url}/v2/{image.repo}/manifests/{ref}",
+                headers={"Accept": image.media_type},
+            )
+            assert resp.status == 200
+        time.sleep(0.5)
+    stored = set(mirror.stored_files())
+    assert image.digest in stored
+    assert image.blob_digests <= stored, "layers of a manifest in use expired"
+
+
 def test_gc_command_offline_with_dry_run(
     image_factory, mirror_factory, upstream_proxy: RecordingProxy, tmp_path: Path
 ) -> None:

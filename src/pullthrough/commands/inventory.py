@@ -87,8 +87,7 @@ class Walker:
         body = await self.body(digest)
         if body is None:
             return set()
-        kids = children(body)
-        return {*kids.blobs, *kids.manifests}
+        return set(children(body).all)
 
     async def _visit(self, image: Image, digest: str, *, is_manifest: bool, depth: int) -> None:
         if digest in image.stored or digest in image.missing:

@@ -184,7 +184,7 @@ class ManifestService:
                 media_type=local.media_type,
                 upstream=upstream.name,
                 repo=repo,
-                children=_all_children(local.body),
+                children=children(local.body).all,
             )
             await self.index.set_tag(
                 upstream.name, repo, tag, media_type=local.media_type, digest=head.digest
@@ -298,7 +298,7 @@ class ManifestService:
             media_type=media_type,
             upstream=upstream.name,
             repo=repo,
-            children=_all_children(got.body),
+            children=children(got.body).all,
         )
         if tag is not None:
             await self.index.set_tag(
@@ -311,7 +311,7 @@ class ManifestService:
     async def _local(self, upstream: UpstreamClient, repo: str, digest: str) -> Manifest | None:
         known = self.recent.linked(upstream.name, repo, digest)
         if known is not None:
-            self.index.touch(digest)
+            self._touch(known)
             return known
         if not await self.index.is_linked(upstream.name, repo, digest):
             # Present for another repository (or not at all): the upstream must confirm it.
@@ -350,8 +350,15 @@ class ManifestService:
                 media_type = record.media_type if record and record.media_type else None
             manifest = Manifest(digest, media_type or detect_media_type(body, None), body)
             self.recent.put(manifest)
-        self.index.touch(digest)
+        self._touch(manifest)
         return manifest
+
+    def _touch(self, manifest: Manifest) -> None:
+        """Served: the manifest and what it references are in use. A client that has the
+        layers asks only for the manifest, and they must not expire under it."""
+        self.index.touch(manifest.digest)
+        for child in self.recent.children(manifest.digest, manifest.body):
+            self.index.touch(child)
 
     @staticmethod
     def _pick(records: list[TagRecord], accept: tuple[str, ...]) -> TagRecord | None:
@@ -375,11 +382,6 @@ def _head_to_json(head: ManifestHead | None) -> Any:
 
 async def _head_from_json(doc: Any) -> ManifestHead | None:
     return ManifestHead(doc.get("digest"), doc.get("media_type"), doc.get("size"))
-
-
-def _all_children(body: bytes) -> tuple[str, ...]:
-    kids = children(body)
-    return (*kids.blobs, *kids.manifests)
 
 
 def _maybe_digest(text: str | None) -> Digest | None:

@@ -13,6 +13,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pullthrough.manifest import children
+
 if TYPE_CHECKING:
     from pullthrough.mirror.manifests import Manifest
 
@@ -24,6 +26,7 @@ MAX_BODY = 1024 * 1024  # larger manifests (huge indexes) are read from the stor
 class _Entry:
     manifest: Manifest
     repos: set[tuple[str, str]] = field(default_factory=set)  # (upstream, repo) confirmed
+    children: tuple[str, ...] | None = None  # what it references, parsed once
 
 
 class RecentManifests:
@@ -63,6 +66,17 @@ class RecentManifests:
         while self.bytes > self.max_bytes:
             _, oldest = self._entries.popitem(last=False)
             self.bytes -= len(oldest.manifest.body)
+
+    def children(self, digest: str, body: bytes) -> tuple[str, ...]:
+        """The digests the manifest references (its blobs, an index's manifests), parsed
+        once while it is kept here."""
+        entry = self._entries.get(digest)
+        if entry is not None and entry.children is not None:
+            return entry.children
+        found = children(body).all
+        if entry is not None:
+            entry.children = found
+        return found
 
     def forget(self, digest: str) -> None:
         entry = self._entries.pop(digest, None)
