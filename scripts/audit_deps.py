@@ -26,6 +26,7 @@ import argparse
 import json
 import re
 import sys
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -69,11 +70,24 @@ class Result:
     error: str = ""
 
 
-def fetch_project(index_url: str, name: str, timeout: float) -> dict[str, object]:
+def fetch_project(
+    index_url: str, name: str, timeout: float, tries: int = 3
+) -> dict[str, object]:
+    """The project's JSON; a connection that fails is tried again (twice, after 1 s and
+    2 s): one lost request must not fail CI. An answer (404 too) is final."""
     url = f"{index_url.rstrip('/')}/{canonical(name)}/json"
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        data = json.load(response)
+    for attempt in range(1, tries + 1):
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                data = json.load(response)
+            break
+        except urllib.error.HTTPError:
+            raise
+        except OSError:
+            if attempt == tries:
+                raise
+            time.sleep(attempt)
     if not isinstance(data, dict):
         raise ValueError("the index's answer is not a JSON object")
     return data
