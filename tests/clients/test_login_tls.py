@@ -273,6 +273,32 @@ def test_docker_login_to_the_mirror_then_pull_the_mirrors_own_names(
     assert ALICE[1] not in mirror.log_text()
 
 
+def test_docker_sees_denied_for_a_repository_mirror_access_does_not_give_the_user(
+    images: ImageSet,
+    mirror_factory: MirrorFactory,
+    upstream_proxy: RecordingProxy,
+    docker_factory: Callable[..., DockerDaemon],
+    tmp_path: Path,
+) -> None:
+    """``mirror.access``: alice may pull oci-small, not multi; docker says "denied"."""
+    users = tmp_path / "htpasswd"
+    hashed = bcrypt.hashpw(ALICE[1].encode(), bcrypt.gensalt(rounds=6)).decode()
+    users.write_text(f"{ALICE[0]}:{hashed}\n")
+    mirror = mirror_factory(upstream_proxy.url, config={
+        "auth": {"htpasswd": {"realm": REALM, "path": str(users)}},
+        "mirror": {"access": [{"repositories": ["oci-small"], "users": [ALICE[0]]}]},
+    })
+    docker = docker_factory(mirrors=[mirror.url], insecure=[mirror.host])
+    assert "Login Succeeded" in docker.login(mirror.host, *ALICE).stdout
+    assert docker.pull(images.oci_small.on(mirror.host)).digest == images.oci_small.digest
+    upstream_proxy.reset()
+    refused = docker.docker(["pull", images.multi.on(mirror.host)], check=False, timeout=60)
+    print("docker pull, not allowed:", refused.stdout.strip().splitlines()[-1:])
+    assert refused.returncode != 0
+    assert "user alice may not pull docker.io/library/multi (mirror.access)" in refused.stdout
+    assert upstream_proxy.count() == 0
+
+
 def test_dockerd_sends_its_docker_hub_credentials_to_registry_mirrors_not_the_mirrors(
     images: ImageSet,
     mirror: MirrorProcess,
