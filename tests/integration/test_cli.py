@@ -76,6 +76,22 @@ def test_check_accepts_a_distribution_proxy_config(tmp_path: Path) -> None:
     assert "hunter2" not in result.stdout + result.stderr
 
 
+def test_check_prints_each_access_rule_as_it_reads_it(tmp_path: Path) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text(
+        "mirror:\n"
+        "  upstreams: [{name: ghcr.io, remoteurl: 'https://ghcr.io'}]\n"
+        "  access:\n"
+        "    - repositories: [alpine, 'ghcr.io/acme/**']\n"
+    )
+    result = _pullthrough("check", str(config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "mirror.access[0]: every client may pull docker.io/library/alpine, ghcr.io/acme/**"
+        in result.stdout
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "key"),
     [
