@@ -128,3 +128,17 @@ mirror: {{access: [{{repositories: [x]}}]}}
 """)
     with pytest.raises(ConfigError, match="mirror.access: with auth.token"):
         load(path, {})
+
+
+def test_a_user_the_htpasswd_file_lacks_is_warned_about(tmp_path: Path) -> None:
+    config = load(_config(tmp_path, """
+auth: {htpasswd: {realm: r, path: HTPASSWD}}
+mirror:
+  access:
+    - repositories: [x]
+      users: [alice, bob, "*"]
+"""), {})
+    assert any(
+        w.startswith("mirror.access[0].users: not in") and w.endswith(": bob")
+        for w in config.warnings
+    ), config.warnings

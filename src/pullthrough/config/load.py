@@ -124,7 +124,7 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
             f"can pull every private image the credentials of {', '.join(with_credentials)} "
             "can read"
         )
-    access = _access(root, auth, upstreams, default)
+    access = _access(root, auth, upstreams, default, warnings)
     cluster = _cluster(
         root.mirror.cluster, host, port, https=bool(tls.certificate), warnings=warnings
     )
@@ -161,7 +161,11 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
 
 
 def _access(
-    root: Root, auth: AuthConfig | None, upstreams: tuple[UpstreamConfig, ...], default: str
+    root: Root,
+    auth: AuthConfig | None,
+    upstreams: tuple[UpstreamConfig, ...],
+    default: str,
+    warnings: list[str],
 ) -> tuple[AccessRule, ...]:
     """``mirror.access``: per-repository pull rules, patterns qualified with their registry."""
     entries = root.mirror.access
@@ -210,8 +214,25 @@ def _access(
                     f"{entry.users!r}"
                 )
             users = tuple(u.strip() for u in entry.users)
+            _warn_unknown_users(f"{key}.users", users, auth, warnings)
         rules.append(AccessRule(tuple(patterns), users))
     return tuple(rules)
+
+
+def _warn_unknown_users(
+    key: str, users: tuple[str, ...], auth: AuthConfig | None, warnings: list[str]
+) -> None:
+    """A name the htpasswd file lacks is likely a typo; it may also be a user added later
+    (the file is re-read while serving), so a warning rather than an error."""
+    if auth is None or auth.path is None:
+        return
+    try:
+        known = parse_htpasswd(auth.path.read_text(), str(auth.path))
+    except (OSError, HtpasswdError):
+        return  # reported by _auth already
+    missing = [u for u in users if u != "*" and u not in known]
+    if missing:
+        warnings.append(f"{key}: not in {auth.path} (yet): {', '.join(missing)}")
 
 
 def _maxsize(value: Any) -> StoreLimit | None:
