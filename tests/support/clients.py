@@ -822,7 +822,32 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 # ---------------------------------------------------------------------------- daemonless
 
 
-class _ContainersTool:
+class _ContainersLogin:
+    """``login`` as podman, buildah and skopeo (containers/common) all spell it, into the
+    instance's own ``auth_file``."""
+
+    auth_file: Path
+
+    def cmd(
+        self, args: Sequence[str], *, timeout: float = 120.0, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        raise NotImplementedError
+
+    def login(
+        self, registry: str, user: str, password: str, *, tls_verify: bool, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        args = [
+            "login",
+            f"--tls-verify={'true' if tls_verify else 'false'}",
+            "--authfile", str(self.auth_file),
+            "--username", user,
+            "--password", password,
+            registry,
+        ]  # fmt: skip
+        return self.cmd(args, timeout=60, check=check)
+
+
+class _ContainersTool(_ContainersLogin):
     """Shared set-up of podman and buildah (containers/image + containers/storage).
 
     A private ``storage.conf`` (vfs; root in ``workdir``, runroot in a short /tmp dir that
@@ -903,16 +928,6 @@ class _ContainersTool:
     def pull_args(self) -> list[str]:
         return []
 
-    def login(
-        self, registry: str, user: str, password: str, *, tls_verify: bool, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        """``<tool> login`` into this instance's own ``auth_file``."""
-        return self.cmd(
-            _login_args(registry, user, password, self.auth_file, tls_verify=tls_verify),
-            timeout=60,
-            check=check,
-        )
-
     def pull(
         self,
         ref: str,
@@ -977,7 +992,7 @@ class Buildah(_ContainersTool):
         return out.split()[0]
 
 
-class Skopeo:
+class Skopeo(_ContainersLogin):
     """``skopeo --registries-conf F copy docker://REF dir:DEST`` (mirror mode: the
     registries.conf mirrors apply to ``docker://docker.io/...`` sources)."""
 
@@ -1010,16 +1025,6 @@ class Skopeo:
         ]
         return run([*base, *args], env=self.env, timeout=timeout, check=check)
 
-    def login(
-        self, registry: str, user: str, password: str, *, tls_verify: bool, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        """``skopeo login`` into this instance's own ``auth_file``."""
-        return self.cmd(
-            _login_args(registry, user, password, self.auth_file, tls_verify=tls_verify),
-            timeout=60,
-            check=check,
-        )
-
     def pull(
         self,
         ref: str,
@@ -1050,20 +1055,6 @@ class Skopeo:
         dest = self.workdir / f"copy-{self._copies}"
         args = ["copy", "--retry-times", "0", *extra_args, f"docker://{ref}", f"dir:{dest}"]
         return self.cmd(args, timeout=timeout, check=False)
-
-
-def _login_args(
-    registry: str, user: str, password: str, auth_file: Path, *, tls_verify: bool
-) -> list[str]:
-    """``login`` as podman, buildah and skopeo (containers/common) all spell it."""
-    return [
-        "login",
-        f"--tls-verify={'true' if tls_verify else 'false'}",
-        "--authfile", str(auth_file),
-        "--username", user,
-        "--password", password,
-        registry,
-    ]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- TLS material
