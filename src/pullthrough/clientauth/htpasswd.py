@@ -33,8 +33,7 @@ from pathlib import Path
 
 import bcrypt
 
-from pullthrough.clientauth.throttle import FailedLogins, LoginThrottled
-from pullthrough.singleflight import SingleFlight
+from pullthrough.clientauth.throttle import Attempt, FailedLogins, LoginThrottled
 
 log = logging.getLogger(__name__)
 
@@ -129,13 +128,16 @@ class BcryptPool:
     def full(self) -> bool:
         return self.waiting >= self.max_waiting
 
-    async def checkpw(self, password: bytes, hashed: bytes) -> bool:
+    def checkpw(self, password: bytes, hashed: bytes) -> asyncio.Future[bool]:
+        """Queue a check; it counts as waiting from now until it is done."""
+        loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(self._executor, bcrypt.checkpw, password, hashed)
         self.waiting += 1
-        try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, bcrypt.checkpw, password, hashed)
-        finally:
-            self.waiting -= 1
+        done.add_done_callback(self._one_less)
+        return done
+
+    def _one_less(self, _: asyncio.Future[bool]) -> None:
+        self.waiting -= 1
 
 
 class Htpasswd:
@@ -152,7 +154,7 @@ class Htpasswd:
         self._entries = self._load()
         self._checked_at = time.monotonic()
         self._good: dict[bytes, float] = {}  # _pair_key(user, password, hash) → verified at
-        self._checks: SingleFlight[bool] = SingleFlight()
+        self._checking: dict[bytes, asyncio.Future[bool]] = {}  # by _pair_key: hashed once
         self._full_told_at = -math.inf
 
     def _load(self) -> _Entries:
@@ -192,40 +194,52 @@ class Htpasswd:
         key = _pair_key(user, secret, hashed or entries.stand_in)
         if hashed is not None and self._remembered(key):
             return True
-        return await self._checks.do(
-            key, lambda: self._verify(user, secret, hashed, entries.stand_in, remote, key)
-        )
+        checking = self._checking.get(key)
+        if checking is None:
+            # Decided here, before any task or thread: a refused attempt costs next to nothing.
+            too_long = len(secret) > MAX_PASSWORD
+            if not too_long and self.pool.full:
+                self._tell_pool_full()
+                raise LoginThrottled("too many logins are being checked; try again in 1 s", 1)
+            attempt = self.logins.attempt(user, remote)
+            if too_long:
+                self._failed(attempt, "password longer than 72 bytes")
+                return False
+            hashing = self.pool.checkpw(secret, hashed or entries.stand_in)
+            checking = asyncio.ensure_future(self._conclude(hashing, attempt, hashed, key))
+            self._checking[key] = checking
+            checking.add_done_callback(lambda f: self._done_checking(key, f))
+        # shield: a client going away must not cancel a check others may be waiting for.
+        return await asyncio.shield(checking)
 
-    async def _verify(
-        self,
-        user: str,
-        secret: bytes,
-        hashed: bytes | None,
-        stand_in: bytes,
-        remote: str | None,
-        key: bytes,
+    async def _conclude(
+        self, hashing: asyncio.Future[bool], attempt: Attempt, hashed: bytes | None, key: bytes
     ) -> bool:
-        too_long = len(secret) > MAX_PASSWORD
-        if not too_long and self.pool.full:
-            if time.monotonic() - self._full_told_at > 60:
-                self._full_told_at = time.monotonic()
-                log.warning(
-                    "%d password checks are waiting for bcrypt: refusing more logins (429) "
-                    "until some are done",
-                    self.pool.waiting,
-                )
-            raise LoginThrottled("too many logins are being checked; try again in 1 s", 1)
-        attempt = self.logins.attempt(user, remote)
-        if too_long:
-            reason = "password longer than 72 bytes"
-        elif await self.pool.checkpw(secret, hashed or stand_in) and hashed is not None:
+        if await hashing and hashed is not None:
             self.logins.succeeded(attempt)
             self._remember(key)
             return True
-        else:
-            reason = "wrong password" if hashed is not None else "no such user"
-        log.info("login failed for user %r from %s: %s", user[:100], attempt.address, reason)
+        self._failed(attempt, "wrong password" if hashed is not None else "no such user")
         return False
+
+    def _done_checking(self, key: bytes, checking: asyncio.Future[bool]) -> None:
+        self._checking.pop(key, None)
+        if not checking.cancelled():
+            checking.exception()  # retrieved, even if every caller went away
+
+    def _failed(self, attempt: Attempt, reason: str) -> None:
+        log.info(
+            "login failed for user %r from %s: %s", attempt.user[:100], attempt.address, reason
+        )
+
+    def _tell_pool_full(self) -> None:
+        if time.monotonic() - self._full_told_at > 60:
+            self._full_told_at = time.monotonic()
+            log.warning(
+                "%d password checks are waiting for bcrypt: refusing more logins (429) "
+                "until some are done",
+                self.pool.waiting,
+            )
 
     def _remembered(self, key: bytes) -> bool:
         seen = self._good.get(key)
