@@ -3,8 +3,10 @@
 Every request that reaches a route is authorized here before anything is looked up: the
 ``/v2/`` probe needs valid credentials, a repository request needs the ``pull`` action
 on that repository (as the client named it), the catalog needs ``registry:catalog:*``.
-Failures are 401 UNAUTHORIZED with the challenge a client needs to log in. Who the client
-is (the htpasswd user; None when not authenticated) is returned for ``mirror.access``.
+Failures are 401 UNAUTHORIZED with the challenge a client needs to log in; a client that
+failed to log in too often lately is answered 429 TOOMANYREQUESTS with ``Retry-After``. Who
+the client is (the htpasswd user; None when not authenticated) is returned for
+``mirror.access``.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from typing import Protocol
 from aiohttp import web
 
 from pullthrough.clientauth.htpasswd import Htpasswd, basic_credentials
+from pullthrough.clientauth.throttle import LoginThrottled
 from pullthrough.clientauth.tokens import TokenRejected, TokenVerifier
 from pullthrough.config import AuthConfig
-from pullthrough.errors import Unauthorized
+from pullthrough.errors import TooManyRequests, Unauthorized
 
 
 class ClientAuth(Protocol):
@@ -38,10 +41,17 @@ class BasicAuth:
 
     async def authorize(self, request: web.Request, kind: str, name: str | None) -> str | None:
         creds = basic_credentials(request.headers.get("Authorization"))
-        if creds is not None and await self.htpasswd.check(*creds):
-            return creds[0]
-        # containers/image sends "Basic Og==" (empty user and password) when it has none.
+        # containers/image sends "Basic Og==" (empty user and password) when it has none:
+        # that is no login attempt, and must not count as a failed one.
         anonymous = creds is None or creds == ("", "")
+        if creds is not None and not anonymous:
+            try:
+                if await self.htpasswd.check(*creds, remote=request.remote):
+                    return creds[0]
+            except LoginThrottled as exc:
+                raise TooManyRequests(
+                    str(exc), headers={"Retry-After": str(exc.retry_after)}
+                ) from None
         message = "authentication required" if anonymous else "wrong user name or password"
         raise Unauthorized(
             message, headers={"WWW-Authenticate": f'Basic realm="{_quote(self.realm)}"'}
