@@ -13,6 +13,7 @@ from pullthrough.cluster.index import RedisIndex
 from pullthrough.cluster.sweeping import SweepLease, prepare_shared
 from pullthrough.config.model import ClusterConfig
 from pullthrough.metrics import Metrics
+from pullthrough.mirror.provenance import Provenance
 from pullthrough.store.blobs import BlobStore
 
 log = logging.getLogger(__name__)
@@ -29,16 +30,21 @@ class Cluster:
         self.store = store
         self.coordination = Coordination(config)
         self.index = RedisIndex(self.coordination)
-        self.claims = Claims(self.coordination)
+        self.claims = Claims(self.coordination, store)
         measured = metrics.add_cluster()
-        self.fetches = ClusterFetches(
-            self.coordination, self.claims, self.index, counted=measured.fetches
-        )
+        self._counted_fetches = measured.fetches
         self.flights = Flights(self.coordination)
         self.sweep_turns = SweepLease(self.coordination, store, gc_interval)
         # Read when scraped: the connection and the lease keep these states already.
         measured.redis_up.set_function(lambda: 0.0 if self.coordination.suspended else 1.0)
         measured.sweeper.set_function(lambda: 1.0 if self.sweep_turns.held else 0.0)
+
+    def fetches(self, provenance: Provenance) -> ClusterFetches:
+        """The driver of this replica's blob fetches. ``provenance`` is the Mirror's (built
+        on this cluster's index): it decides whose downloads a client may share."""
+        return ClusterFetches(
+            self.coordination, self.claims, provenance, counted=self._counted_fetches
+        )
 
     async def start(self) -> None:
         """Prepare the shared store (its temp files are other replicas' downloads: kept)."""
