@@ -105,9 +105,7 @@ def test_a_blob_another_upstream_stored_is_downloaded_again_from_this_one(
     # Stored by V's download. U never served it: B's client of U gets it from U, not from
     # the file V's download left in the shared store.
     assert get_blob(b.host, two.on_hub.repo, two.layer) == (200, two.layer, two.size)
-    assert two.hub.count("GET", f"/blobs/{two.layer}") == 1, exchanges_summary(
-        two.hub.requests()
-    )
+    assert two.hub.count("GET", f"/blobs/{two.layer}") == 1, exchanges_summary(two.hub.requests())
     # Now U served it too: its clients read the stored file, on either replica.
     assert get_blob(a.host, two.on_hub.repo, two.layer) == (200, two.layer, two.size)
     assert two.hub.count("GET", f"/blobs/{two.layer}") == 1
