@@ -11,6 +11,7 @@ from pullthrough.cluster.fetching import ClusterFetches
 from pullthrough.cluster.flights import Flights
 from pullthrough.cluster.index import RedisIndex
 from pullthrough.cluster.sweeping import SweepLease, prepare_shared
+from pullthrough.config import ConfigError
 from pullthrough.config.model import ClusterConfig
 from pullthrough.metrics import Metrics
 from pullthrough.mirror.provenance import Provenance
@@ -47,9 +48,18 @@ class Cluster:
         )
 
     async def start(self) -> None:
-        """Prepare the shared store (its temp files are other replicas' downloads: kept)."""
+        """Prepare the shared store (its temp files are other replicas' downloads: kept).
+        Raises ConfigError when Redis refuses the configured password: unlike Redis
+        being unreachable, waiting does not mend that."""
         await asyncio.to_thread(prepare_shared, self.store)
-        if await self.coordination.ping():
+        answers = await self.coordination.ping()
+        if self.coordination.refused:
+            raise ConfigError(
+                f"mirror.cluster.redis.password: redis at {self.coordination.address} refused "
+                "it (wrong, missing, or given where redis has none); set it with "
+                "REGISTRY_MIRROR_CLUSTER_REDIS_PASSWORD or in the config file"
+            )
+        if answers:
             log.info(
                 "cluster mode: replica %s, coordinating through redis at %s",
                 self.config.advertise,
