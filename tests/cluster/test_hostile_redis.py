@@ -250,3 +250,35 @@ def test_a_flight_outcome_that_is_not_json_is_ignored(setup: Setup) -> None:
         s.db.set(name, "not json {", px=RECORD_TTL_MS)
     assert manifest(second) == (200, s.image.digest)
     _warned(s)
+
+
+def test_a_cached_tag_record_that_is_no_record_is_ignored(
+    image_factory: ImageFactory,
+    replicas: ReplicaFactory,
+    upstream_proxy: RecordingProxy,
+    redis_server: RedisServer,
+) -> None:
+    image = image_factory("library/hostile-tag")
+    group = replicas(upstream_proxy.url, n=2, config={"mirror": {"tag_freshness": "1m"}})
+    db = redis.Redis(host="127.0.0.1", port=redis_server.port, decode_responses=True)
+
+    def manifest(replica: MirrorProcess) -> tuple[int, str]:
+        resp = http_request(
+            "GET",
+            f"{replica.url}/v2/{image.repo}/manifests/{image.tag}",
+            headers={"Accept": MANIFEST_ACCEPT},
+            timeout=CLIENT_TIMEOUT,
+        )
+        return resp.status, "sha256:" + hashlib.sha256(resp.body).hexdigest()
+
+    assert manifest(group[0]) == (200, image.digest)
+    name = f"pullthrough:tag|{UPSTREAM}|{image.repo}|{image.tag}"
+    cached = db.hgetall(name)
+    assert cached, "the tag was not cached"
+    db.hset(name, mapping={media_type: "../../etc/passwd not-a-time" for media_type in cached})
+    assert manifest(group[1]) == (200, image.digest)
+    assert any(
+        " WARNING " in line and "in redis" in line
+        for replica in group
+        for line in replica.log_text().splitlines()
+    )
