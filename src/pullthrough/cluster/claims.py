@@ -97,9 +97,10 @@ end
 local file = redis.call('HGET', KEYS[2], 'file')
 local size = redis.call('HGET', KEYS[2], 'size') or ''
 local origin = redis.call('HGET', KEYS[2], 'repo') or ''
-if redis.call('EXISTS', KEYS[2]) == 1 and not wellformed(file, size) then
+if redis.call('EXISTS', KEYS[2]) == 1 and (origin == '' or not wellformed(file, size)) then
   table.insert(warnings, 'partial download record naming ' .. described(KEYS[2]))
   file = false
+  origin = ''
 end
 local verdict = 'adopt'
 if ARGV[8] ~= '' then

@@ -99,6 +99,8 @@ class ClusterFetches:
             verdict, claim = "alone", None
         if verdict == "alone":
             self._counted.labels("alone").inc()
+            # Not the file the claim may name after all: nobody else may adopt this one.
+            fetch.temp_path = fetch.store.temp_path(digest)
             await fetch.download()
             return
         if verdict in ("own", "adopt") and claim is not None:
