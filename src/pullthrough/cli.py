@@ -102,7 +102,12 @@ async def _serve(config: Config) -> int:
         max_field_size=config.limits.max_field_size,
         max_headers=config.limits.max_headers,
     )
-    await runner.setup()
+    try:
+        await runner.setup()  # starts the mirror
+    except ConfigError as exc:  # found only when starting, e.g. a password redis refused
+        log.error("config error: %s", exc)
+        await runner.cleanup()
+        return 2
     assert runner.server is not None
     guard = ConnectionGuard(runner.server, config.limits)
     guard.start()

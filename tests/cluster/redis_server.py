@@ -22,8 +22,11 @@ def available() -> bool:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path) -> None:
+    """``password``: started with ``requirepass`` (clients must AUTH)."""
+
+    def __init__(self, workdir: Path, *, password: str | None = None) -> None:
         self.workdir = workdir
+        self.password = password
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.config_path = workdir / "redis.conf"
@@ -46,6 +49,7 @@ class RedisServer:
                     "appendonly no",
                     "daemonize no",
                     "protected-mode yes",
+                    *([f"requirepass {self.password}"] if self.password else []),
                     "",
                 ]
             )
@@ -71,6 +75,10 @@ class RedisServer:
     def ping(self) -> bool:
         try:
             with socket.create_connection((LOOPBACK, self.port), timeout=1) as sock:
+                if self.password:
+                    sock.sendall(f"AUTH {self.password}\r\n".encode())
+                    if not sock.recv(16).startswith(b"+OK"):
+                        return False
                 sock.sendall(b"PING\r\n")
                 return sock.recv(16).startswith(b"+PONG")
         except OSError:

@@ -57,10 +57,10 @@ def test_owner_killed_mid_blob_another_replica_resumes_and_clients_complete(
         t.start()
 
     db = redis.Redis(host="127.0.0.1", port=redis_server.port, decode_responses=True)
-    claim_key = f"pullthrough:fetch|{layer}"
-    wait_until(lambda: bool(db.hget(claim_key, "path")), timeout=30, message="a claim")
-    temp = db.hget(claim_key, "path")
-    assert temp is not None
+    claim_key = f"pullthrough:fetch|docker.io|{layer}"
+    wait_until(lambda: bool(db.hget(claim_key, "file")), timeout=30, message="a claim")
+    # The claim names its temp file by an id; the path is the store's tmp/ + digest + id.
+    temp = str(group[0].root / "tmp" / f"{layer.replace(':', '-')}.{db.hget(claim_key, 'file')}")
     wait_until(
         lambda: os.path.exists(temp) and os.path.getsize(temp) >= 0.4 * size,
         timeout=120,

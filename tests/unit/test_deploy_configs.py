@@ -1,32 +1,83 @@
-"""The deployment examples in deploy/ carry configs that pullthrough accepts as written."""
+"""The deployment examples in deploy/ carry configs that pullthrough accepts as written,
+and run Redis with a password that the replicas are given from the same place."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from pullthrough.config import load
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+PASSWORD_ENV = "REGISTRY_MIRROR_CLUSTER_REDIS_PASSWORD"
 
 
 def test_compose_config_is_a_valid_cluster_config() -> None:
     config = load(DEPLOY / "pullthrough.yml", environ={})
     assert config.cluster is not None
     assert (config.cluster.redis_host, config.cluster.redis_port) == ("redis", 6379)
+    with_password = load(DEPLOY / "pullthrough.yml", environ={PASSWORD_ENV: "from-env"})
+    assert with_password.cluster is not None
+    assert with_password.cluster.redis_password == "from-env"
 
 
 def test_kubernetes_configmap_is_a_valid_cluster_config(tmp_path: Path) -> None:
-    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "pullthrough.yaml").read_text()))
+    docs = _kubernetes()
     kinds = {d["kind"] for d in docs}
     assert {"Deployment", "Service", "PersistentVolumeClaim", "ConfigMap"} <= kinds
     configmap = next(d for d in docs if d["kind"] == "ConfigMap")
     path = tmp_path / "config.yml"
     path.write_text(configmap["data"]["config.yml"])
-    config = load(path, environ={})
+    config = load(path, environ={PASSWORD_ENV: "from-the-secret"})
     assert config.cluster is not None
+    assert config.cluster.redis_password == "from-the-secret"
     claim = next(d for d in docs if d["kind"] == "PersistentVolumeClaim")
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     assert {"redis", "mirror-1", "mirror-2", "mirror-3"} <= set(compose["services"])
+
+
+def test_kubernetes_redis_requires_the_password_the_replicas_get_from_its_secret() -> None:
+    docs = _kubernetes()
+    redis = _container(docs, "redis")
+    args = redis["args"]
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    source = _env(redis)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    secret = next(
+        d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == source["name"]
+    )
+    assert source["key"] in secret["stringData"]
+    mirror = _env(_container(docs, "pullthrough"))[PASSWORD_ENV]
+    assert mirror["valueFrom"]["secretKeyRef"] == source
+    assert "value" not in mirror  # never a literal password in the Deployment
+
+
+def test_compose_redis_requires_the_password_every_replica_gets() -> None:
+    services = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
+    command = services["redis"]["command"]
+    given = command[command.index("--requirepass") + 1]
+    variable = re.fullmatch(r"\$\{(\w+):\?[^}]+\}", given)
+    assert variable, f"redis's password must be a required variable, not {given!r}"
+    mirrors = [name for name in services if name.startswith("mirror-")]
+    assert len(mirrors) == 3
+    for name in mirrors:
+        passed = services[name]["environment"][PASSWORD_ENV]
+        assert re.fullmatch(rf"\$\{{{variable.group(1)}:\?[^}}]+\}}", passed), (name, passed)
+
+
+def _kubernetes() -> list[dict[str, Any]]:
+    text = (DEPLOY / "kubernetes" / "pullthrough.yaml").read_text()
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def _container(docs: list[dict[str, Any]], app: str) -> dict[str, Any]:
+    deployment = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == app)
+    containers: list[dict[str, Any]] = deployment["spec"]["template"]["spec"]["containers"]
+    return containers[0]
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}

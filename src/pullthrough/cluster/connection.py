@@ -8,6 +8,10 @@ without a lock, skip the index write. The first failure is logged once as "clust
 coordination suspended"; for ``REST_FOR`` seconds after a failure calls fail at once
 instead of waiting for time-outs again; the first call that succeeds afterwards logs
 "resumed". Nothing has to be restarted when Redis comes back.
+
+Redis refusing this replica's password is no outage but a configuration error: it is
+logged naming ``mirror.cluster.redis.password`` (never the password), and a replica
+refused at start-up does not start (``Cluster.start``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from pullthrough.config.model import ClusterConfig
 
@@ -64,6 +68,7 @@ class Coordination:
             ssl_ca_certs=config.redis_tls_ca,
         )
         self.suspended = False
+        self.refused = False  # the last failure was Redis refusing our password
         self._rest_until = 0.0
 
     async def call(self, operation: Callable[[Any], Awaitable[T]]) -> T:
@@ -81,18 +86,33 @@ class Coordination:
             else:
                 log.error("redis refused a cluster command: %s", exc)
             raise RedisUnavailable(str(exc)) from exc
+        except AuthenticationError as exc:
+            self._failed(exc, refused=True)
+            raise RedisUnavailable(str(exc)) from exc
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc)
             raise RedisUnavailable(str(exc)) from exc
+        self.refused = False
         if self.suspended:
             self.suspended = False
             log.warning("redis at %s answers again: cluster coordination resumed", self.address)
         return result
 
-    def _failed(self, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException, *, refused: bool = False) -> None:
         self._rest_until = time.monotonic() + REST_FOR
+        if refused and not self.refused:
+            log.error(
+                "redis at %s refused this replica's password (%s): check "
+                "mirror.cluster.redis.password (REGISTRY_MIRROR_CLUSTER_REDIS_PASSWORD); "
+                "cluster coordination suspended until it accepts it",
+                self.address,
+                exc,
+            )
+        self.refused = refused
         if not self.suspended:
             self.suspended = True
+            if refused:
+                return  # said above
             log.warning(
                 "redis at %s is unreachable (%s): cluster coordination suspended; this "
                 "replica serves from the store and fetches misses without coordination "

@@ -1,19 +1,24 @@
-"""One fetch per digest across the cluster.
+"""One fetch per (upstream, digest) across the cluster.
 
-Each replica still has its local Fetch per digest (its clients read it exactly as in one
-process), but the Fetch is driven from here:
+Each replica still has its local Fetch per (upstream, digest) (its clients read it exactly
+as in one process), but the Fetch is driven from here:
 
 - **own**: this replica won the claim. It downloads as one process would, into the temp
-  file the claim names, renewing the claim while bytes arrive. Before each write it makes
-  sure the claim is still its own: a replica that stalled and lost it stops writing and
-  follows the one that took over (same file, so its clients carry on).
-- **follow** (``follow.py``): another replica owns the download; this one tails its temp
-  file in the shared store and never asks the upstream for the blob.
+  file the claim names (by an id: the path is derived here, never read from Redis),
+  renewing the claim while bytes arrive. Before each write it makes sure the claim is
+  still its own: a replica that stalled and lost it stops writing and follows the one
+  that took over (same file, so its clients carry on).
+- **follow** (``follow.py``): another replica owns the same upstream's download; this one
+  tails its temp file in the shared store and never asks the upstream for the blob.
 - **take over**: the owner died; a follower adopts the same file, re-hashes what is there
   and asks the upstream for the rest with a Range request.
 
-Without Redis every replica fetches alone (a miss is downloaded locally, without a claim);
-a follower whose Redis went away keeps tailing the file and gives up if it stops growing.
+Whose bytes a client may read is ``mirror.provenance``'s decision, asked here before a
+blob another replica stored (or began for another repository) is served.
+
+Without Redis, or with a malformed claim in it, a replica fetches alone (a miss is
+downloaded locally, without a claim); a follower whose Redis went away keeps tailing the
+file and gives up if it stops growing.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from pullthrough.cluster.connection import Coordination, RedisUnavailable
 from pullthrough.cluster.follow import Follower
 from pullthrough.errors import RegistryError, UpstreamUnavailable
 from pullthrough.mirror.fetch import ClaimLost, Fetch
-from pullthrough.store.index import IndexBackend
+from pullthrough.mirror.provenance import Kind, Provenance
+from pullthrough.store.blobs import new_temp_id
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +50,19 @@ LEASE_MARGIN = 1.0
 
 
 class ClusterFetches:
-    """Drives local Fetches so that the cluster fetches each digest once."""
+    """Drives local Fetches so that the cluster fetches each (upstream, digest) once."""
 
     def __init__(
-        self, coordination: Coordination, claims: Claims, index: IndexBackend, *, counted: Counter
+        self,
+        coordination: Coordination,
+        claims: Claims,
+        provenance: Provenance,
+        *,
+        counted: Counter,
     ) -> None:
         self._c = coordination
         self._claims = claims
-        self._index = index
+        self._provenance = provenance
         self._counted = counted  # fetches by role (pullthrough_cluster_fetches)
 
     async def run(self, fetch: Fetch) -> None:
@@ -75,56 +86,84 @@ class ClusterFetches:
         if fetch.spilled_at is not None:
             await fetch.download()  # keeps nothing: there is no file to share
             return
-        digest = str(fetch.digest)
+        digest, upstream = fetch.digest, fetch.upstream.name
         token = f"{self._c.node}#{uuid.uuid4().hex[:12]}"
+        file = new_temp_id()
+        fetch.temp_path = fetch.store.temp_path(digest, file)
         try:
             verdict, claim = await self._claims.claim(
-                digest,
-                token=token,
-                path=str(fetch.temp_path),
-                upstream=fetch.upstream.name,
-                repo=fetch.repo,
+                digest, upstream, token=token, file=file, repo=fetch.repo
             )
         except RedisUnavailable:
             log.info("fetching %s without coordination (redis unreachable)", digest)
+            verdict, claim = "alone", None
+        if verdict == "alone":
             self._counted.labels("alone").inc()
+            # Not the file the claim may name after all: nobody else may adopt this one.
+            fetch.temp_path = fetch.store.temp_path(digest)
             await fetch.download()
             return
         if verdict in ("own", "adopt") and claim is not None:
-            # The owner before us renames the blob into place before it releases its claim:
-            # a replica that looked at the store just before the rename and claims just
-            # after the release must find the blob there, not download it again.
-            stored = await asyncio.to_thread(_size_of, fetch.final_path)
-            if stored is not None:
-                self._counted.labels("stored").inc()
-                fetch.begin(stored)
-                fetch.complete(stored)
+            try:
+                if await self._stored_readable(fetch):
+                    self._counted.labels("stored").inc()
+                    with contextlib.suppress(RedisUnavailable):
+                        await self._claims.done(digest, upstream, token=token, file=claim.file)
+                    return
+                if claim.origin != fetch.repo:
+                    # The partial file's bytes were fetched for another repository; the rest
+                    # would come for ours, but the file may be whole already: the upstream
+                    # must say ours holds the blob before its clients read those bytes.
+                    await self._provenance.confirm(
+                        fetch.upstream, fetch.repo, str(digest), Kind.BLOB
+                    )
+            except BaseException:
                 with contextlib.suppress(RedisUnavailable):
-                    await self._claims.done(digest, token=token, path=claim.path)
-                return
+                    await self._claims.release(digest, upstream, token=token, file=claim.file)
+                raise
         while claim is not None:
             if verdict in ("own", "adopt", "follow"):
                 self._counted.labels(verdict).inc()
             if verdict in ("own", "adopt"):
                 verdict, claim = await self._own(fetch, claim, token, adopt=verdict == "adopt")
             elif verdict == "follow":
-                follower = Follower(self._claims, self._index, fetch, claim, token)
+                follower = Follower(self._claims, self._provenance, fetch, claim, token)
                 verdict, claim = await follower.run()
             else:
                 return
+
+    async def _stored_readable(self, fetch: Fetch) -> bool:
+        """Whether the blob is stored and this fetch's (upstream, repository) may read it,
+        completing the fetch with it if so.
+
+        The owner before us renames the blob into place before it releases its claim: a
+        replica that looked at the store just before the rename and claims just after the
+        release must find the blob there, not download it again. But only that upstream's
+        own download counts (``mirror.provenance``): a blob another upstream brought is
+        downloaded again from this one."""
+        stored = await asyncio.to_thread(_size_of, fetch.final_path)
+        if stored is None:
+            return False
+        if not await self._provenance.readable(
+            fetch.upstream, fetch.repo, str(fetch.digest), Kind.BLOB
+        ):
+            return False
+        fetch.begin(stored)
+        fetch.complete(stored)
+        return True
 
     # --- owning --------------------------------------------------------------------------
 
     async def _own(
         self, fetch: Fetch, claim: Claim, token: str, *, adopt: bool
     ) -> tuple[Verdict, Claim | None]:
-        digest = str(fetch.digest)
-        fetch.temp_path = Path(claim.path)
+        digest, upstream = fetch.digest, fetch.upstream.name
+        fetch.temp_path = claim.path  # derived from the digest and the file's id
         if fetch.size is None:
             fetch.size = claim.size  # known when adopting a dead owner's file
         if adopt:
             log.info("taking over the fetch of %s at %s", digest, claim.path)
-        lease = _Lease(self._claims, fetch, token)
+        lease = _Lease(self._claims, fetch, token, claim)
         lease.announced = fetch.size is not None  # adopting: the upstream answered before
         fetch.guard = lease.check
         download = asyncio.ensure_future(fetch.download(adopt=adopt))
@@ -145,18 +184,20 @@ class ClusterFetches:
             return "gone", None
         with contextlib.suppress(RedisUnavailable):
             if fetch.verified:
-                await self._claims.done(digest, token=token, path=claim.path)
+                await self._claims.done(digest, upstream, token=token, file=claim.file)
             elif fetch.error is not None:
-                await self._claims.failed(digest, token=token, path=claim.path, error=fetch.error)
+                await self._claims.failed(
+                    digest, upstream, token=token, file=claim.file, error=fetch.error
+                )
         return "gone", None
 
     async def _after_loss(self, fetch: Fetch, claim: Claim) -> tuple[Verdict, Claim | None]:
         try:
-            current = await self._claims.read(str(fetch.digest))
+            current = await self._claims.read(fetch.digest, fetch.upstream.name)
         except RedisUnavailable:
             current = None
         # Follow the new owner's file, which is ours: the claim may already be gone again.
-        return "follow", current if current is not None and current.path == claim.path else claim
+        return "follow", current if current is not None and current.file == claim.file else claim
 
     async def _renew(self, fetch: Fetch, lease: _Lease, download: asyncio.Future[None]) -> None:
         """Renew the claim while the download makes progress (or waits for the upstream to
@@ -202,10 +243,12 @@ class ClusterFetches:
 class _Lease:
     """The owner's hold on its claim, as far as it knows without asking Redis."""
 
-    def __init__(self, claims: Claims, fetch: Fetch, token: str) -> None:
+    def __init__(self, claims: Claims, fetch: Fetch, token: str, claim: Claim) -> None:
         self._claims = claims
         self._fetch = fetch
         self._token = token
+        self._file = claim.file
+        self._origin = claim.origin
         self.deadline = time.monotonic() + CLAIM_TTL - LEASE_MARGIN
         self.announced = False  # the upstream answered: followers may start reading
         self.lost = False  # another replica owns the download of the same file
@@ -217,13 +260,14 @@ class _Lease:
         sent = time.monotonic()
         try:
             answer = await self._claims.renew(
-                str(fetch.digest),
+                fetch.digest,
+                fetch.upstream.name,
                 token=self._token,
-                path=str(fetch.temp_path),
+                file=self._file,
                 size=fetch.size,
                 started=self.announced,
-                upstream=fetch.upstream.name,
                 repo=fetch.repo,
+                origin=self._origin,
             )
         except RedisUnavailable:
             # Nobody can take the claim over while Redis is down; go on, ask again soon.
@@ -234,7 +278,7 @@ class _Lease:
             # this one was stuck: the blob is stored, so follow (which completes at once).
             with contextlib.suppress(RedisUnavailable):
                 await self._claims.done(
-                    str(fetch.digest), token=self._token, path=str(fetch.temp_path)
+                    fetch.digest, fetch.upstream.name, token=self._token, file=self._file
                 )
             answer = 0
         if answer in (1, 2):
@@ -265,7 +309,7 @@ class _Lease:
         self.alone = True
         with contextlib.suppress(RedisUnavailable):
             await self._claims.failed(
-                str(fetch.digest), token=self._token, path=str(fetch.temp_path), error=error
+                fetch.digest, fetch.upstream.name, token=self._token, file=self._file, error=error
             )
 
 

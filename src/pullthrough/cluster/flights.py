@@ -11,6 +11,10 @@ then), which makes it one HEAD per tag per freshness window across the cluster.
 
 Without Redis, or when a leader vanished without an outcome too long, the caller does
 the work itself: coalescing is an optimisation, never a reason to fail.
+
+An outcome read from Redis is untrusted: one that is not what a leader publishes (not
+JSON, no id, too long), or whose value ``decode`` cannot use, is ignored with a warning
+and the caller does the work itself (or joins whoever does).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -40,6 +45,9 @@ POLL = 0.02
 KEEP = 30.0
 # A waiter gives up waiting (and does the work) after this long.
 WAIT_LIMIT = 120.0
+# No outcome a leader publishes is longer (a HEAD's or a manifest's digest and type).
+MAX_OUTCOME = 64 * 1024
+_OUTCOME_ID = re.compile(r"[0-9a-f]{32}")
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -80,11 +88,11 @@ class Flights:
         except RedisUnavailable:
             return await work()
         seen_id = None
-        if seen is not None:
-            outcome = json.loads(seen)
+        outcome = _outcome(name, seen)
+        if outcome is not None:
             seen_id = outcome["id"]
-            if reuse_for > 0 and fresh == seen_id and outcome.get("ok"):
-                value = await decode(outcome["value"])
+            if reuse_for > 0 and fresh == seen_id and outcome["ok"]:
+                value = await _decoded(name, decode, outcome.get("value"))
                 if value is not None:
                     return value
         deadline = time.monotonic() + WAIT_LIMIT
@@ -98,23 +106,24 @@ class Flights:
                 return await self._lead(
                     work, encode, token, lock_key, outcome_key, fresh_key, reuse_for
                 )
-            outcome = await self._wait(lock_key, outcome_key, seen_id, deadline)
+            outcome = await self._wait(name, lock_key, outcome_key, seen_id, deadline)
             if outcome is None:
                 continue  # the leader went without an answer: try to lead
-            if not outcome.get("ok"):
+            if not outcome["ok"]:
                 raise error_from_json(outcome.get("error"))
-            if outcome["value"] is None:
+            if outcome.get("value") is None:
                 return None  # type: ignore[return-value]  # encode(None) is None only for T | None
-            value = await decode(outcome["value"])
+            value = await _decoded(name, decode, outcome["value"])
             if value is not None:
                 return value
             seen_id = outcome["id"]  # unusable here: do it again (or join whoever does)
         return await work()
 
     async def _wait(
-        self, lock_key: str, outcome_key: str, seen_id: str | None, deadline: float
+        self, name: str, lock_key: str, outcome_key: str, seen_id: str | None, deadline: float
     ) -> dict[str, Any] | None:
         """The next outcome (not ``seen_id``), or None once the lock is free without one."""
+        ignored: Any = None  # a malformed outcome is warned about once, not at every poll
         while time.monotonic() < deadline:
             await asyncio.sleep(POLL)
             try:
@@ -123,10 +132,11 @@ class Flights:
                 )
             except RedisUnavailable:
                 return None
-            if raw is not None:
-                outcome: dict[str, Any] = json.loads(raw)
-                if outcome["id"] != seen_id:
-                    return outcome
+            outcome = None if raw == ignored else _outcome(name, raw)
+            if outcome is None:
+                ignored = raw
+            elif outcome["id"] != seen_id:
+                return outcome
             if not locked:
                 return None
         return None
@@ -184,6 +194,40 @@ class Flights:
                 await self._c.call(
                     lambda r: self._extend(keys=[lock_key], args=[token, int(LOCK_TTL * 1000)])
                 )
+
+
+def _outcome(name: str, raw: Any) -> dict[str, Any] | None:
+    """The outcome ``raw`` holds, checked as far as this module knows its shape; None
+    when there is none or it is malformed (logged: no leader wrote it)."""
+    if raw is None:
+        return None
+    try:
+        if not isinstance(raw, str) or len(raw) > MAX_OUTCOME:
+            raise ValueError("not a string of a sensible length")
+        doc = json.loads(raw)
+        if not isinstance(doc, dict):
+            raise ValueError("not an object")
+        if not isinstance(doc.get("id"), str) or not _OUTCOME_ID.fullmatch(doc["id"]):
+            raise ValueError("no outcome id")
+        if not isinstance(doc.get("ok"), bool):
+            raise ValueError("no ok")
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
+        log.warning("ignored a malformed outcome in redis for %r: %s", name[:300], exc)
+        return None
+    return doc
+
+
+async def _decoded(
+    name: str, decode: Callable[[Any], Awaitable[T | None]], value: Any
+) -> T | None:
+    """``decode(value)``; None (logged) when the value is not one it can use."""
+    try:
+        return await decode(value)
+    except RegistryError:
+        raise
+    except Exception as exc:  # a malformed value from redis: do the work instead
+        log.warning("ignored a malformed outcome in redis for %r: %r", name[:300], exc)
+        return None
 
 
 async def _take_lock(r: Any, *, lock_key: str, token: str) -> bool:

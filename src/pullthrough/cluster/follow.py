@@ -1,5 +1,10 @@
 """Following another replica's download: tail its temp file in the shared store.
 
+Only a download of the same upstream is followed (claims are per upstream and digest), and
+a client of another repository joins it only once ``mirror.provenance`` confirmed that the
+upstream holds the blob for that repository too. The file is the one the claim names by
+its id, in the storage root's ``tmp/`` (never a path read from Redis).
+
 The follower offers its clients the bytes on disk as they arrive (less the last, held
 back as always) and completes only when the owner has renamed *that very file* (same
 inode) into place under ``blobs/``: the rename happens after the digest matched, so that
@@ -22,6 +27,7 @@ with the claim in Redis read only to learn the size, a failure, or the owner's d
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import time
@@ -29,9 +35,9 @@ from pathlib import Path
 
 from pullthrough.cluster.claims import CLAIM_TTL, Claim, Claims, Verdict
 from pullthrough.cluster.connection import RedisUnavailable
-from pullthrough.errors import BlobUnknown, UpstreamUnavailable
+from pullthrough.errors import UpstreamUnavailable
 from pullthrough.mirror.fetch import Fetch
-from pullthrough.store.index import IndexBackend
+from pullthrough.mirror.provenance import Kind, Provenance
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +51,18 @@ GRACE = 1.0
 
 
 class Follower:
-    """One replica following another's download of ``fetch.digest``."""
+    """One replica following another's download of ``fetch.digest`` from the same upstream."""
 
     def __init__(
-        self, claims: Claims, index: IndexBackend, fetch: Fetch, claim: Claim, token: str
+        self, claims: Claims, provenance: Provenance, fetch: Fetch, claim: Claim, token: str
     ) -> None:
         self._claims = claims
-        self._index = index
+        self._provenance = provenance
         self._fetch = fetch
         self._claim = claim
         self._token = token
         self._digest = str(fetch.digest)
-        self._path = Path(claim.path)
+        self._path: Path = claim.path
         self._fd = -1
         self._size = claim.size
         self._started = False
@@ -69,17 +75,20 @@ class Follower:
         """Tail the file until the owner stored it ("gone": nothing more to do), failed
         (raises its error), or died and this replica won the file ("adopt")."""
         fetch = self._fetch
-        if (self._claim.upstream, self._claim.repo) != (fetch.upstream.name, fetch.repo):
-            await self._authorize()
+        if self._claim.repo != fetch.repo:
+            # The owner fetches for another repository of the same upstream: its bytes are
+            # ours to serve once the upstream says our repository holds the blob too.
+            await self._provenance.confirm(fetch.upstream, fetch.repo, self._digest, Kind.BLOB)
         fetch.temp_path = self._path
         log.info("following the fetch of %s by %s", self._digest, self._claim.node)
         checked = 0.0
         try:
             while True:
                 if await self._stored():
-                    # The owner linked it for this repository already; linking it from here
-                    # too makes this replica remember the link for when Redis is down.
-                    await self._index.link(fetch.upstream.name, fetch.repo, self._digest)
+                    # The owner recorded it for its repository (ours, or one the upstream
+                    # confirmed ours alongside); asking now makes this replica remember
+                    # that for when Redis is down.
+                    await self._provenance.recorded(fetch.upstream.name, fetch.repo, self._digest)
                     return "gone", None
                 now = time.monotonic()
                 if now - checked >= (CHECK_EVERY if self._started else POLL * 2):
@@ -100,7 +109,12 @@ class Follower:
             if self._fd < 0:
                 if self._started or not await asyncio.to_thread(final.is_file):
                     return False
-                # Stored before we could open the temp file: our clients read the final one.
+                # Stored before we could open the temp file: our clients read the final one,
+                # if it is this upstream's (another upstream may have stored the digest).
+                if not await self._provenance.readable(
+                    fetch.upstream, fetch.repo, self._digest, Kind.BLOB
+                ):
+                    return False
                 size = await asyncio.to_thread(lambda: final.stat().st_size)
                 fetch.begin(size)
                 fetch.complete(size)
@@ -125,7 +139,7 @@ class Follower:
     async def _check(self, now: float) -> tuple[Verdict, Claim | None] | None:
         """Read the claim: start, fail, or take over when the owner is gone."""
         try:
-            current = await self._claims.read(self._digest)
+            current = await self._claims.read(self._fetch.digest, self._fetch.upstream.name)
         except RedisUnavailable:
             if now - self._grew > self._stall:
                 raise UpstreamUnavailable(
@@ -150,7 +164,7 @@ class Follower:
             if self._fd >= 0 and await asyncio.to_thread(_stored_size, final, self._fd) is not None:
                 return None  # stored after all; the next look at the file completes it
             raise current.error or UpstreamUnavailable(f"the fetch of {self._digest} failed")
-        if current.path != self._claim.path:
+        if current.file != self._claim.file:
             # Another file is being fetched (only after Redis lost its data): ours may still
             # be finished by its live owner, so keep following it while it grows.
             if now - self._grew > self._stall:
@@ -172,16 +186,16 @@ class Follower:
             raise UpstreamUnavailable(f"the fetch of {self._digest} by {claim.node} failed")
         try:
             verdict, taken = await self._claims.claim(
-                self._digest,
+                self._fetch.digest,
+                self._fetch.upstream.name,
                 token=self._token,
-                path=claim.path,
-                upstream=self._fetch.upstream.name,
+                file=claim.file,
                 repo=self._fetch.repo,
-                require_path=claim.path,
+                require_file=claim.file,
             )
         except RedisUnavailable:
             return None
-        if verdict == "gone" or taken is None or taken.path != claim.path:
+        if verdict in ("gone", "alone") or taken is None or taken.file != claim.file:
             raise UpstreamUnavailable(f"the fetch of {self._digest} by {claim.node} failed")
         if verdict == "adopt":
             log.warning(
@@ -191,27 +205,18 @@ class Follower:
             )
         return verdict, taken
 
-    async def _authorize(self) -> None:
-        """The owner fetches for another repository: its bytes are served for ours only if
-        ours holds the blob (linked already, or the upstream confirms with a HEAD)."""
-        fetch = self._fetch
-        if await self._index.is_linked(fetch.upstream.name, fetch.repo, self._digest):
-            return
-        size = await fetch.upstream.head_blob(fetch.repo, self._digest)
-        if size is None:
-            raise BlobUnknown(
-                f"blob {self._digest} is unknown to repository {fetch.repo} on upstream "
-                f"{fetch.upstream.name}",
-                detail={"digest": self._digest},
-            )
-        await self._index.link(fetch.upstream.name, fetch.repo, self._digest)
-
 
 def _open(path: Path) -> int:
+    # No symbolic link: the file is a temp file of the store, never something it points at.
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except (FileNotFoundError, NotADirectoryError):
         return -1
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        log.warning("the shared temp file %s is a symbolic link: not following it", path)
+        raise UpstreamUnavailable("the shared download cannot be read") from None
 
 
 def _stored_size(final: Path, fd: int) -> int | None:

@@ -20,17 +20,25 @@ memory (so cached content is served even if the upstream is down too), any other
 counts as absent (the upstream then confirms it, as for a repository never seen) and any
 other tag as not cached; writes are skipped, usage is the last figure read, and access
 times wait in memory for the next flush.
+
+Sizes and tag records read back are checked (a malformed one is ignored with a warning,
+never a failed request). The links and ``servedby`` sets are taken as written: they are
+what ``mirror.provenance`` decides on, so whoever can write to Redis decides who may read
+what is cached; Redis must be protected (a password, a private network).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any, TypeVar
 
 from pullthrough.cluster.connection import PREFIX, Coordination, RedisUnavailable, key
+from pullthrough.errors import RegistryError
+from pullthrough.reference import parse_digest
 from pullthrough.store.index import AgedBlob, BlobRecord, TagRecord
 
 log = logging.getLogger(__name__)
@@ -229,7 +237,11 @@ class RedisIndex:
         )
         if size is None:
             return None
-        return BlobRecord(digest, int(size), media_type or None)
+        count = _count(size)
+        if count is None:
+            log.warning("ignored a malformed size in redis for %s: %r", digest, size[:30])
+            return None
+        return BlobRecord(digest, count, media_type or None)
 
     async def forget(self, digest: str) -> None:
         """Drop a digest whose file is gone, so nothing trusts the entry any more."""
@@ -267,7 +279,13 @@ class RedisIndex:
         records = []
         for media_type, value in entries.items():
             digest, _, checked = value.partition(" ")
-            records.append(TagRecord(media_type, digest, float(checked or 0)))
+            record = _tag_record(media_type, digest, checked)
+            if record is None:
+                log.warning(
+                    "ignored a malformed tag record in redis for %s/%s:%s", upstream, repo, tag
+                )
+                continue
+            records.append(record)
         records.sort(key=lambda r: r.checked, reverse=True)
         self._tags.put(remembered, records)
         return records
@@ -333,7 +351,7 @@ class RedisIndex:
                 pipe.zcard(key("access"))
                 pipe.get(key("bytes"))
                 objects, stored = await pipe.execute()
-            return int(objects), int(stored or 0)
+            return int(objects), _count(stored or "0") or 0
 
         self._usage = await self._soft("usage", work, self._usage)
         return self._usage
@@ -357,7 +375,9 @@ class RedisIndex:
                 (size, media_type), linked = details[2 * i], details[2 * i + 1]
                 upstreams = tuple(sorted({ur.partition("|")[0] for ur in linked}))
                 found.append(
-                    AgedBlob(digest, int(size or 0), float(at), upstreams, bool(media_type))
+                    AgedBlob(
+                        digest, _count(size or "0") or 0, float(at), upstreams, bool(media_type)
+                    )
                 )
             return found
 
@@ -386,7 +406,8 @@ class RedisIndex:
                         digest = value.partition(" ")[0]
                         size = await r.hget(key("blob", digest), "size")
                         at = await r.zscore(key("access"), digest)
-                        rows.append((upstream, repo, tag, digest, int(size or 0), float(at or 0)))
+                        count = _count(size or "0") or 0
+                        rows.append((upstream, repo, tag, digest, count, float(at or 0)))
             return rows
 
         return await self._call(work)
@@ -415,7 +436,7 @@ class RedisIndex:
                             pipe.hget(key("blob", digest), "size")
                         sizes = await pipe.execute()
                     pairs = zip(digests, sizes, strict=True)
-                    stored = {d: int(s) for d, s in pairs if s is not None}
+                    stored = {d: _count(s) or 0 for d, s in pairs if s is not None}
                     if stored:
                         found[(upstream, repo)] = stored
             return found
@@ -424,6 +445,26 @@ class RedisIndex:
 
     async def integrity_check(self) -> str:
         return "ok" if await self._c.ping() else "redis unreachable"
+
+
+def _count(text: str) -> int | None:
+    """A size or total as the index writes it (decimal digits); None for anything else:
+    what Redis holds is untrusted, and a bad value must not fail a request."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 20:
+        return None
+    return int(text)
+
+
+def _tag_record(media_type: str, digest: str, checked: str) -> TagRecord | None:
+    """A tag's cached resolution as ``set_tag`` writes it; None when it is not one."""
+    try:
+        parse_digest(digest)
+        at = float(checked or 0)
+    except (RegistryError, ValueError):
+        return None
+    if not math.isfinite(at) or not media_type or len(media_type) > 255:
+        return None
+    return TagRecord(media_type, digest, at)
 
 
 K = TypeVar("K", bound=Hashable)

@@ -11,8 +11,10 @@ from pullthrough.cluster.fetching import ClusterFetches
 from pullthrough.cluster.flights import Flights
 from pullthrough.cluster.index import RedisIndex
 from pullthrough.cluster.sweeping import SweepLease, prepare_shared
+from pullthrough.config import ConfigError
 from pullthrough.config.model import ClusterConfig
 from pullthrough.metrics import Metrics
+from pullthrough.mirror.provenance import Provenance
 from pullthrough.store.blobs import BlobStore
 
 log = logging.getLogger(__name__)
@@ -29,21 +31,35 @@ class Cluster:
         self.store = store
         self.coordination = Coordination(config)
         self.index = RedisIndex(self.coordination)
-        self.claims = Claims(self.coordination)
+        self.claims = Claims(self.coordination, store)
         measured = metrics.add_cluster()
-        self.fetches = ClusterFetches(
-            self.coordination, self.claims, self.index, counted=measured.fetches
-        )
+        self._counted_fetches = measured.fetches
         self.flights = Flights(self.coordination)
         self.sweep_turns = SweepLease(self.coordination, store, gc_interval)
         # Read when scraped: the connection and the lease keep these states already.
         measured.redis_up.set_function(lambda: 0.0 if self.coordination.suspended else 1.0)
         measured.sweeper.set_function(lambda: 1.0 if self.sweep_turns.held else 0.0)
 
+    def fetches(self, provenance: Provenance) -> ClusterFetches:
+        """The driver of this replica's blob fetches. ``provenance`` is the Mirror's (built
+        on this cluster's index): it decides whose downloads a client may share."""
+        return ClusterFetches(
+            self.coordination, self.claims, provenance, counted=self._counted_fetches
+        )
+
     async def start(self) -> None:
-        """Prepare the shared store (its temp files are other replicas' downloads: kept)."""
+        """Prepare the shared store (its temp files are other replicas' downloads: kept).
+        Raises ConfigError when Redis refuses the configured password: unlike Redis
+        being unreachable, waiting does not mend that."""
         await asyncio.to_thread(prepare_shared, self.store)
-        if await self.coordination.ping():
+        answers = await self.coordination.ping()
+        if self.coordination.refused:
+            raise ConfigError(
+                f"mirror.cluster.redis.password: redis at {self.coordination.address} refused "
+                "it (wrong, missing, or given where redis has none); set it with "
+                "REGISTRY_MIRROR_CLUSTER_REDIS_PASSWORD or in the config file"
+            )
+        if answers:
             log.info(
                 "cluster mode: replica %s, coordinating through redis at %s",
                 self.config.advertise,

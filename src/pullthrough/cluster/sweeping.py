@@ -75,7 +75,8 @@ class SweepLease:
 
     async def shared_full(self) -> bool:
         with contextlib.suppress(RedisUnavailable):
-            self._full = bool(await self._c.call(lambda r: r.get(key("store-full"))))
+            # Only what ``publish`` writes counts: anything else in Redis is not a verdict.
+            self._full = await self._c.call(lambda r: r.get(key("store-full"))) == "1"
         return self._full
 
 
@@ -87,7 +88,8 @@ def prepare_shared(store: BlobStore) -> None:
 
 def remove_orphans(store: BlobStore, now: float | None = None) -> int:
     """Remove temp files nobody has written for ORPHAN_AGE (blocking); returns how many.
-    A reader that still has one open keeps reading it."""
+    A reader that still has one open keeps reading it. Only entries of the store's own
+    ``tmp/`` are considered, by their age on disk: no name read from Redis is removed."""
     cutoff = (now or time.time()) - ORPHAN_AGE
     removed = 0
     with contextlib.suppress(FileNotFoundError):

@@ -57,7 +57,7 @@ class Mirror:
             self.store,
             self._blob_stored,
             self.metrics,
-            drive=self.cluster.fetches.run if self.cluster else None,
+            drive=self.cluster.fetches(self.provenance).run if self.cluster else None,
         )
         # Over mirror.maxsize with nothing left to evict: new fetches keep nothing.
         self.fetches.keep = lambda: not self.sweeper.full

@@ -51,6 +51,16 @@ class OpenBlob:
         os.close(self.fd)
 
 
+def new_temp_id() -> str:
+    """A fresh name for a temp file (32 lowercase hex)."""
+    return uuid.uuid4().hex
+
+
+def is_temp_id(text: object) -> bool:
+    """Whether ``text`` could name a temp file: exactly what ``new_temp_id`` makes."""
+    return isinstance(text, str) and len(text) == 32 and _is_hex(text)
+
+
 def hasher_for(digest: Digest) -> hashlib._Hash:
     return hashlib.new(digest.algorithm)
 
@@ -75,8 +85,16 @@ class BlobStore:
         # so this path cannot leave the storage root.
         return self.blob_dir / digest.algorithm / digest.hex[:2] / digest.hex
 
-    def temp_path(self, digest: Digest) -> Path:
-        return self.tmp_dir / f"{digest.algorithm}-{digest.hex}.{uuid.uuid4().hex}"
+    def temp_path(self, digest: Digest, file_id: str | None = None) -> Path:
+        """A temp file for ``digest`` in ``tmp/``: a new one, or the one ``file_id`` names
+        (a ``new_temp_id()``, e.g. another replica's download). Raises ValueError for any
+        other ``file_id``: it may come from a shared record, and the path must never
+        leave ``tmp/``."""
+        if file_id is None:
+            file_id = new_temp_id()
+        elif not is_temp_id(file_id):
+            raise ValueError(f"not a temp file id: {file_id[:100]!r}")
+        return self.tmp_dir / f"{digest.algorithm}-{digest.hex}.{file_id}"
 
     async def open(self, digest: Digest) -> OpenBlob | None:
         """Open a stored blob for reading, or None when it is not on disk (a miss)."""
