@@ -2,11 +2,12 @@
 
 Every request that reaches a route is authorized here before anything is looked up: the
 ``/v2/`` probe needs valid credentials, a repository request needs the ``pull`` action
-on that repository (as the client named it), the catalog needs ``registry:catalog:*``.
-Failures are 401 UNAUTHORIZED with the challenge a client needs to log in; a client that
-failed to log in too often lately is answered 429 TOOMANYREQUESTS with ``Retry-After``. Who
-the client is (the htpasswd user; None when not authenticated) is returned for
-``mirror.access``.
+on that repository as the mirror resolved it (its route's scope: after ``?ns=``, a path
+prefix and ``library/``, with a non-default upstream's name in front), the catalog needs
+``registry:catalog:*``. Failures are 401 UNAUTHORIZED with the challenge a client needs to
+log in; a client that failed to log in too often lately is answered 429 TOOMANYREQUESTS
+with ``Retry-After``. Who the client is (the htpasswd user; None when not authenticated)
+is returned for ``mirror.access``.
 """
 
 from __future__ import annotations
