@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pytest
 
 from tests.support import KiB, MiB
+from tests.support.host import host_entries
 from tests.support.images import (
     SKOPEO,
     ImageFactory,
@@ -41,6 +42,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "integration: starts real docker-registry / skopeo processes"
     )
+
+
+@pytest.fixture(autouse=True)
+def host_untouched() -> Iterator[None]:
+    """Fail a test that left new files in the machine's own directories (tests/support/host.py)."""
+    before = host_entries()
+    yield
+    # Only entries this test created and left behind; others may come and go meanwhile.
+    assert sorted(host_entries() - before) == []
 
 
 def _require_tools() -> None:

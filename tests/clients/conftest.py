@@ -47,41 +47,6 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-# Where the clients would write if they used the machine's own configuration: a test
-# leaving anything new here changed the sandbox. (containers/image's blob-info cache in
-# /var/lib/containers/cache is shared with the rest of the suite's skopeo and not checked.)
-HOST_DIRS = (
-    "/etc/docker",
-    "/etc/containers",
-    "/etc/cni/net.d",
-    "/opt",
-    "/run",
-    "/dev/shm",
-    "/var/lib/docker",
-    "/var/lib/containerd",
-    "/var/lib/containers",
-    "/var/lib/containers/storage",
-)
-
-
-def _host_entries() -> set[str]:
-    found: set[str] = set()
-    for top in HOST_DIRS:
-        base = Path(top)
-        if base.is_dir():
-            found |= {str(p) for p in base.iterdir()}
-    return found
-
-
-@pytest.fixture(autouse=True)
-def host_untouched() -> Iterator[None]:
-    """Fail a client test that left new files in the machine's container directories."""
-    before = _host_entries()
-    yield
-    # Only entries a test created and left behind; others may come and go meanwhile.
-    assert sorted(_host_entries() - before) == []
-
-
 @pytest.fixture
 def hub_guard() -> Iterator[HubGuard]:
     """The refusing proxy every client is given as HTTP(S)_PROXY: any attempt to reach a

@@ -30,7 +30,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     mountpoint = tmp_path / "small-disk"
     mountpoint.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mountpoint)],
+        # -n: no record in /run/mount/utab, which would create /run/mount on the machine.
+        ["mount", "-n", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mountpoint)],
         capture_output=True,
         text=True,
     )
@@ -39,7 +40,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     try:
         yield mountpoint
     finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+        subprocess.run(["umount", "-n", "-l", str(mountpoint)], check=False)
 
 
 def _metric(debug: str, name: str) -> float:

@@ -112,7 +112,8 @@ def _private_resolver(tmp_path: Path) -> list[str]:
     loopback port nobody serves: name look-ups fail at once and no query leaves loopback."""
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
-    script = f'mount --bind {resolv} /etc/resolv.conf && exec "$0" "$@"'
+    # -n: no record in /run/mount/utab, which would create /run/mount on the machine.
+    script = f'mount -n --bind {resolv} /etc/resolv.conf && exec "$0" "$@"'
     probe = subprocess.run(
         ["unshare", "-m", "sh", "-c", script, "true"], capture_output=True, timeout=10
     )

@@ -428,13 +428,16 @@ def _private_mounts(
     each ``(source, target)`` of ``binds`` bind-mounted (read-only) over ``target``, which
     must exist. Only the process sees these mounts; the machine's ``target`` is untouched.
 
-    ``unshare`` and ``sh`` both exec, so the PID stays that of ``argv[0]``.
+    ``unshare`` and ``sh`` both exec, so the PID stays that of ``argv[0]``. ``mount -n``:
+    without it util-linux records each mount in libmount's ``/run/mount/utab``, creating
+    ``/run/mount`` on the machine (before the tmpfs covers ``/run``, or beside it), a
+    directory only a machine that ran the client tests has.
     """
     script = "".join(
-        f'mount -t tmpfs -o mode=0755,size=16m pt-tmpfs "{d}" || exit 97; ' for d in tmpfs
+        f'mount -n -t tmpfs -o mode=0755,size=16m pt-tmpfs "{d}" || exit 97; ' for d in tmpfs
     )
     script += "".join(
-        f'mount --bind "{src}" "{dst}" && mount -o remount,bind,ro "{dst}" || exit 98; '
+        f'mount -n --bind "{src}" "{dst}" && mount -n -o remount,bind,ro "{dst}" || exit 98; '
         for src, dst in binds
     )
     return [
