@@ -19,4 +19,5 @@ def hide_server_software() -> None:
     time it prepares a response's headers). A test on a running ``pullthrough serve`` pins
     it, should aiohttp move it.
     """
-    web_response.SERVER_SOFTWARE = SERVER
+    # Not in aiohttp.web_response.__all__: it is imported there from aiohttp.http.
+    web_response.SERVER_SOFTWARE = SERVER  # type: ignore[attr-defined]
