@@ -90,7 +90,9 @@ def _run(config: Config) -> int:
 
 async def _serve(config: Config) -> int:
     from pullthrough.server.app import build_app
+    from pullthrough.server.identity import hide_server_software
 
+    hide_server_software()
     app = build_app(config)
     runner = web.AppRunner(
         app,

@@ -76,6 +76,36 @@ def test_check_accepts_a_distribution_proxy_config(tmp_path: Path) -> None:
     assert "hunter2" not in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize(
+    ("text", "env", "key"),
+    [
+        ("proxy: {remoteurl: 'https://bob:hunter2@registry.example'}", {}, "proxy.remoteurl"),
+        ("proxy: {username: bob, password: 4815162342}", {}, "proxy.password"),
+        (
+            "mirror: {upstreams: [{name: ghcr.io, remoteurl: 'https://bob:hunter2@ghcr.io'}]}",
+            {},
+            "mirror.upstreams[0].remoteurl",
+        ),
+        (
+            "",
+            {"REGISTRY_PROXY_REMOTEURL": "https://bob:hunter2@registry.example"},
+            "proxy.remoteurl",
+        ),
+    ],
+)
+def test_check_and_serve_refuse_a_credential_without_showing_it(
+    tmp_path: Path, text: str, env: dict[str, str], key: str
+) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text(text)
+    for command in ("check", "serve"):
+        result = _pullthrough(command, str(config), cwd=tmp_path, env=env)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert key in result.stderr
+        for secret in ("hunter2", "4815162342"):
+            assert secret not in result.stdout + result.stderr
+
+
 def test_check_prints_each_access_rule_as_it_reads_it(tmp_path: Path) -> None:
     config = tmp_path / "config.yml"
     config.write_text(

@@ -124,3 +124,26 @@ def test_cached_blob_is_not_served_through_an_upstream_that_does_not_have_it(
     by_digest = http_request("GET", f"{two.mirror.url}/v2/ghcr.io/org/app/manifests/{image.digest}")
     assert by_digest.status == 404
     assert json.loads(by_digest.body)["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+
+
+def test_tag_pages_of_a_second_upstream_stay_on_it(two: TwoUpstreams, image_factory) -> None:
+    """Following ``Link`` with ``n=1`` lists every tag of ghcr.io's org/app, never the
+    default upstream's repository of the same name."""
+    on_ghcr = {"g1", "g2", "g3"}
+    for tag in on_ghcr:
+        image_factory("org/app", tag=tag, layers=(1 * KiB,), registry=two.ghcr_registry)
+    for tag in ("h1", "h2"):
+        image_factory("org/app", tag=tag, layers=(1 * KiB,))
+
+    seen: list[str] = []
+    path: str | None = "/v2/org/app/tags/list?ns=ghcr.io&n=1"
+    while path is not None and len(seen) < 10:
+        resp = http_request("GET", f"{two.mirror.url}{path}")
+        assert resp.status == 200, resp.body
+        seen += json.loads(resp.body)["tags"]
+        link = resp.header("Link")
+        path = link.split(">", 1)[0].lstrip("<") if link else None
+        if path is not None:
+            assert "ns=ghcr.io" in path, link
+    assert sorted(seen) == sorted(on_ghcr)
+    assert two.hub.requests(path_contains="org/app") == []

@@ -27,6 +27,7 @@ from pullthrough.config.model import (
     StoreLimit,
     UpstreamConfig,
 )
+from pullthrough.config.redact import shown, validation_message
 from pullthrough.config.schema import Root, _Cluster, apply_env, unknown_keys
 from pullthrough.config.values import (
     ConfigError,
@@ -65,9 +66,7 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
         root = Root.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        key = ".".join(_loc(p) for p in err["loc"]).replace(".[", "[")
-        got = err.get("input")
-        raise ConfigError(f"{key}: {err['msg']} (got {got!r})") from None
+        raise ConfigError(validation_message(err["loc"], err["msg"], err.get("input"))) from None
     storage_extra = set(root.storage.model_extra or {}) & _STORAGE_DRIVERS
     if storage_extra:
         other = sorted(storage_extra)[0]
@@ -306,7 +305,8 @@ def _redis_tls(value: Any) -> tuple[bool, str | None]:
             raise ConfigError(f"mirror.cluster.redis.tls.ca: cannot read {ca}")
         return True, ca or None
     raise ConfigError(
-        f"mirror.cluster.redis.tls: expected true, false or {{ca: /path/to/ca.pem}}, got {value!r}"
+        "mirror.cluster.redis.tls: expected true, false or {ca: /path/to/ca.pem}, "
+        f"got {shown(value)}"
     )
 
 
@@ -451,7 +451,3 @@ def _positive(value: Any, key: str) -> float:
     if seconds <= 0:
         raise ConfigError(f"{key}: must be greater than zero")
     return seconds
-
-
-def _loc(part: int | str) -> str:
-    return f"[{part}]" if isinstance(part, int) else str(part)

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from dataclasses import dataclass
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, field_validator
@@ -167,19 +169,48 @@ class Root(_Section):
     mirror: _Mirror = _Mirror()
 
 
-def _known_paths(
-    model: type[BaseModel], prefix: tuple[str, ...] = ()
-) -> dict[str, tuple[str, ...]]:
+@dataclass(frozen=True, slots=True)
+class _EnvKey:
+    path: tuple[str, ...]
+    text: bool  # a string key: the variable's value is taken as it is, not read as YAML
+
+
+def _known_paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> dict[str, _EnvKey]:
     """``HTTP_ADDR`` → ("http", "addr") for every key the schema knows (lists, such as
     ``mirror.upstreams``, are set from the file only)."""
-    out: dict[str, tuple[str, ...]] = {}
+    out: dict[str, _EnvKey] = {}
     for name, info in model.model_fields.items():
         path = (*prefix, name)
-        out["_".join(path).upper()] = path
+        out["_".join(path).upper()] = _EnvKey(path, _is_text(info.annotation))
         sub = info.annotation
         if isinstance(sub, type) and issubclass(sub, BaseModel):
             out.update(_known_paths(sub, path))
     return out
+
+
+def _is_text(annotation: Any) -> bool:
+    """``str``, ``str | None`` or a Literal of strings."""
+    if get_origin(annotation) in (Union, UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+    else:
+        members = [annotation]
+    return all(
+        a is str or (get_origin(a) is Literal and all(isinstance(v, str) for v in get_args(a)))
+        for a in members
+    )
+
+
+def _env_value(key: _EnvKey, text: str) -> Any:
+    """A string key takes the text as it is: YAML would turn the password ``pa: ss`` into a
+    mapping, ``#x`` into nothing and ``0123`` into 83. Other keys (numbers, booleans,
+    durations, sections) are read as YAML, as distribution does. An empty variable
+    leaves an optional key unset, as it did when every value was read as YAML."""
+    if key.text:
+        return text if text else None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
@@ -189,22 +220,18 @@ def apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
     for var in sorted(environ):
         if not var.startswith("REGISTRY_"):
             continue
-        path = known.get(var[len("REGISTRY_") :])
-        if path is None:
+        key = known.get(var[len("REGISTRY_") :])
+        if key is None:
             warnings.append(f"environment variable {var} names no key pullthrough knows; ignored")
             continue
-        try:
-            value = yaml.safe_load(environ[var])
-        except yaml.YAMLError:
-            value = environ[var]
         node = raw
-        for part in path[:-1]:
+        for part in key.path[:-1]:
             child = node.get(part)
             if not isinstance(child, dict):
                 child = {}
                 node[part] = child
             node = child
-        node[path[-1]] = value
+        node[key.path[-1]] = _env_value(key, environ[var])
     return warnings
 
 

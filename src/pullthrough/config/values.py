@@ -6,6 +6,8 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
+from pullthrough.config.redact import shown
+
 
 class ConfigError(Exception):
     """A configuration value that cannot be used; the message names the key."""
@@ -49,7 +51,8 @@ def parse_addr(value: str, key: str) -> tuple[str, int]:
     text = str(value).strip()
     match = re.fullmatch(r"(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]]*)):([0-9]{1,5})", text)
     if not match:
-        raise ConfigError(f"{key}: expected host:port such as :5000, got {value!r}")
+        # shown(): a Redis URL such as redis://:password@host put in an addr key.
+        raise ConfigError(f"{key}: expected host:port such as :5000, got {shown(value)}")
     host = match.group(1) or match.group(2) or "0.0.0.0"
     port = int(match.group(3))
     if not 0 < port < 65536:
@@ -58,15 +61,24 @@ def parse_addr(value: str, key: str) -> tuple[str, int]:
 
 
 def check_url(value: str, key: str) -> str:
+    """``value`` without a trailing slash, if it is an http(s) URL with a host and no
+    ``user:password@`` (which would be shown wherever the URL is: ``pullthrough check``,
+    ``/debug/health``, logs); credentials belong in their own keys."""
     parts = urlsplit(value.strip())
+    if "@" in parts.netloc:
+        raise ConfigError(
+            f"{key}: credentials in the URL (user:password@host) are not accepted; give "
+            "the bare URL and set username and password beside it (the value is not shown)"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(
-            f"{key}: expected an http(s) URL such as https://registry-1.docker.io, got {value!r}"
+            f"{key}: expected an http(s) URL such as https://registry-1.docker.io, "
+            f"got {shown(value)}"
         )
     try:
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError as exc:
-        raise ConfigError(f"{key}: bad port in URL {value!r}") from exc
+        raise ConfigError(f"{key}: bad port in URL {shown(value)}") from exc
     return value.strip().rstrip("/")
 
 

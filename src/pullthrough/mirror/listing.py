@@ -55,10 +55,10 @@ class Listing:
                 detail={"name": repo},
             )
         tags, more = got
-        tags = sorted(set(tags))
-        if n is not None and len(tags) > n:  # an upstream that ignores n
-            return Page(tags[:n], True)
-        return Page(tags, more)
+        # An upstream that ignores n or last (distribution 2.x lists every tag each time)
+        # is paged here; one that honours them passes through, its Link saying if more follow.
+        found = page(sorted(set(tags)), n, last)
+        return Page(found.items, found.more or more)
 
     async def catalog(
         self,

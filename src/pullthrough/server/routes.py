@@ -212,7 +212,12 @@ def _page_response(
 ) -> web.StreamResponse:
     headers = dict(API_HEADERS)
     if found.more and found.items:
-        query = {"last": found.items[-1], **({"n": str(n)} if n is not None else {})}
+        # Every other parameter (``ns`` above all) is kept: without it the next page
+        # would be listed from the default upstream.
+        query = [(k, v) for k, v in request.query.items() if k not in ("n", "last")]
+        query.append(("last", found.items[-1]))
+        if n is not None:
+            query.append(("n", str(n)))
         url = request.rel_url.with_query(query)
         headers["Link"] = f'<{url}>; rel="next"'
     return web.Response(
