@@ -250,11 +250,20 @@ class RedisIndex:
         self._tags.clear()
         await self._soft("forget", lambda r: self._forget(args=[PREFIX, digest]), None)
 
+    async def forget_all(self, digests: Iterable[str]) -> None:
+        """``forget`` each of ``digests`` (one script call each: Redis runs each one
+        atomically, but not the batch as a whole)."""
+        for digest in digests:
+            await self.forget(digest)
+
     # --- tags ------------------------------------------------------------------------
 
     async def set_tag(
         self, upstream: str, repo: str, tag: str, *, media_type: str, digest: str
-    ) -> None:
+    ) -> bool:
+        """Record that ``tag`` resolves to ``digest``; always True here (unlike the SQLite
+        index, the write does not check that the digest is still indexed)."""
+
         async def work(r: Any) -> None:
             async with r.pipeline(transaction=True) as pipe:
                 pipe.hset(key("tag", upstream, repo, tag), media_type, f"{digest} {time.time()}")
@@ -267,6 +276,7 @@ class RedisIndex:
         records = [r for r in self._tags.get(remembered, []) if r.media_type != media_type]
         self._tags.put(remembered, [TagRecord(media_type, digest, time.time()), *records])
         await self._soft("tag write", work, None)
+        return True
 
     async def tag(self, upstream: str, repo: str, tag: str) -> list[TagRecord]:
         """Every cached resolution of a tag (one per media type), freshest first."""

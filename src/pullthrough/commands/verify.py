@@ -200,7 +200,11 @@ def _sweeper(config: Config, index: IndexBackend, store: BlobStore) -> Sweeper:
 
 
 async def _compare(index: IndexBackend, store: BlobStore, on_disk: set[str]) -> None:
-    """Say (without changing anything) where the index and the files disagree."""
+    """Say (without changing anything) where the index and the files disagree: files
+    without an entry, entries without a file, and tags naming a manifest the index does
+    not hold (what ``ls`` would list as an image that is not there)."""
+    # Tags before entries (a running server writes the entry before the tag).
+    tagged = {row[3] for row in await index.catalog_rows()}
     known = await index.digests()
     unindexed = len(on_disk - known)
     # An entry without a file may be an object the running server stored after our scan.
@@ -208,9 +212,17 @@ async def _compare(index: IndexBackend, store: BlobStore, on_disk: set[str]) -> 
     for digest in known - on_disk:
         if not await store.exists(parse_digest(digest)):
             missing += 1
-    if unindexed or missing:
+    ghosts = 0
+    for digest in tagged - known:
+        if await index.blob(digest) is None:
+            ghosts += 1
+    print(
+        f"index: {unindexed + missing + ghosts} inconsistencies ({unindexed} files without "
+        f"an index entry, {missing} index entries without a file, {ghosts} tags naming a "
+        "manifest that is not stored)"
+    )
+    if unindexed or missing or ghosts:
         print(
-            f"note: {unindexed} files have no index entry and {missing} index entries have "
-            "no file; `pullthrough verify --repair` (or the server's next start) reconciles "
-            "them"
+            "note: `pullthrough verify --repair` (or the server's next start) reconciles "
+            "the index with the files"
         )

@@ -102,6 +102,9 @@ class BlobService:
         """The stored file, open, if this (upstream, repository) may read it."""
         cached = await self.store.open(digest)
         if cached is None:
+            # Gone (perhaps removed by ``pullthrough gc`` in another process): whatever
+            # was remembered about who may read it no longer stands.
+            self.provenance.forget(str(digest))
             return None
         try:
             if await self.provenance.readable(upstream, repo, str(digest), Kind.BLOB):

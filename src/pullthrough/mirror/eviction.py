@@ -6,9 +6,11 @@ at every pass, so a changed ``ttl`` applies to content already stored. A digest 
 several upstreams lives as long as the longest of their TTLs (``0`` = forever).
 
 Removing a file never breaks a transfer in progress (an unlinked file stays readable
-through the descriptors already open), and the index entry goes before the file, so the
-index never names a file that is gone; a request that still finds no file refetches.
-Work per pass is bounded by ``mirror.gc_batch`` removals.
+through the descriptors already open), and the index entries of a pass go (in one
+transaction) before its files, so the index never names a file that is gone; a request
+that still finds no file refetches. A file is removed only if it is still the one the
+pass decided on: ``pullthrough gc`` runs beside a server that may fetch the object again
+meanwhile. Work per pass is bounded by ``mirror.gc_batch`` removals.
 
 When several replicas share one store and index (cluster mode), one of them sweeps at a
 time: ``turns`` says whose turn it is (a lease in Redis), and the others only learn from
@@ -135,10 +137,12 @@ class Sweeper:
 
     async def reconcile(self) -> tuple[int, int]:
         """Make the index and the files agree: index verified files that have no entry (a
-        crash between rename and index write), forget entries whose file is gone.
-        Returns (adopted, forgotten)."""
-        # Entries first, then files: an object stored in between is then in neither list
-        # rather than looking like an entry without its file.
+        crash between rename and index write), forget entries (and tags) whose file is
+        gone. Returns (adopted, forgotten)."""
+        # Tags, then entries, then files: an object stored in between (file, then entry,
+        # then tag) is then in none of the lists or in the later ones only, rather than
+        # looking like a tag or an entry without its file.
+        tagged = {row[3] for row in await self.index.catalog_rows()}
         known = await self.index.digests()
         files = {f.digest: f for f in await asyncio.to_thread(self.store.scan)}
         adopted = 0
@@ -146,7 +150,9 @@ class Sweeper:
             await self.index.adopt(digest, files[digest].size, files[digest].mtime)
             adopted += 1
         forgotten = 0
-        for digest in known - files.keys():
+        # A tag naming a digest that is neither indexed nor stored (written by an older
+        # version beside a gc) goes too: served, it would be a miss anyway.
+        for digest in (known | tagged) - files.keys():
             if not self.busy(digest):
                 await self.index.forget(digest)
                 forgotten += 1
@@ -172,21 +178,21 @@ class Sweeper:
                 ttl = self.ttl_of(blob)
                 if ttl is None or blob.last_access >= now - ttl or self.busy(blob.digest):
                     continue
-                if not dry_run:
-                    await self._remove(blob, "expired")
                 report.expired.append(blob)
                 budget -= 1
 
+        # What the store holds once the expired content is gone (decided, not yet removed).
         report.objects, report.stored_bytes = await self.index.usage()
-        if dry_run:
-            report.objects -= len(report.expired)
-            report.stored_bytes -= sum(b.size for b in report.expired)
+        report.objects -= len(report.expired)
+        report.stored_bytes -= sum(b.size for b in report.expired)
         if self.limit is not None:
             capacity = await asyncio.to_thread(self.store.capacity)
             report.limit = self.limit.resolve(capacity)
             if report.stored_bytes > report.limit and budget > 0:
-                await self._evict_for_size(report, budget, dry_run=dry_run)
+                await self._evict_for_size(report, budget)
             report.full = report.stored_bytes > report.limit
+        if not dry_run:
+            await self._remove(report)
         if report.full and not self.full:
             log.warning(
                 "store is over mirror.maxsize (%d of %d bytes) and nothing more can be "
@@ -210,7 +216,7 @@ class Sweeper:
             )
         return report
 
-    async def _evict_for_size(self, report: SweepReport, budget: int, *, dry_run: bool) -> None:
+    async def _evict_for_size(self, report: SweepReport, budget: int) -> None:
         assert report.limit is not None
         target = int(report.limit * LOW_WATER)
         removed = {b.digest for b in report.expired}
@@ -222,19 +228,29 @@ class Sweeper:
                 break
             if blob.digest in removed or self.busy(blob.digest):
                 continue
-            if not dry_run:
-                await self._remove(blob, "evicted")
             report.evicted.append(blob)
             report.stored_bytes -= blob.size
             report.objects -= 1
             budget -= 1
 
-    async def _remove(self, blob: AgedBlob, why: str) -> None:
-        # Index first: from here on nothing trusts the entry; then the file.
-        await self.index.forget(blob.digest)
-        await self.store.remove(parse_digest(blob.digest))
-        if self.on_removed is not None:
-            self.on_removed(blob, why)
+    async def _remove(self, report: SweepReport) -> None:
+        """Remove what the pass decided on: every index entry in one transaction first
+        (from then on nothing trusts them, and a request that wants one fetches it
+        again), then the files, each only if it is still the file that was decided on
+        (a copy fetched again meanwhile, by this process or another, is kept)."""
+        removed = [(blob, "expired") for blob in report.expired]
+        removed += [(blob, "evicted") for blob in report.evicted]
+        if not removed:
+            return
+        digests = [parse_digest(blob.digest) for blob, _ in removed]
+        files = await asyncio.to_thread(lambda: [self.store.identity_sync(d) for d in digests])
+        await self.index.forget_all(blob.digest for blob, _ in removed)
+        if self.on_removed is not None:  # what this process remembers goes with the entries
+            for blob, why in removed:
+                self.on_removed(blob, why)
+        for digest, identity in zip(digests, files, strict=True):
+            if identity is not None:
+                await asyncio.to_thread(self.store.remove_if_same_sync, digest, identity)
 
     async def run_forever(self, interval: float) -> None:
         """Reconcile once, then sweep every ``interval`` seconds until cancelled (with

@@ -190,12 +190,17 @@ class ManifestService:
         digest = _maybe_digest(head.digest)
         local = await self._local(upstream, repo, str(digest), named=True) if digest else None
         if local is not None:
-            await self.provenance.referenced(
-                upstream.name, repo, local.digest, local.children.all
-            )
-            await self.index.set_tag(
+            if await self.index.set_tag(
                 upstream.name, repo, tag, media_type=local.media_type, digest=local.digest
-            )
+            ):
+                await self.provenance.referenced(
+                    upstream.name, repo, local.digest, local.children.all
+                )
+            else:
+                # The index dropped it since it was read (gc in another process): a
+                # miss, fetched and recorded again, never a tag naming nothing.
+                self._dropped(local.digest)
+                local = None
         return _Confirmed(head, local)
 
     def _count(self, upstream: UpstreamClient, result: str) -> None:
@@ -343,9 +348,17 @@ class ManifestService:
         """The stored manifest, verified and parsed; None when it is not stored (or no
         longer matches its digest: then it is dropped, and fetched again by the caller).
         Callers have asked ``mirror.provenance`` first."""
+        parsed = parse_digest(digest)
         manifest = self.recent.get(digest)
+        if manifest is not None and not await self.store.exists(parsed):
+            # Kept here, but its file is gone: removed by another process (``pullthrough
+            # gc`` or ``verify --repair`` beside this server), which cannot tell this
+            # one. Served from memory it would not be fetched and stored again, and its
+            # tag would be recorded for a manifest the store no longer holds.
+            log.info("manifest %s is no longer stored: fetched again", digest)
+            self._dropped(digest)
+            return None
         if manifest is None:
-            parsed = parse_digest(digest)
             if media_type is None:
                 record = await self.index.blob(digest)
                 media_type = record.media_type if record and record.media_type else None
@@ -357,10 +370,16 @@ class ManifestService:
                     await self._quarantine(parsed)
                 return None
             if manifest is None:
+                self._dropped(digest)
                 return None
             self.recent.put(manifest)
         self._touch(manifest)
         return manifest
+
+    def _dropped(self, digest: str) -> None:
+        """``digest`` left the store: nothing remembered about it stands."""
+        self.recent.forget(digest)
+        self.provenance.forget(digest)
 
     def _load(self, digest: Digest, media_type: str | None) -> Manifest | None:
         # Off the event loop: reading, hashing and parsing a large index takes milliseconds.

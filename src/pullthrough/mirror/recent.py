@@ -5,7 +5,8 @@ its digest, and pulls ask for the same ones again and again (every node of a fle
 CI job). Kept here once read, verified and parsed, a request by digest needs no file read,
 no hash and no parse (who may read it is ``mirror.provenance``'s to say, not this memo's).
 Bounded by bytes, least recently used first out; an entry goes as soon as the store drops
-its digest (eviction, a failed verification).
+its digest (eviction, a failed verification), and the caller checks that the file is still
+there before it serves an entry: another process (``pullthrough gc``) may have removed it.
 """
 
 from __future__ import annotations

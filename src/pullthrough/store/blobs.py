@@ -11,6 +11,7 @@ All methods that touch the disk run in a thread; none blocks the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
@@ -180,6 +181,44 @@ class BlobStore:
             return True
 
         return await asyncio.to_thread(work)
+
+    def identity_sync(self, digest: Digest) -> tuple[int, int] | None:
+        """(st_dev, st_ino) of the stored file, None when it is not on disk (blocking).
+        A fresh copy put in place later is a new file: ``put`` and ``commit_sync``
+        rename, they never write into the file that is there."""
+        try:
+            st = self.path_for(digest).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return st.st_dev, st.st_ino
+
+    def remove_if_same_sync(self, digest: Digest, identity: tuple[int, int]) -> bool:
+        """Delete the stored file only if it is still the one ``identity`` names (blocking).
+
+        Eviction decides, drops the index entry, and only then removes the file; another
+        process (the server while ``pullthrough gc`` runs, or the other way round) may
+        have fetched the object again in between and indexed its fresh copy. That copy
+        must stay, or the index would name a file that is gone. The file is moved aside
+        first, so the comparison and the removal concern the same file; a fresh copy
+        moved aside by mistake is linked back (unless a newer one is in place already).
+        False when nothing was removed."""
+        path = self.path_for(digest)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        # Not a temp_path name: no download adopts it; tmp/ is emptied of leftovers.
+        aside = self.tmp_dir / f"evicted-{digest.algorithm}-{digest.hex}.{new_temp_id()}"
+        try:
+            os.rename(path, aside)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        try:
+            st = aside.stat()
+            if (st.st_dev, st.st_ino) == identity:
+                return True
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, path)
+            return False
+        finally:
+            aside.unlink()
 
     def scan(self) -> list[StoredFile]:
         """Every blob file on disk (blocking: call from a thread or an offline command).

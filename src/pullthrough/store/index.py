@@ -103,9 +103,10 @@ class IndexBackend(Protocol):
     async def served_by(self, upstream: str, digest: str) -> bool: ...
     async def blob(self, digest: str) -> BlobRecord | None: ...
     async def forget(self, digest: str) -> None: ...
+    async def forget_all(self, digests: Iterable[str]) -> None: ...
     async def set_tag(
         self, upstream: str, repo: str, tag: str, *, media_type: str, digest: str
-    ) -> None: ...
+    ) -> bool: ...
     async def tag(self, upstream: str, repo: str, tag: str) -> list[TagRecord]: ...
     async def drop_tag(self, upstream: str, repo: str, tag: str) -> None: ...
     async def tags(self, upstream: str, repo: str) -> list[str]: ...
@@ -242,32 +243,48 @@ class Index:
 
     async def forget(self, digest: str) -> None:
         """Drop a digest whose file is gone, so nothing trusts the entry any more."""
+        await self.forget_all((digest,))
+
+    async def forget_all(self, digests: Iterable[str]) -> None:
+        """``forget`` each of ``digests`` in one transaction: a reader sees all of them
+        stored or none (eviction drops a batch this way before it removes any file)."""
+        rows = [(d,) for d in digests]
 
         def work() -> None:
             db = self._db
             with db:
                 db.execute("BEGIN")
-                db.execute("DELETE FROM blobs WHERE digest=?", (digest,))
-                db.execute("DELETE FROM links WHERE digest=?", (digest,))
-                db.execute("DELETE FROM served WHERE digest=?", (digest,))
-                db.execute("DELETE FROM tags WHERE digest=?", (digest,))
+                # Every row that names the digest goes: its size and access time, who
+                # served it, which repositories may read it, and the tags resolving to it.
+                db.executemany("DELETE FROM blobs WHERE digest=?", rows)
+                db.executemany("DELETE FROM links WHERE digest=?", rows)
+                db.executemany("DELETE FROM served WHERE digest=?", rows)
+                db.executemany("DELETE FROM tags WHERE digest=?", rows)
 
-        await self._run(work)
+        if rows:
+            await self._run(work)
 
     # --- tags ------------------------------------------------------------------------
 
     async def set_tag(
         self, upstream: str, repo: str, tag: str, *, media_type: str, digest: str
-    ) -> None:
+    ) -> bool:
+        """Record that ``tag`` resolves to the stored ``digest``. False, and nothing
+        written, when the index no longer holds ``digest`` (gc, another process, dropped
+        it since the caller read it): a tag never names a manifest that is not stored."""
         now = time.time()
-        await self._run(
+        written = await self._run(
             lambda: self._db.execute(
+                # One statement: the check and the write see the same index, so gc cannot
+                # drop the digest between them.
                 "INSERT INTO tags(upstream, repo, tag, media_type, digest, checked) "
-                "VALUES (?,?,?,?,?,?) ON CONFLICT(upstream, repo, tag, media_type) "
+                "SELECT ?,?,?,?,?,? WHERE EXISTS (SELECT 1 FROM blobs WHERE digest=?) "
+                "ON CONFLICT(upstream, repo, tag, media_type) "
                 "DO UPDATE SET digest=excluded.digest, checked=excluded.checked",
-                (upstream, repo, tag, media_type, digest, now),
-            )
+                (upstream, repo, tag, media_type, digest, now, digest),
+            ).rowcount
         )
+        return written > 0
 
     async def tag(self, upstream: str, repo: str, tag: str) -> list[TagRecord]:
         """Every cached resolution of a tag (one per media type), freshest first."""
