@@ -35,6 +35,7 @@ from pullthrough.config.values import (
     parse_duration,
     parse_size,
 )
+from pullthrough.upstream.outbound import OutboundPolicy
 
 _STORAGE_DRIVERS = {"s3", "azure", "gcs", "swift", "oss", "inmemory"}
 # An upstream name is a registry host (``ghcr.io``, ``registry.example.com:5000``): it is
@@ -156,6 +157,7 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
         gc_batch=_batch(root.mirror.gc_batch),
         cluster=cluster,
         access=access,
+        outbound_allow=_outbound_allow(root.mirror.outbound.allow),
         warnings=tuple(warnings),
     )
 
@@ -233,6 +235,16 @@ def _warn_unknown_users(
     missing = [u for u in users if u != "*" and u not in known]
     if missing:
         warnings.append(f"{key}: not in {auth.path} (yet): {', '.join(missing)}")
+
+
+def _outbound_allow(entries: list[str]) -> tuple[str, ...]:
+    """``mirror.outbound.allow``, checked now: each entry a CIDR, IP address or host name."""
+    for i, entry in enumerate(entries):
+        try:
+            OutboundPolicy.parse([entry])
+        except ValueError as exc:
+            raise ConfigError(f"mirror.outbound.allow[{i}]: {exc}") from None
+    return tuple(entries)
 
 
 def _maxsize(value: Any) -> StoreLimit | None:

@@ -115,6 +115,7 @@ class Config:
     gc_batch: int = 1000
     cluster: ClusterConfig | None = None  # None: one process, SQLite index
     access: tuple[AccessRule, ...] = ()  # mirror.access; empty: no per-repository rules
+    outbound_allow: tuple[str, ...] = ()  # mirror.outbound.allow: non-public hosts allowed
     warnings: tuple[str, ...] = ()
 
     @property

@@ -138,6 +138,10 @@ class _AccessRule(_Section):
     users: list[str] | None = None
 
 
+class _Outbound(_Section):
+    allow: list[str] = []  # CIDRs, IP addresses or host names the mirror may connect to
+
+
 class _Mirror(_Section):
     limits: _Limits = _Limits()
     access: list[_AccessRule] = []
@@ -155,6 +159,7 @@ class _Mirror(_Section):
     gc_interval: Any = "1m"
     gc_batch: int = 1000
     cluster: _Cluster = _Cluster()
+    outbound: _Outbound = _Outbound()
 
 
 class Root(_Section):

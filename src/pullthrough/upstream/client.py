@@ -19,11 +19,13 @@ from typing import TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 from multidict import CIMultiDict
 
 from pullthrough.config import UpstreamConfig
 from pullthrough.errors import (
     Denied,
+    OutboundRefused,
     RegistryError,
     TooManyRequests,
     Unauthorized,
@@ -36,12 +38,17 @@ from pullthrough.upstream.auth import (
     parse_challenge,
 )
 from pullthrough.upstream.bodies import NETWORK_ERRORS, read_capped
+from pullthrough.upstream.outbound import (
+    MAX_REDIRECTS,
+    Outbound,
+    OutboundPolicy,
+    PolicyResolver,
+)
 from pullthrough.upstream.ratelimit import RateLimit
 from pullthrough.upstream.tokens import UpstreamAuth
 
 log = logging.getLogger(__name__)
 
-MAX_REDIRECTS = 5
 # Back-off before each retry of a request that failed to connect or lost its connection.
 CONNECT_RETRY_BACKOFF = (0.1, 0.4)
 # After the upstream could not be reached at all, requests within this many seconds fail
@@ -83,13 +90,27 @@ class BlobStream:
 
 
 class UpstreamClient:
-    """Talks to one remote registry on behalf of the mirror."""
+    """Talks to one remote registry on behalf of the mirror.
 
-    def __init__(self, config: UpstreamConfig, metrics: Metrics | None = None) -> None:
+    Every URL it requests (the upstream, a redirect target, a token realm) passes
+    ``outbound`` (see ``upstream.outbound``); by default that is the policy with an empty
+    allow-list, under which this upstream's own host is trusted. ``resolver`` replaces
+    aiohttp's DNS resolver under the policy (tests)."""
+
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        metrics: Metrics | None = None,
+        *,
+        outbound: Outbound | None = None,
+        resolver: AbstractResolver | None = None,
+    ) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
         self.name = config.name
         self.base = config.url.rstrip("/")
+        self.outbound = outbound or OutboundPolicy().for_upstream(config.url)
+        self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
         self.auth = UpstreamAuth(self)
         self.rate_limit = RateLimit(
@@ -115,7 +136,12 @@ class UpstreamClient:
                 read_bufsize=READ_BUFSIZE,
                 auto_decompress=False,
                 trust_env=False,
-                connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=60),
+                connector=aiohttp.TCPConnector(
+                    limit=100,
+                    ttl_dns_cache=60,
+                    # Names are checked on what they resolve to, when connecting.
+                    resolver=PolicyResolver(self.outbound, self._resolver),
+                ),
             )
         return self._session
 
@@ -282,7 +308,12 @@ class UpstreamClient:
         """Send, following redirects here (the client never sees a CDN redirect).
         Authorization goes only to the upstream's own origin."""
         origin = _origin(self.base)
+        what = "upstream"
         for _ in range(MAX_REDIRECTS + 1):
+            try:
+                self.outbound.check_url(url, what)
+            except OutboundRefused as exc:
+                raise self.failed(OutboundRefused(f"upstream {self.name}: {exc.message}")) from None
             hdrs = CIMultiDict(headers)
             if auth and _origin(url) == origin:
                 hdrs["Authorization"] = auth
@@ -290,18 +321,12 @@ class UpstreamClient:
             if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                 url = urljoin(url, resp.headers["Location"])
                 params = None  # the Location carries its own query
+                what = "redirect target"
                 resp.release()
-                if urlsplit(url).scheme not in ("http", "https"):
-                    raise self.failed(
-                        UpstreamInvalid(
-                            f"upstream {self.name} redirected to a non-HTTP URL "
-                            f"({urlsplit(url).scheme or 'no scheme'}:); refused"
-                        )
-                    )
                 continue
             return resp
         raise self.failed(
-            UpstreamInvalid(f"upstream {self.name}: more than {MAX_REDIRECTS} redirects; refused")
+            OutboundRefused(f"upstream {self.name}: more than {MAX_REDIRECTS} redirects; refused")
         )
 
     async def _request_with_retry(
@@ -315,6 +340,8 @@ class UpstreamClient:
                 return await self.session.request(
                     method, url, headers=headers, params=params, allow_redirects=False
                 )
+            except OutboundRefused as exc:  # from PolicyResolver: nothing was connected to
+                raise self.failed(OutboundRefused(f"upstream {self.name}: {exc.message}")) from None
             except (aiohttp.ClientConnectionError, ConnectionError) as exc:
                 if backoff is None or isinstance(exc, aiohttp.ServerTimeoutError):
                     if isinstance(exc, _UNREACHABLE):
