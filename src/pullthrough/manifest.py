@@ -91,6 +91,9 @@ def check_manifest(body: bytes, header_type: str | None) -> str:
     return media_type
 
 
+IMAGE_TYPES = frozenset({DOCKER_MANIFEST, OCI_MANIFEST})
+
+
 @dataclass(frozen=True, slots=True)
 class Children:
     """What a manifest points at: blobs (config and layers) and child manifests."""
@@ -103,25 +106,39 @@ class Children:
         return (*self.blobs, *self.manifests)
 
 
-def children(body: bytes) -> Children:
-    """Digests referenced by a manifest or index; unparseable bodies reference nothing."""
+NO_CHILDREN = Children((), ())
+
+
+def children(body: bytes, media_type: str | None = None) -> Children:
+    """Digests a manifest references through the fields its media type defines: an image
+    manifest's ``config`` and ``layers``, an index's (or manifest list's) ``manifests``;
+    nothing else (not ``blobs``, not ``subject``, not ``manifests`` inside an image
+    manifest), and nothing for other types or unparseable bodies. What a manifest names
+    here becomes readable with it (``mirror.provenance``), so a field no spec defines for
+    the type must not count. ``media_type`` is the manifest's as checked on arrival; without
+    it the body's own ``mediaType`` decides, or failing that its shape (operator commands
+    reading the store)."""
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        return Children((), ())
+        return NO_CHILDREN
     if not isinstance(doc, dict):
-        return Children((), ())
-    blobs: list[str] = []
-    manifests: list[str] = []
-    config = doc.get("config")
-    if isinstance(config, dict) and isinstance(config.get("digest"), str):
-        blobs.append(config["digest"])
-    for key, out in (("layers", blobs), ("blobs", blobs), ("manifests", manifests)):
-        entries = doc.get(key)
-        if isinstance(entries, list):
-            out.extend(
-                e["digest"]
-                for e in entries
-                if isinstance(e, dict) and isinstance(e.get("digest"), str)
-            )
-    return Children(tuple(blobs), tuple(manifests))
+        return NO_CHILDREN
+    kind = media_type or doc.get("mediaType")
+    if not kind:
+        kind = OCI_INDEX if "manifests" in doc and "layers" not in doc else OCI_MANIFEST
+    if kind in INDEX_TYPES:
+        return Children((), _digests(doc.get("manifests")))
+    if kind in IMAGE_TYPES:
+        config = doc.get("config")
+        found = _digests([config]) if isinstance(config, dict) else ()
+        return Children((*found, *_digests(doc.get("layers"))), ())
+    return NO_CHILDREN
+
+
+def _digests(entries: object) -> tuple[str, ...]:
+    if not isinstance(entries, list):
+        return ()
+    return tuple(
+        e["digest"] for e in entries if isinstance(e, dict) and isinstance(e.get("digest"), str)
+    )

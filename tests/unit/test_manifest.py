@@ -62,3 +62,32 @@ def test_children_of_manifest_and_index() -> None:
     index = {"manifests": [{"digest": "sha256:m1"}, {"digest": "sha256:m2"}]}
     assert children(json.dumps(index).encode()).manifests == ("sha256:m1", "sha256:m2")
     assert children(b"not json").blobs == ()
+
+
+def test_children_only_through_the_fields_the_media_type_defines() -> None:
+    # What a manifest references becomes readable with it: a field its type does not
+    # define (blobs, subject, manifests in an image manifest) must not reference anything.
+    image = {
+        "mediaType": OCI_MANIFEST,
+        "config": {"digest": "sha256:c"},
+        "layers": [{"digest": "sha256:l"}],
+        "blobs": [{"digest": "sha256:b"}],
+        "manifests": [{"digest": "sha256:m"}],
+        "subject": {"digest": "sha256:s"},
+    }
+    assert children(json.dumps(image).encode()).all == ("sha256:c", "sha256:l")
+    index = {
+        "mediaType": OCI_INDEX,
+        "manifests": [{"digest": "sha256:m"}],
+        "config": {"digest": "sha256:c"},
+        "layers": [{"digest": "sha256:l"}],
+        "subject": {"digest": "sha256:s"},
+    }
+    assert children(json.dumps(index).encode()).all == ("sha256:m",)
+    # The type checked on arrival (Content-Type when the body names none) decides.
+    untyped = {"config": {"digest": "sha256:c"}, "manifests": [{"digest": "sha256:m"}]}
+    assert children(json.dumps(untyped).encode(), DOCKER_LIST).all == ("sha256:m",)
+    assert children(json.dumps(untyped).encode(), DOCKER_MANIFEST).all == ("sha256:c",)
+    artifact = {"mediaType": "application/vnd.oci.artifact.manifest.v1+json",
+                "blobs": [{"digest": "sha256:b"}]}
+    assert children(json.dumps(artifact).encode()).all == ()

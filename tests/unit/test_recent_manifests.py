@@ -1,4 +1,4 @@
-"""The in-memory memo of recently served manifests: bounded, per-repository, forgettable."""
+"""The in-memory memo of recently served manifests: bounded, forgettable."""
 
 from __future__ import annotations
 
@@ -10,17 +10,6 @@ MT = "application/vnd.oci.image.manifest.v1+json"
 
 def manifest(n: int, size: int = 100) -> Manifest:
     return Manifest(f"sha256:{n:064x}", MT, bytes(size))
-
-
-def test_a_manifest_is_served_only_for_the_repositories_it_was_confirmed_for() -> None:
-    recent = RecentManifests()
-    m = manifest(1)
-    recent.put(m, ("docker.io", "library/a"))
-    assert recent.linked("docker.io", "library/a", m.digest) is m
-    assert recent.linked("docker.io", "library/b", m.digest) is None
-    assert recent.get(m.digest) is m  # by digest alone: for callers that checked the link
-    recent.put(m, ("docker.io", "library/b"))
-    assert recent.linked("docker.io", "library/b", m.digest) is m
 
 
 def test_bounded_by_bytes_least_recent_out() -> None:
@@ -38,12 +27,29 @@ def test_bounded_by_bytes_least_recent_out() -> None:
     assert recent.bytes == 300
 
 
-def test_forget_drops_the_manifest_and_its_links() -> None:
+def test_forget_drops_the_manifest() -> None:
     recent = RecentManifests()
     m = manifest(1)
-    recent.put(m, ("docker.io", "library/a"))
+    recent.put(m)
     recent.forget(m.digest)
     assert recent.get(m.digest) is None
-    assert recent.linked("docker.io", "library/a", m.digest) is None
     assert recent.bytes == 0
     recent.forget(m.digest)  # twice is fine
+
+
+def test_a_large_index_is_kept_too() -> None:
+    # Indexes of many platforms reach several MB; re-reading and re-parsing them per GET
+    # slowed every other request.
+    recent = RecentManifests()
+    big = manifest(1, size=3 * 1024 * 1024)
+    recent.put(big)
+    assert recent.get(big.digest) is big
+
+
+def test_references_are_marked_in_use_at_most_once_per_interval() -> None:
+    recent = RecentManifests()
+    m = manifest(1)
+    assert recent.touch_due(m.digest)  # not kept: every time
+    recent.put(m)
+    assert recent.touch_due(m.digest)
+    assert not recent.touch_due(m.digest)

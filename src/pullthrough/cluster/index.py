@@ -8,6 +8,7 @@ Keys (all under ``pullthrough:``; ``U|R`` is an upstream and a repository):
 - ``bytes``: total size of the stored digests
 - ``manifests`` set: digests that are manifests (for the catalog)
 - ``links|U|R`` set of digests; ``linkedby|D`` set of ``U|R`` (to unlink on removal)
+- ``servedby|D`` set of the upstreams that served D's bytes themselves
 - ``repos|U`` set of repositories linked on U; ``upstreams`` set of upstream names
 - ``tag|U|R|T`` hash: media type → ``digest checked``; ``tags|U|R`` set of tags;
   ``tagged`` set of ``U|R`` with tags; ``tagsof|D`` set of ``U|R|T`` pointing at D
@@ -58,6 +59,7 @@ if mt ~= '' then
 end
 redis.call('ZADD', p .. 'access', now, d)
 local ur = ARGV[6] .. '|' .. ARGV[7]
+redis.call('SADD', p .. 'servedby|' .. d, ARGV[6])
 redis.call('SADD', p .. 'upstreams', ARGV[6])
 redis.call('SADD', p .. 'repos|' .. ARGV[6], ARGV[7])
 for i = 8, #ARGV do
@@ -79,6 +81,7 @@ for _, ur in ipairs(redis.call('SMEMBERS', p .. 'linkedby|' .. d)) do
   redis.call('SREM', p .. 'links|' .. ur, d)
 end
 redis.call('DEL', p .. 'linkedby|' .. d)
+redis.call('DEL', p .. 'servedby|' .. d)
 for _, urt in ipairs(redis.call('SMEMBERS', p .. 'tagsof|' .. d)) do
   local tk = p .. 'tag|' .. urt
   local entries = redis.call('HGETALL', tk)
@@ -117,6 +120,7 @@ class RedisIndex:
         self._pending_access: dict[str, float] = {}
         self._usage = (0, 0)
         self._links: _Recent[tuple[str, str, str], bool] = _Recent(REMEMBERED)
+        self._served: _Recent[tuple[str, str], bool] = _Recent(REMEMBERED)
         self._tags: _Recent[tuple[str, str, str], list[TagRecord]] = _Recent(REMEMBERED)
 
     async def _call(self, operation: Callable[[Any], Awaitable[T]]) -> T:
@@ -148,7 +152,8 @@ class RedisIndex:
         repo: str,
         children: Iterable[str] = (),
     ) -> None:
-        """Record a stored digest, link it (and what it references) to (upstream, repo)."""
+        """Record that ``upstream`` served ``digest`` for ``repo`` and the bytes verified;
+        link it (and what it references) to (upstream, repo)."""
         args: list[str | int | float] = [
             PREFIX,
             digest,
@@ -162,21 +167,44 @@ class RedisIndex:
         args.extend(children)
         for linked in args[7:]:
             self._links.put((upstream, repo, str(linked)), True)
+        self._served.put((upstream, digest), True)
         await self._soft("record", lambda r: self._record(args=args), None)
 
-    async def link(self, upstream: str, repo: str, digest: str) -> None:
-        """Note that the upstream confirmed ``repo`` holds ``digest``."""
+    async def link(
+        self, upstream: str, repo: str, digest: str, *, children: Iterable[str] = ()
+    ) -> None:
+        """Note that ``repo`` of ``upstream`` holds ``digest`` (the upstream confirmed it),
+        and what that manifest references."""
+        linked = (digest, *children)
 
         async def work(r: Any) -> None:
             async with r.pipeline(transaction=True) as pipe:
-                pipe.sadd(key("links", upstream, repo), digest)
-                pipe.sadd(key("linkedby", digest), f"{upstream}|{repo}")
+                pipe.sadd(key("links", upstream, repo), *linked)
+                for d in linked:
+                    pipe.sadd(key("linkedby", d), f"{upstream}|{repo}")
                 pipe.sadd(key("repos", upstream), repo)
                 pipe.sadd(key("upstreams"), upstream)
                 await pipe.execute()
 
-        self._links.put((upstream, repo, digest), True)
+        for d in linked:
+            self._links.put((upstream, repo, d), True)
         await self._soft("link", work, None)
+
+    async def served_by(self, upstream: str, digest: str) -> bool:
+        """Whether ``upstream`` itself served the bytes of ``digest`` (verified)."""
+        remembered = (upstream, digest)
+        try:
+            found = bool(
+                await self._call(lambda r: r.sismember(key("servedby", digest), upstream))
+            )
+        except RedisUnavailable:
+            # Unknown counts as not served: the upstream then serves it again, which is safe.
+            return self._served.get(remembered, False)
+        if found:
+            self._served.put(remembered, True)
+        else:
+            self._served.drop(remembered)
+        return found
 
     async def is_linked(self, upstream: str, repo: str, digest: str) -> bool:
         remembered = (upstream, repo, digest)
@@ -206,6 +234,7 @@ class RedisIndex:
     async def forget(self, digest: str) -> None:
         """Drop a digest whose file is gone, so nothing trusts the entry any more."""
         self._links.clear()  # rare (eviction): simpler than finding the digest's entries
+        self._served.clear()
         self._tags.clear()
         await self._soft("forget", lambda r: self._forget(args=[PREFIX, digest]), None)
 

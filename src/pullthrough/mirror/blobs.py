@@ -1,8 +1,8 @@
-"""Blob policy: serve from the store when present, else join or start the one fetch.
+"""Blob policy: serve from the store when ``mirror.provenance`` says this (upstream,
+repository) may read it, else join or start that upstream's one fetch of the digest.
 
-A blob is served for a repository only if it was fetched for that repository (or a
-manifest of it referenced the blob) or the upstream confirms the repository holds it:
-content addressing must not let a client read another repository's private blob.
+A blob stored because another upstream brought it is a miss here: this upstream serves it
+again (verified; the file on disk stays one) before any of its clients reads it.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from pullthrough.errors import BlobUnknown
 from pullthrough.metrics import Metrics
 from pullthrough.mirror.fetch import Fetch
 from pullthrough.mirror.fetches import Fetches
+from pullthrough.mirror.provenance import Kind, Provenance, unknown
 from pullthrough.mirror.taps import Tap
 from pullthrough.reference import Digest
 from pullthrough.store.blobs import BlobStore, OpenBlob
-from pullthrough.store.index import Index
+from pullthrough.store.index import IndexBackend
 from pullthrough.upstream.client import UpstreamClient
 
 log = logging.getLogger(__name__)
@@ -39,31 +40,35 @@ class BlobBody:
 
 class BlobService:
     def __init__(
-        self, *, store: BlobStore, index: Index, fetches: Fetches, metrics: Metrics
+        self,
+        *,
+        store: BlobStore,
+        index: IndexBackend,
+        provenance: Provenance,
+        fetches: Fetches,
+        metrics: Metrics,
     ) -> None:
         self.store = store
         self.index = index
+        self.provenance = provenance
         self.fetches = fetches
         self.metrics = metrics
 
     async def get(self, upstream: UpstreamClient, repo: str, digest: Digest) -> BlobBody:
-        """The blob for a GET: the cached file, or the (shared) fetch after the upstream
-        answered. Raises BlobUnknown, UpstreamUnavailable, TooManyRequests."""
-        cached = await self.store.open(digest)
+        """The blob for a GET: the cached file, or the upstream's (shared) fetch after the
+        upstream answered. Raises BlobUnknown, UpstreamUnavailable, TooManyRequests."""
+        cached = await self._readable(upstream, repo, digest)
         if cached is not None:
-            try:
-                await self._authorize(upstream, repo, digest)
-            except BaseException:
-                cached.close()
-                raise
             self.index.touch(str(digest))
             self.metrics.cache.labels("blob", "hit", upstream.name).inc()
             return BlobBody(digest, cached.size, cached=cached)
         self.metrics.cache.labels("blob", "miss", upstream.name).inc()
-        fetch = self.fetches.get(digest)
-        if fetch is not None and (fetch.upstream is not upstream or fetch.repo != repo):
-            await self._authorize(upstream, repo, digest)
-            fetch = self.fetches.get(digest)  # it may have ended while we asked
+        fetch = self.fetches.get(upstream, digest)
+        if fetch is not None and fetch.repo != repo:
+            # The upstream is downloading it for another repository: this one may share
+            # those bytes once the upstream says it holds them too.
+            await self.provenance.confirm(upstream, repo, str(digest), Kind.BLOB)
+            fetch = self.fetches.get(upstream, digest)  # it may have ended while we asked
         if fetch is None:
             log.info("cache miss: blob %s for %s/%s", digest, upstream.name, repo)
             fetch = self.fetches.start(digest, upstream, repo)
@@ -78,33 +83,37 @@ class BlobService:
         return BlobBody(digest, fetch.size, fetch=fetch, tap=tap)
 
     async def head(self, upstream: UpstreamClient, repo: str, digest: Digest) -> int | None:
-        """The blob's size for a HEAD; asks the upstream with a HEAD on a miss and never
-        downloads. None when the size is not known (upstream did not say)."""
-        cached = await self.store.open(digest)
+        """The blob's size for a HEAD; asks the upstream with a HEAD when this repository
+        may not read a stored copy, and never downloads. None when the size is not known
+        (the upstream did not say)."""
+        cached = await self._readable(upstream, repo, digest)
         if cached is not None:
             cached.close()
-            await self._authorize(upstream, repo, digest)
             self.index.touch(str(digest))
             return cached.size
         size = await upstream.head_blob(repo, str(digest))
         if size is None:
-            raise _unknown(digest, upstream, repo)
+            raise unknown(Kind.BLOB, upstream.name, repo, str(digest))
         return None if size < 0 else size
 
-    async def _authorize(self, upstream: UpstreamClient, repo: str, digest: Digest) -> None:
-        if await self.index.is_linked(upstream.name, repo, str(digest)):
-            return
-        size = await upstream.head_blob(repo, str(digest))
-        if size is None:
-            raise _unknown(digest, upstream, repo)
-        await self.index.link(upstream.name, repo, str(digest))
-
-
-def _unknown(digest: Digest, upstream: UpstreamClient, repo: str) -> BlobUnknown:
-    return BlobUnknown(
-        f"blob {digest} is unknown to repository {repo} on upstream {upstream.name}",
-        detail={"digest": str(digest)},
-    )
+    async def _readable(
+        self, upstream: UpstreamClient, repo: str, digest: Digest
+    ) -> OpenBlob | None:
+        """The stored file, open, if this (upstream, repository) may read it."""
+        cached = await self.store.open(digest)
+        if cached is None:
+            return None
+        try:
+            if await self.provenance.readable(upstream, repo, str(digest), Kind.BLOB):
+                return cached
+        except BaseException:
+            cached.close()
+            raise
+        cached.close()
+        log.info(
+            "blob %s is stored, but %s never served it: a miss for %s", digest, upstream.name, repo
+        )
+        return None
 
 
 async def open_fetch_file(fetch: Fetch) -> int:

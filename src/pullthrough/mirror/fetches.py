@@ -1,4 +1,8 @@
-"""The process-wide table of fetches in flight: at most one per digest."""
+"""The process-wide table of fetches in flight: at most one per (upstream, digest).
+
+Keyed by the upstream too: a client of one upstream never joins, and never receives bytes
+of, another upstream's unfinished download (``mirror.provenance``).
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ FULL_BACKOFF = 5.0
 
 
 class Fetches:
-    """The process-wide table of fetches in flight: at most one per digest."""
+    """The process-wide table of fetches in flight: at most one per (upstream, digest)."""
 
     def __init__(
         self,
@@ -38,23 +42,27 @@ class Fetches:
         self._drive = drive
         self._on_stored = on_stored
         self._metrics = metrics
-        self._running: dict[str, Fetch] = {}
+        self._running: dict[tuple[str, str], Fetch] = {}
         metrics.fetches_in_flight.set_function(lambda: len(self._running))
         self._tasks: set[asyncio.Task[None]] = set()
         self.keep: Callable[[], bool] = lambda: True  # False: new fetches keep nothing
         self._warned_at = 0.0
         self._full_until = 0.0
 
-    def get(self, digest: Digest) -> Fetch | None:
-        """The fetch of ``digest`` in flight, if any. A fetch that has failed is not
-        joined (its task may not have cleaned up yet): the next request starts afresh."""
-        fetch = self._running.get(str(digest))
+    def get(self, upstream: UpstreamClient, digest: Digest) -> Fetch | None:
+        """The upstream's fetch of ``digest`` in flight, if any. A fetch that has failed is
+        not joined (its task may not have cleaned up yet): the next request starts afresh."""
+        fetch = self._running.get(_key(upstream, digest))
         return fetch if fetch is not None and fetch.error is None else None
 
+    def busy(self, digest: str) -> bool:
+        """Whether any upstream's fetch of ``digest`` is running (eviction leaves it be)."""
+        return any(d == digest for _, d in self._running)
+
     def start(self, digest: Digest, upstream: UpstreamClient, repo: str) -> Fetch:
-        """The running fetch of ``digest``, or a new one from ``repo`` on ``upstream``."""
-        key = str(digest)
-        fetch = self.get(digest)
+        """The upstream's running fetch of ``digest``, or a new one from ``repo`` on it."""
+        key = _key(upstream, digest)
+        fetch = self.get(upstream, digest)
         if fetch is not None:
             return fetch
         fetch = Fetch(
@@ -76,7 +84,7 @@ class Fetches:
     def _spilled(self, fetch: Fetch) -> None:
         # A fetch that keeps nothing cannot take new readers (they would miss the bytes
         # already handed out): the next request for this digest starts its own.
-        key = str(fetch.digest)
+        key = _key(fetch.upstream, fetch.digest)
         if self._running.get(key) is fetch:
             del self._running[key]
         now = time.monotonic()
@@ -90,7 +98,7 @@ class Fetches:
                 fetch.digest,
             )
 
-    async def _run(self, key: str, fetch: Fetch) -> None:
+    async def _run(self, key: tuple[str, str], fetch: Fetch) -> None:
         try:
             await (fetch.run() if self._drive is None else self._drive(fetch))
         finally:
@@ -104,3 +112,7 @@ class Fetches:
         """Give running fetches up to ``seconds`` to finish (at shutdown)."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=seconds)
+
+
+def _key(upstream: UpstreamClient, digest: Digest) -> tuple[str, str]:
+    return upstream.name, str(digest)

@@ -13,6 +13,7 @@ is 0), one GET per manifest.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -27,6 +28,8 @@ from pullthrough.errors import (
     UpstreamUnavailable,
 )
 from pullthrough.manifest import (
+    NO_CHILDREN,
+    Children,
     NotAManifest,
     acceptable,
     check_manifest,
@@ -35,6 +38,7 @@ from pullthrough.manifest import (
     upstream_accept,
 )
 from pullthrough.metrics import Metrics
+from pullthrough.mirror.provenance import Kind, Provenance
 from pullthrough.mirror.recent import RecentManifests
 from pullthrough.reference import Digest, parse_digest
 from pullthrough.singleflight import SingleFlight
@@ -65,12 +69,14 @@ class SharedFlights(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
-    """A verified manifest as the client gets it."""
+    """A verified manifest as the client gets it, and what it references (parsed once,
+    off the event loop, when it was stored or read)."""
 
     digest: str
     media_type: str
     body: bytes
     stale: bool = False
+    children: Children = NO_CHILDREN
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +93,14 @@ class ManifestService:
         *,
         store: BlobStore,
         index: IndexBackend,
+        provenance: Provenance,
         metrics: Metrics,
         flights: SharedFlights | None = None,
         quarantine: Callable[[Digest], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.index = index
+        self.provenance = provenance
         self.metrics = metrics
         self._flights = flights
         self._quarantine = quarantine
@@ -103,8 +111,8 @@ class ManifestService:
         self._gets: SingleFlight[Manifest] = SingleFlight()
 
     async def by_digest(self, upstream: UpstreamClient, repo: str, digest: Digest) -> Manifest:
-        """The manifest ``digest`` of ``repo``: local if present and known to belong to the
-        repository, else fetched, verified and stored."""
+        """The manifest ``digest`` of ``repo``: local if present and this repository may read
+        it (``mirror.provenance``), else fetched, verified and stored."""
         local = await self._local(upstream, repo, str(digest))
         if local is not None:
             self._count(upstream, "hit")
@@ -124,7 +132,7 @@ class ManifestService:
         if freshness > 0:
             cached = self._pick(await self.index.tag(upstream.name, repo, tag), accept)
             if cached is not None and time.time() - cached.checked < freshness:
-                local = await self._stored(cached.digest, cached.media_type)
+                local = await self._recorded(upstream.name, repo, cached)
                 if local is not None:
                     self._count(upstream, "hit")
                     return local
@@ -157,39 +165,37 @@ class ManifestService:
                 cached = self._pick(await self.index.tag(upstream.name, repo, tag), accept)
             if cached is None:
                 raise
-            local = await self._stored(cached.digest, cached.media_type)
+            local = await self._recorded(upstream.name, repo, cached)
             if local is None:
                 raise
             log.warning("serving %s:%s from cache (stale, %s): %s", repo, tag, cached.digest, exc)
             self._count(upstream, "stale")
-            return Manifest(local.digest, local.media_type, local.body, stale=True)
+            return Manifest(
+                local.digest, local.media_type, local.body, stale=True, children=local.children
+            )
 
     async def _confirm(
         self, upstream: UpstreamClient, repo: str, tag: str, wanted: tuple[str, ...]
     ) -> _Confirmed:
-        """One upstream HEAD for the tag; when it names a manifest stored here, that manifest
-        is read and the tag's resolution recorded once for all the requests that joined
-        (not once per request: under load most requests for a tag join a revalidation)."""
+        """One upstream HEAD for the tag; when it names a manifest stored here that this
+        repository may read, that manifest is read and the tag's resolution recorded once
+        for all the requests that joined (not once per request: under load most requests
+        for a tag join a revalidation)."""
         head = await self._revalidate(upstream, repo, tag, wanted)
         if head is None:
             await self.index.drop_tag(upstream.name, repo, tag)
             return _Confirmed(None)
         if not head.digest:
             return _Confirmed(head)
-        local = await self._stored(head.digest, None)
+        digest = _maybe_digest(head.digest)
+        local = await self._local(upstream, repo, str(digest), named=True) if digest else None
         if local is not None:
-            await self.index.record(
-                head.digest,
-                len(local.body),
-                media_type=local.media_type,
-                upstream=upstream.name,
-                repo=repo,
-                children=children(local.body).all,
+            await self.provenance.referenced(
+                upstream.name, repo, local.digest, local.children.all
             )
             await self.index.set_tag(
-                upstream.name, repo, tag, media_type=local.media_type, digest=head.digest
+                upstream.name, repo, tag, media_type=local.media_type, digest=local.digest
             )
-            self.recent.put(local, (upstream.name, repo))
         return _Confirmed(head, local)
 
     def _count(self, upstream: UpstreamClient, result: str) -> None:
@@ -228,8 +234,13 @@ class ManifestService:
             return await self._get(upstream, repo, reference, expected, accept, tag=tag)
 
         async def stored(doc: Any) -> Manifest | None:
-            # The replica that fetched it stored it in the shared store and index.
-            local = await self._stored(str(doc["digest"]), str(doc["media_type"]))
+            # The replica that fetched it stored it in the shared store and index. What
+            # Redis names is untrusted: the digest must parse and this repository must be
+            # allowed to read it, as for any other read.
+            digest = _maybe_digest(doc.get("digest") if isinstance(doc, dict) else None)
+            if digest is None:
+                return None
+            local = await self._local(upstream, repo, str(digest))
             if local is not None and tag is not None:
                 # Written again from here so that this replica's index remembers the tag
                 # (it can then serve it stale while Redis and the upstream are both down).
@@ -242,7 +253,7 @@ class ManifestService:
             if expected is not None:
                 # Another replica may have stored it since this one looked: by digest, that
                 # copy is the answer (the flight's lock only orders the replicas' GETs).
-                local = await self._stored(str(expected), None)
+                local = await self._local(upstream, repo, str(expected), named=tag is not None)
                 if local is not None and acceptable(local.media_type, accept):
                     if tag is not None:
                         await self.index.set_tag(
@@ -280,85 +291,92 @@ class ManifestService:
                 f"manifest {repo}:{tag or reference} is unknown to upstream {upstream.name}",
                 detail={"name": repo, "reference": reference},
             )
-        digest = _verify(got.body, expected, got.digest, upstream.name, reference)
         try:
-            media_type = check_manifest(got.body, got.media_type)
+            digest, media_type, refs = await asyncio.to_thread(
+                _arrived, got.body, got.media_type, expected, got.digest
+            )
         except NotAManifest as exc:
             raise UpstreamInvalid(
                 f"upstream {upstream.name} answered {repo}:{reference} with something that "
                 f"is not a manifest ({exc}); it was not stored"
             ) from exc
-        try:
-            await self.store.put(digest, got.body)
-        except DigestMismatch as exc:  # pragma: no cover - _verify computed this digest
-            raise UpstreamInvalid(str(exc)) from exc
-        await self.index.record(
+        except DigestMismatch as exc:
+            raise UpstreamInvalid(
+                f"upstream {upstream.name} sent a manifest for {reference} {exc}; "
+                "it was not stored"
+            ) from exc
+        await self.store.put(digest, got.body)
+        await self.provenance.served(
+            upstream.name,
+            repo,
             str(digest),
             len(got.body),
             media_type=media_type,
-            upstream=upstream.name,
-            repo=repo,
-            children=children(got.body).all,
+            references=refs.all,
         )
         if tag is not None:
             await self.index.set_tag(
                 upstream.name, repo, tag, media_type=media_type, digest=str(digest)
             )
-        manifest = Manifest(str(digest), media_type, got.body)
-        self.recent.put(manifest, (upstream.name, repo))
+        manifest = Manifest(str(digest), media_type, got.body, children=refs)
+        self.recent.put(manifest)
         return manifest
 
-    async def _local(self, upstream: UpstreamClient, repo: str, digest: str) -> Manifest | None:
-        known = self.recent.linked(upstream.name, repo, digest)
-        if known is not None:
-            self._touch(known)
-            return known
-        if not await self.index.is_linked(upstream.name, repo, digest):
-            # Present for another repository (or not at all): the upstream must confirm it.
-            if not await self.store.exists(parse_digest(digest)):
-                return None
-            head = await upstream.head_manifest(repo, digest, upstream_accept(()))
-            if head is None:
-                raise ManifestUnknown(
-                    f"manifest {digest} is unknown to repository {repo} on upstream "
-                    f"{upstream.name}",
-                    detail={"name": repo, "digest": digest},
-                )
-            await self.index.link(upstream.name, repo, digest)
-        local = await self._stored(digest, None)
-        if local is not None:
-            self.recent.put(local, (upstream.name, repo))
-        return local
+    async def _local(
+        self, upstream: UpstreamClient, repo: str, digest: str, *, named: bool = False
+    ) -> Manifest | None:
+        """The stored manifest ``digest``, if this repository may read it (``named``: the
+        upstream has just named it for the repository); None when it must be fetched."""
+        if not await self.provenance.readable(upstream, repo, digest, Kind.MANIFEST, named=named):
+            return None
+        return await self._stored(digest, None)
+
+    async def _recorded(
+        self, upstream: str, repo: str, record: TagRecord
+    ) -> Manifest | None:
+        """The stored manifest a cached tag names, without asking the upstream."""
+        if not await self.provenance.recorded(upstream, repo, record.digest):
+            return None
+        return await self._stored(record.digest, record.media_type)
 
     async def _stored(self, digest: str, media_type: str | None) -> Manifest | None:
-        """The stored manifest, verified; None when it is not stored (or no longer matches
-        its digest: then it is dropped, and fetched again by the caller)."""
+        """The stored manifest, verified and parsed; None when it is not stored (or no
+        longer matches its digest: then it is dropped, and fetched again by the caller).
+        Callers have asked ``mirror.provenance`` first."""
         manifest = self.recent.get(digest)
         if manifest is None:
             parsed = parse_digest(digest)
+            if media_type is None:
+                record = await self.index.blob(digest)
+                media_type = record.media_type if record and record.media_type else None
             try:
-                body = await self.store.read_verified(parsed)
+                manifest = await asyncio.to_thread(self._load, parsed, media_type)
             except DigestMismatch:
                 log.error("stored manifest %s no longer matches its digest: dropped", digest)
                 if self._quarantine is not None:
                     await self._quarantine(parsed)
                 return None
-            if body is None:
+            if manifest is None:
                 return None
-            if media_type is None:
-                record = await self.index.blob(digest)
-                media_type = record.media_type if record and record.media_type else None
-            manifest = Manifest(digest, media_type or detect_media_type(body, None), body)
             self.recent.put(manifest)
         self._touch(manifest)
         return manifest
+
+    def _load(self, digest: Digest, media_type: str | None) -> Manifest | None:
+        # Off the event loop: reading, hashing and parsing a large index takes milliseconds.
+        body = self.store.read_verified_sync(digest)
+        if body is None:
+            return None
+        kind = media_type or detect_media_type(body, None)
+        return Manifest(str(digest), kind, body, children=children(body, kind))
 
     def _touch(self, manifest: Manifest) -> None:
         """Served: the manifest and what it references are in use. A client that has the
         layers asks only for the manifest, and they must not expire under it."""
         self.index.touch(manifest.digest)
-        for child in self.recent.children(manifest.digest, manifest.body):
-            self.index.touch(child)
+        if self.recent.touch_due(manifest.digest):
+            for child in manifest.children.all:
+                self.index.touch(child)
 
     @staticmethod
     def _pick(records: list[TagRecord], accept: tuple[str, ...]) -> TagRecord | None:
@@ -393,23 +411,21 @@ def _maybe_digest(text: str | None) -> Digest | None:
         return None
 
 
-def _verify(
-    body: bytes, expected: Digest | None, header: str | None, upstream: str, reference: str
-) -> Digest:
-    """The digest of ``body``; raises UpstreamInvalid when it is not the one asked for or
-    the one the upstream claimed."""
+def _arrived(
+    body: bytes, header_type: str | None, expected: Digest | None, header_digest: str | None
+) -> tuple[Digest, str, Children]:
+    """A manifest body from the upstream: its digest (checked against the one asked for, or
+    the one the upstream claimed), media type and references. Raises DigestMismatch or
+    NotAManifest. Runs off the event loop: a large index takes milliseconds to hash and parse."""
     algorithm = expected.algorithm if expected else "sha256"
     actual = Digest(algorithm, hashlib.new(algorithm, body).hexdigest())
     if expected is not None and actual != expected:
-        raise UpstreamInvalid(
-            f"upstream {upstream} sent a manifest for {reference} whose digest is {actual}, "
-            f"not {expected}; it was not stored"
-        )
-    if header and expected is None:
-        claimed = _maybe_digest(header)
+        raise DigestMismatch(f"whose digest is {actual}, not {expected}")
+    if header_digest and expected is None:
+        claimed = _maybe_digest(header_digest)
         if claimed is not None and claimed.algorithm == algorithm and claimed != actual:
-            raise UpstreamInvalid(
-                f"upstream {upstream} sent a manifest for {reference} whose digest {actual} "
-                f"does not match its Docker-Content-Digest {claimed}; it was not stored"
+            raise DigestMismatch(
+                f"whose digest {actual} does not match its Docker-Content-Digest {claimed}"
             )
-    return actual
+    media_type = check_manifest(body, header_type)
+    return actual, media_type, children(body, media_type)

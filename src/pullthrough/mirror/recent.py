@@ -1,32 +1,36 @@
 """Manifests served lately, kept in memory.
 
-A manifest is a few kilobytes and immutable by its digest, and pulls ask for the same ones
-again and again (every node of a fleet, every CI job). Kept here once read and verified,
-with the repositories each was confirmed to belong to, a request by digest needs no file
-read, no hash and no index query. Bounded by bytes, least recently used first out; an entry
-goes as soon as the store drops its digest (eviction, a failed verification).
+A manifest is a few kilobytes (an index of many platforms a few megabytes) and immutable by
+its digest, and pulls ask for the same ones again and again (every node of a fleet, every
+CI job). Kept here once read, verified and parsed, a request by digest needs no file read,
+no hash and no parse (who may read it is ``mirror.provenance``'s to say, not this memo's).
+Bounded by bytes, least recently used first out; an entry goes as soon as the store drops
+its digest (eviction, a failed verification).
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pullthrough.manifest import children
+from pullthrough.manifest import MAX_MANIFEST_SIZE
 
 if TYPE_CHECKING:
     from pullthrough.mirror.manifests import Manifest
 
 MAX_BYTES = 32 * 1024 * 1024
-MAX_BODY = 1024 * 1024  # larger manifests (huge indexes) are read from the store each time
+MAX_BODY = MAX_MANIFEST_SIZE
+# What a served manifest references is marked in use at most this often (a large index
+# references thousands of digests; once per request would be work for nothing).
+TOUCH_INTERVAL = 1.0
 
 
 @dataclass(slots=True)
 class _Entry:
     manifest: Manifest
-    repos: set[tuple[str, str]] = field(default_factory=set)  # (upstream, repo) confirmed
-    children: tuple[str, ...] | None = None  # what it references, parsed once
+    touched: float = 0.0  # when its references were last marked in use
 
 
 class RecentManifests:
@@ -43,16 +47,8 @@ class RecentManifests:
         self._entries.move_to_end(digest)
         return entry.manifest
 
-    def linked(self, upstream: str, repo: str, digest: str) -> Manifest | None:
-        """The manifest, if it is here and known to belong to ``repo`` of ``upstream``."""
-        entry = self._entries.get(digest)
-        if entry is None or (upstream, repo) not in entry.repos:
-            return None
-        self._entries.move_to_end(digest)
-        return entry.manifest
-
-    def put(self, manifest: Manifest, link: tuple[str, str] | None = None) -> None:
-        """Keep a verified ``manifest`` (and that it belongs to ``link``, when given)."""
+    def put(self, manifest: Manifest) -> None:
+        """Keep a verified, parsed ``manifest``."""
         size = len(manifest.body)
         if size > self.max_body:
             return
@@ -61,22 +57,21 @@ class RecentManifests:
             entry = self._entries[manifest.digest] = _Entry(manifest)
             self.bytes += size
         self._entries.move_to_end(manifest.digest)
-        if link is not None:
-            entry.repos.add(link)
         while self.bytes > self.max_bytes:
             _, oldest = self._entries.popitem(last=False)
             self.bytes -= len(oldest.manifest.body)
 
-    def children(self, digest: str, body: bytes) -> tuple[str, ...]:
-        """The digests the manifest references (its blobs, an index's manifests), parsed
-        once while it is kept here."""
+    def touch_due(self, digest: str) -> bool:
+        """Whether the references of ``digest`` should be marked in use now (True at most
+        once per TOUCH_INTERVAL while it is kept here; always when it is not)."""
         entry = self._entries.get(digest)
-        if entry is not None and entry.children is not None:
-            return entry.children
-        found = children(body).all
-        if entry is not None:
-            entry.children = found
-        return found
+        if entry is None:
+            return True
+        now = time.monotonic()
+        if now - entry.touched < TOUCH_INTERVAL:
+            return False
+        entry.touched = now
+        return True
 
     def forget(self, digest: str) -> None:
         entry = self._entries.pop(digest, None)

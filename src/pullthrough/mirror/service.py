@@ -20,8 +20,9 @@ from pullthrough.mirror.fetch import Fetch
 from pullthrough.mirror.fetches import Fetches
 from pullthrough.mirror.listing import Listing
 from pullthrough.mirror.manifests import ManifestService
+from pullthrough.mirror.provenance import Provenance
 from pullthrough.mirror.upstreams import Upstreams
-from pullthrough.reference import Digest, parse_digest
+from pullthrough.reference import Digest
 from pullthrough.store.blobs import BlobStore
 from pullthrough.store.index import AgedBlob, Index, IndexBackend
 
@@ -50,6 +51,8 @@ class Mirror:
             )
             self.index = self.cluster.index
         self.upstreams = Upstreams(config, self.metrics)
+        # Who may read which digest: every read path below asks this one object.
+        self.provenance = Provenance(self.index)
         self.fetches = Fetches(
             self.store,
             self._blob_stored,
@@ -58,17 +61,19 @@ class Mirror:
         )
         # Over mirror.maxsize with nothing left to evict: new fetches keep nothing.
         self.fetches.keep = lambda: not self.sweeper.full
-        # BlobService and Listing are annotated with the SQLite Index; they use only what
-        # IndexBackend declares, which the Redis index implements as well.
+        # Listing is annotated with the SQLite Index; it uses only what IndexBackend
+        # declares, which the Redis index implements as well.
         self.blobs = BlobService(
             store=self.store,
-            index=cast(Index, self.index),
+            index=self.index,
+            provenance=self.provenance,
             fetches=self.fetches,
             metrics=self.metrics,
         )
         self.manifests = ManifestService(
             store=self.store,
             index=self.index,
+            provenance=self.provenance,
             metrics=self.metrics,
             flights=self.cluster.flights if self.cluster else None,
             quarantine=self.quarantine,
@@ -78,7 +83,7 @@ class Mirror:
             config,
             store=self.store,
             index=self.index,
-            busy=lambda digest: self.fetches.get(parse_digest(digest)) is not None,
+            busy=self.fetches.busy,
             on_removed=self._removed,
             on_swept=self._swept,
             turns=self.cluster.sweep_turns if self.cluster else None,
@@ -109,12 +114,8 @@ class Mirror:
             await self.cluster.stop()
 
     async def _blob_stored(self, fetch: Fetch) -> None:
-        await self.index.record(
-            str(fetch.digest),
-            fetch.written,
-            media_type=None,
-            upstream=fetch.upstream.name,
-            repo=fetch.repo,
+        await self.provenance.served(
+            fetch.upstream.name, fetch.repo, str(fetch.digest), fetch.written
         )
         # Kept current between sweeps (which set them from the index).
         self.metrics.store_objects.inc()
@@ -126,11 +127,13 @@ class Mirror:
         request fetches it again."""
         self.metrics.evictions.labels("corrupt").inc()
         self.manifests.recent.forget(str(digest))
+        self.provenance.forget(str(digest))
         await self.index.forget(str(digest))
         await self.store.remove(digest)
 
     def _removed(self, blob: AgedBlob, reason: str) -> None:
         self.manifests.recent.forget(blob.digest)
+        self.provenance.forget(blob.digest)
         self.metrics.evictions.labels(reason).inc()
         self.metrics.evicted_bytes.labels(reason).inc(blob.size)
         self.metrics.store_objects.dec()

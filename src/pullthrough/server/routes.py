@@ -27,7 +27,7 @@ from pullthrough.mirror.service import Mirror
 from pullthrough.reference import is_digest, parse_digest, validate_tag
 from pullthrough.server.auth import ClientAuth
 from pullthrough.server.ranges import parse_range
-from pullthrough.server.routing import resolve
+from pullthrough.server.routing import Route, resolve
 from pullthrough.server.transfer import send_blob
 from pullthrough.server.verification import ReadVerification
 from pullthrough.upstream.client import UpstreamClient
@@ -37,6 +37,7 @@ KIND_KEY = "pullthrough.kind"  # the route a request took, for metrics
 AUTH_KEY = web.AppKey("auth", ClientAuth)
 ACCESS_KEY = web.AppKey("access", AccessRules)
 USER_KEY = "pullthrough.user"  # who authorize() said the client is (None: anonymous)
+ROUTE_KEY = "pullthrough.route"  # the resolved (upstream, repository) of a named request
 VERIFY_KEY = web.AppKey("verify", ReadVerification)
 
 API_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
@@ -67,12 +68,28 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
             )
         request[KIND_KEY] = kind
         params = match.groupdict()
-        request[USER_KEY] = await request.app[AUTH_KEY].authorize(
-            request, kind, params.get("name")
-        )
+        request[USER_KEY] = await _authorize(request, kind, params.get("name"))
         handler = _HANDLERS[kind]
         return await handler(request, params)
     raise NotFound(f"no such endpoint: {path[:200]}")
+
+
+async def _authorize(request: web.Request, kind: str, name: str | None) -> str | None:
+    """Who the client is, once ``auth:`` lets it at the request's target. A named request
+    is decided on the resolved (upstream, repository), after ``?ns=``, path prefixes and
+    Docker Hub's ``library/``, so that a grant for ``acme/app`` on the default upstream
+    does not read another upstream's ``acme/app`` through ``?ns=``."""
+    auth = request.app[AUTH_KEY]
+    if name is None:
+        return await auth.authorize(request, kind, None)
+    try:
+        route = resolve(request.app[MIRROR_KEY], name, request.query.get("ns"))
+    except RegistryError:
+        # Say nothing about names and upstreams to a client that may not ask at all.
+        await auth.authorize(request, kind, name)
+        raise
+    request[ROUTE_KEY] = route
+    return await auth.authorize(request, kind, route.scope)
 
 
 async def base(request: web.Request, _: dict[str, str]) -> web.StreamResponse:
@@ -165,7 +182,7 @@ async def catalog(request: web.Request, _: dict[str, str]) -> web.StreamResponse
 def _route(request: web.Request, params: dict[str, str]) -> tuple[UpstreamClient, str]:
     """The upstream and repository a request names, once ``mirror.access`` lets the client
     pull it (checked on the resolved name, however the client addressed it)."""
-    route = resolve(request.app[MIRROR_KEY], params["name"], request.query.get("ns"))
+    route: Route = request[ROUTE_KEY]
     user = request[USER_KEY]
     if not request.app[ACCESS_KEY].allows(user, route.upstream.name, route.repo):
         who = f"user {user}" if user is not None else "an anonymous client"

@@ -20,6 +20,11 @@ from pullthrough.upstream.client import UpstreamClient
 class Route:
     upstream: UpstreamClient
     repo: str
+    # The name client authorization decides on: the repository as the upstream knows it
+    # (Docker Hub's ``library/`` added) for the default upstream, else prefixed with the
+    # upstream's name (``ghcr.io/acme/app``), so a grant for one upstream's repository
+    # never covers a namesake on another, however the client named it.
+    scope: str
 
 
 def resolve(mirror: Mirror, raw_name: str, ns: str | None) -> Route:
@@ -45,4 +50,5 @@ def resolve(mirror: Mirror, raw_name: str, ns: str | None) -> Route:
             upstream = upstreams.default
     if upstream.config.is_docker_hub:
         name = normalize_docker_hub(name)
-    return Route(upstream, name)
+    scope = name if upstream is upstreams.default else f"{upstream.name}/{name}"
+    return Route(upstream, name, scope)

@@ -104,17 +104,17 @@ class BlobStore:
     async def read_verified(self, digest: Digest) -> bytes | None:
         """Like ``read``, checked against ``digest`` (in the same thread): raises
         DigestMismatch when the file no longer matches, as after a disk error."""
+        return await asyncio.to_thread(self.read_verified_sync, digest)
 
-        def work() -> bytes | None:
-            data = self._read_sync(self.path_for(digest))
-            if data is not None:
-                hasher = hasher_for(digest)
-                hasher.update(data)
-                if hasher.hexdigest() != digest.hex:
-                    raise DigestMismatch(f"stored {digest} no longer matches its digest")
-            return data
-
-        return await asyncio.to_thread(work)
+    def read_verified_sync(self, digest: Digest) -> bytes | None:
+        """``read_verified`` for a caller already off the event loop."""
+        data = self._read_sync(self.path_for(digest))
+        if data is not None:
+            hasher = hasher_for(digest)
+            hasher.update(data)
+            if hasher.hexdigest() != digest.hex:
+                raise DigestMismatch(f"stored {digest} no longer matches its digest")
+        return data
 
     async def put(self, digest: Digest, data: bytes) -> None:
         """Store ``data`` as ``digest``: verify, write to a temp file, fsync, rename."""

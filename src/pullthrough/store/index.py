@@ -1,8 +1,8 @@
 """The index: what the store holds and what it means.
 
-It records, per digest, its size and media type; which (upstream, repository) each digest
-was fetched for or confirmed in (the rule that keeps one repository's blobs from being read
-through another's name); tag → digest per media type; and last access times.
+It records, per digest, its size and media type; which upstreams served its bytes and which
+(upstream, repository) it was fetched for, referenced by or confirmed in (the facts
+``mirror.provenance`` decides reads on); tag → digest per media type; and last access times.
 
 ``IndexBackend`` is what the mirror needs from an index. ``Index`` is the one-process
 implementation: SQLite in WAL mode on one dedicated thread, so calls never block the event
@@ -37,6 +37,11 @@ CREATE TABLE IF NOT EXISTS links (
     repo TEXT NOT NULL,
     digest TEXT NOT NULL,
     PRIMARY KEY (upstream, repo, digest)
+);
+CREATE TABLE IF NOT EXISTS served (
+    upstream TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    PRIMARY KEY (upstream, digest)
 );
 CREATE TABLE IF NOT EXISTS tags (
     upstream TEXT NOT NULL,
@@ -91,8 +96,11 @@ class IndexBackend(Protocol):
         repo: str,
         children: Iterable[str] = (),
     ) -> None: ...
-    async def link(self, upstream: str, repo: str, digest: str) -> None: ...
+    async def link(
+        self, upstream: str, repo: str, digest: str, *, children: Iterable[str] = ()
+    ) -> None: ...
     async def is_linked(self, upstream: str, repo: str, digest: str) -> bool: ...
+    async def served_by(self, upstream: str, digest: str) -> bool: ...
     async def blob(self, digest: str) -> BlobRecord | None: ...
     async def forget(self, digest: str) -> None: ...
     async def set_tag(
@@ -133,6 +141,8 @@ class Index:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(_SCHEMA)
+        if conn.execute("PRAGMA user_version").fetchone()[0] < 1:
+            _served_from_links(conn)
         self._conn = conn
 
     async def close(self) -> None:
@@ -165,7 +175,8 @@ class Index:
         repo: str,
         children: Iterable[str] = (),
     ) -> None:
-        """Record a stored digest, link it (and what it references) to (upstream, repo)."""
+        """Record that ``upstream`` served ``digest`` for ``repo`` and the bytes verified;
+        link it (and what it references) to (upstream, repo)."""
         now = time.time()
         linked = [digest, *children]
 
@@ -180,6 +191,10 @@ class Index:
                     "last_access=excluded.last_access",
                     (digest, size, media_type, now, now),
                 )
+                db.execute(
+                    "INSERT OR IGNORE INTO served(upstream, digest) VALUES (?,?)",
+                    (upstream, digest),
+                )
                 db.executemany(
                     "INSERT OR IGNORE INTO links(upstream, repo, digest) VALUES (?,?,?)",
                     [(upstream, repo, d) for d in linked],
@@ -187,12 +202,15 @@ class Index:
 
         await self._run(work)
 
-    async def link(self, upstream: str, repo: str, digest: str) -> None:
-        """Note that the upstream confirmed ``repo`` holds ``digest``."""
+    async def link(
+        self, upstream: str, repo: str, digest: str, *, children: Iterable[str] = ()
+    ) -> None:
+        """Note that ``repo`` of ``upstream`` holds ``digest`` (the upstream confirmed it),
+        and what that manifest references."""
+        rows = [(upstream, repo, d) for d in (digest, *children)]
         await self._run(
-            lambda: self._db.execute(
-                "INSERT OR IGNORE INTO links(upstream, repo, digest) VALUES (?,?,?)",
-                (upstream, repo, digest),
+            lambda: self._db.executemany(
+                "INSERT OR IGNORE INTO links(upstream, repo, digest) VALUES (?,?,?)", rows
             )
         )
 
@@ -201,6 +219,15 @@ class Index:
             lambda: self._db.execute(
                 "SELECT 1 FROM links WHERE upstream=? AND repo=? AND digest=?",
                 (upstream, repo, digest),
+            ).fetchone()
+        )
+        return row is not None
+
+    async def served_by(self, upstream: str, digest: str) -> bool:
+        """Whether ``upstream`` itself served the bytes of ``digest`` (verified)."""
+        row = await self._run(
+            lambda: self._db.execute(
+                "SELECT 1 FROM served WHERE upstream=? AND digest=?", (upstream, digest)
             ).fetchone()
         )
         return row is not None
@@ -222,6 +249,7 @@ class Index:
                 db.execute("BEGIN")
                 db.execute("DELETE FROM blobs WHERE digest=?", (digest,))
                 db.execute("DELETE FROM links WHERE digest=?", (digest,))
+                db.execute("DELETE FROM served WHERE digest=?", (digest,))
                 db.execute("DELETE FROM tags WHERE digest=?", (digest,))
 
         await self._run(work)
@@ -382,3 +410,17 @@ class Index:
     async def integrity_check(self) -> str:
         row = await self._run(lambda: self._db.execute("PRAGMA integrity_check").fetchone())
         return str(row[0])
+
+
+def _served_from_links(db: sqlite3.Connection) -> None:
+    """An index from before ``served`` existed knows only links. A digest linked under one
+    upstream alone was brought by that upstream (a stored file came from some upstream's
+    download, which linked it there); one linked under several could have been brought by
+    any of them, so none is trusted with it and each serves it again when next asked."""
+    with db:
+        db.execute("BEGIN")
+        db.execute(
+            "INSERT OR IGNORE INTO served(upstream, digest) SELECT MIN(upstream), digest "
+            "FROM links GROUP BY digest HAVING COUNT(DISTINCT upstream) = 1"
+        )
+        db.execute("PRAGMA user_version = 1")

@@ -1,0 +1,170 @@
+"""Who may read a digest: the one rule every read path asks (design.md, "Who may read a
+digest").
+
+Bytes are shared on disk by digest; the right to read them is per (upstream U, repository
+R). A stored digest D is readable through (U, R) only if U itself served D's bytes at some
+time, verified against D, and
+
+  (a) U served them for R, or
+  (b) a verified manifest U served for R references D through a field its media type
+      defines (``pullthrough.manifest.children``), or
+  (c) U answers a HEAD for D in R's scope (an upstream's word counts only about content it
+      has shown it has).
+
+Bytes that only another upstream brought are a miss for U, configured or ad hoc: U must
+serve them (the download is the proof; the file on disk stays one) before anyone reads them
+through U. Otherwise a hostile upstream that answers 200 to every HEAD, or names any digest
+in its manifests, would read whatever the mirror holds from other upstreams.
+
+Blob and manifest reads, tag resolution, stale serving and the cluster's followers all ask
+``Provenance``; nothing else decides. The facts (which upstream served what, which
+repository links which digest) live in the index; decisions made here are remembered
+(bounded, least recently used first out) so a hit costs no index query.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from pullthrough.errors import BlobUnknown, ManifestUnknown, RegistryError
+from pullthrough.manifest import upstream_accept
+from pullthrough.store.index import IndexBackend
+from pullthrough.upstream.client import UpstreamClient
+
+# Digests whose readers are remembered, and readers remembered per digest: attacker-chosen
+# repository names must not grow this without end.
+REMEMBERED_DIGESTS = 50_000
+REMEMBERED_PER_DIGEST = 64
+
+
+class Kind(enum.Enum):
+    BLOB = "blob"
+    MANIFEST = "manifest"
+
+
+class Provenance:
+    """Decides whether (upstream, repository) may read a stored digest, and records the
+    facts that decide it."""
+
+    def __init__(self, index: IndexBackend) -> None:
+        self._index = index
+        self._readers: OrderedDict[str, set[tuple[str, str]]] = OrderedDict()
+
+    async def readable(
+        self,
+        upstream: UpstreamClient,
+        repo: str,
+        digest: str,
+        kind: Kind,
+        *,
+        named: bool = False,
+    ) -> bool:
+        """Whether ``repo`` of ``upstream`` may read the stored ``digest``.
+
+        False: ``upstream`` never served these bytes; the caller treats the digest as a
+        miss and has the upstream serve it. Raises BlobUnknown / ManifestUnknown when the
+        upstream, which did serve the bytes, says ``repo`` does not hold them (and
+        UpstreamUnavailable when it cannot say). ``named``: the upstream has just named
+        this digest for ``repo`` (a tag's HEAD), which counts as the HEAD of rule (c).
+        """
+        if self._remembered(upstream.name, repo, digest):
+            return True
+        if not await self._index.served_by(upstream.name, digest):
+            return False
+        if not await self._index.is_linked(upstream.name, repo, digest):
+            if not named:
+                await self.confirm(upstream, repo, digest, kind)
+                return True
+            await self._index.link(upstream.name, repo, digest)
+        self._remember(upstream.name, repo, digest)
+        return True
+
+    async def recorded(self, upstream: str, repo: str, digest: str) -> bool:
+        """Whether the index already says ``repo`` of ``upstream`` may read ``digest``,
+        without asking the upstream (serving a cached tag while the upstream is down)."""
+        if self._remembered(upstream, repo, digest):
+            return True
+        if await self._index.served_by(upstream, digest) and await self._index.is_linked(
+            upstream, repo, digest
+        ):
+            self._remember(upstream, repo, digest)
+            return True
+        return False
+
+    async def confirm(self, upstream: UpstreamClient, repo: str, digest: str, kind: Kind) -> None:
+        """Rule (c)'s HEAD: the upstream says ``repo`` holds ``digest``, or this raises.
+        Also asked before a client of ``repo`` joins the upstream's download of ``digest``
+        for another repository (the bytes come from that upstream and are verified before
+        their last byte is served)."""
+        if kind is Kind.BLOB:
+            held = await upstream.head_blob(repo, digest) is not None
+        else:
+            held = await upstream.head_manifest(repo, digest, upstream_accept(())) is not None
+        if not held:
+            raise unknown(kind, upstream.name, repo, digest)
+        await self._index.link(upstream.name, repo, digest)
+        if await self._index.served_by(upstream.name, digest):
+            self._remember(upstream.name, repo, digest)
+
+    async def served(
+        self,
+        upstream: str,
+        repo: str,
+        digest: str,
+        size: int,
+        *,
+        media_type: str | None = None,
+        references: Iterable[str] = (),
+    ) -> None:
+        """Rule (a), and (b) for a manifest: ``upstream`` served ``digest`` for ``repo``,
+        verified; ``references`` are what the manifest references through the fields its
+        media type defines."""
+        refs = tuple(references)
+        await self._index.record(
+            digest, size, media_type=media_type, upstream=upstream, repo=repo, children=refs
+        )
+        self._remember(upstream, repo, digest)
+
+    async def referenced(
+        self, upstream: str, repo: str, digest: str, references: Iterable[str]
+    ) -> None:
+        """Rule (b) for a stored manifest ``upstream`` named for ``repo`` (by a tag): what
+        it references is ``repo``'s too, once ``upstream`` has served those bytes."""
+        await self._index.link(upstream, repo, digest, children=references)
+
+    def forget(self, digest: str) -> None:
+        """The digest left the store: nothing remembered about it stands."""
+        self._readers.pop(digest, None)
+
+    def _remembered(self, upstream: str, repo: str, digest: str) -> bool:
+        readers = self._readers.get(digest)
+        if readers is None or (upstream, repo) not in readers:
+            return False
+        self._readers.move_to_end(digest)
+        return True
+
+    def _remember(self, upstream: str, repo: str, digest: str) -> None:
+        readers = self._readers.get(digest)
+        if readers is None:
+            readers = self._readers[digest] = set()
+            if len(self._readers) > REMEMBERED_DIGESTS:
+                self._readers.popitem(last=False)
+        elif len(readers) >= REMEMBERED_PER_DIGEST:
+            readers.clear()
+        readers.add((upstream, repo))
+        self._readers.move_to_end(digest)
+
+
+def unknown(kind: Kind, upstream: str, repo: str, digest: str) -> RegistryError:
+    """The error a client gets for a digest ``repo`` of ``upstream`` does not hold."""
+    if kind is Kind.BLOB:
+        return BlobUnknown(
+            f"blob {digest} is unknown to repository {repo} on upstream {upstream}",
+            detail={"digest": digest},
+        )
+    return ManifestUnknown(
+        f"manifest {digest} is unknown to repository {repo} on upstream {upstream}",
+        detail={"name": repo, "digest": digest},
+    )
