@@ -1,8 +1,10 @@
 """Upstream authentication: Basic and Bearer-token challenges, tokens cached per scope.
 
-Credentials go only to the upstream itself or to a token realm on the upstream's own
-registrable domain; a foreign realm gets no credentials (it may still issue an anonymous
-token, which carries no secret of ours).
+Credentials go only to the upstream itself or to a token realm that the upstream's own
+challenge names on its host or registrable domain; a foreign realm gets no credentials (it
+may still issue an anonymous token, which carries no secret of ours). A redirect target's
+challenge is never answered (``upstream.client``): a CDN is not the upstream, whatever
+host its realm is on.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ from pullthrough.upstream.outbound import (
     Outbound,
     OutboundPolicy,
     PolicyResolver,
+    origin_of,
 )
 from pullthrough.upstream.ratelimit import RateLimit
 from pullthrough.upstream.tokens import UpstreamAuth
@@ -285,8 +286,18 @@ class UpstreamClient:
                 if resp.status < 500:
                     self.last_ok = time.time()
                 return resp
-            challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
             resp.release()
+            if _origin(str(resp.url)) != _origin(self.base):
+                # A redirect target (a CDN) asking for credentials: its realm is not the
+                # upstream's, so neither the credentials nor a token made with them go there.
+                raise self.failed(
+                    UpstreamInvalid(
+                        f"upstream {self.name} redirected to {origin_of(str(resp.url))}, "
+                        "which asked for credentials; pullthrough gives the upstream's "
+                        "credentials only to the upstream and the token realm it names"
+                    )
+                )
+            challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
             if attempt == 1 or challenge is None:
                 break
             await self.auth.answer(challenge, scope, had_auth=auth is not None)
