@@ -158,6 +158,8 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
         cluster=cluster,
         access=access,
         outbound_allow=_outbound_allow(root.mirror.outbound.allow),
+        adhoc_max=_adhoc_max(root.mirror.adhoc_upstreams.max),
+        adhoc_idle=_positive(root.mirror.adhoc_upstreams.idle, "mirror.adhoc_upstreams.idle"),
         warnings=tuple(warnings),
     )
 
@@ -328,6 +330,15 @@ def _metrics_path(path: str) -> str:
             f"http.debug.prometheus.path: expected a path such as /metrics, got {path!r}"
         )
     return path
+
+
+def _adhoc_max(value: int) -> int:
+    if value < 1:
+        raise ConfigError(
+            "mirror.adhoc_upstreams.max: must be at least 1 (to mirror no registry nobody "
+            "configured, leave mirror.allow_any_upstream false)"
+        )
+    return value
 
 
 def _batch(value: int) -> int:

@@ -142,6 +142,11 @@ class _Outbound(_Section):
     allow: list[str] = []  # CIDRs, IP addresses or host names the mirror may connect to
 
 
+class _AdhocUpstreams(_Section):
+    max: int = 64  # slots for registries nobody configured (mirror.allow_any_upstream)
+    idle: Any = "10m"  # a slot unused this long is given back
+
+
 class _Mirror(_Section):
     limits: _Limits = _Limits()
     access: list[_AccessRule] = []
@@ -160,6 +165,7 @@ class _Mirror(_Section):
     gc_batch: int = 1000
     cluster: _Cluster = _Cluster()
     outbound: _Outbound = _Outbound()
+    adhoc_upstreams: _AdhocUpstreams = _AdhocUpstreams()
 
 
 class Root(_Section):

@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar
@@ -105,6 +105,7 @@ class UpstreamClient:
         *,
         outbound: Outbound | None = None,
         resolver: AbstractResolver | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
@@ -122,6 +123,9 @@ class UpstreamClient:
         self.last_ok: float | None = None  # time.time() of the last answer below 500
         self._down_until = 0.0  # time.monotonic() before which the upstream is not tried
         self.last_error: str | None = None
+        self._clock = clock
+        self.in_use = 0  # requests (and the downloads they stream) under way now
+        self.last_active = clock()  # when the last of them ended (``clock``'s time)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -253,13 +257,18 @@ class UpstreamClient:
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         scope = f"repository:{repo}:pull"
         url = f"{self.base}/v2/{repo}/{path}"
-        resp = await self._send_authed(method, url, scope, headers or {}, params)
+        self.in_use += 1
         try:
-            yield resp
-        except NETWORK_ERRORS as exc:
-            raise self.unavailable(exc) from exc
+            resp = await self._send_authed(method, url, scope, headers or {}, params)
+            try:
+                yield resp
+            except NETWORK_ERRORS as exc:
+                raise self.unavailable(exc) from exc
+            finally:
+                resp.release()
         finally:
-            resp.release()
+            self.in_use -= 1
+            self.last_active = self._clock()
 
     async def _send_authed(
         self,
