@@ -236,3 +236,14 @@ def test_adhoc_upstream_slots_are_configured_and_bad_values_name_the_key(
     ]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load(write(tmp_path, f"mirror:\n  adhoc_upstreams:\n    {bad}\n"), environ={})
+
+
+def test_outbound_allow_entries_are_checked_and_a_bad_one_names_its_key(tmp_path: Path) -> None:
+    text = "mirror:\n  outbound:\n    allow: [10.0.0.0/8, 'fd00::1', registry.lab]\n"
+    config = load(write(tmp_path, text), environ={})
+    assert config.outbound_allow == ("10.0.0.0/8", "fd00::1", "registry.lab")
+    bad = "mirror:\n  outbound:\n    allow: [10.0.0.0/8, 'not a host!']\n"
+    with pytest.raises(ConfigError, match=r"mirror\.outbound\.allow\[1\]: 'not a host!'"):
+        load(write(tmp_path, bad), environ={})
+    with pytest.raises(ConfigError, match=r"mirror\.outbound\.allow"):
+        load(write(tmp_path, "mirror:\n  outbound:\n    allow: 10.0.0.0/8\n"), environ={})
