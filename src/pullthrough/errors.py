@@ -106,3 +106,10 @@ class UpstreamInvalid(RegistryError):
     """The upstream answered with something that cannot be trusted (wrong digest, bad body)."""
 
     code, status = "UPSTREAM_INVALID", 502
+
+
+class OutboundRefused(UpstreamInvalid):
+    """The mirror's outbound policy refused a URL an upstream sent it to (a non-public
+    address, a non-HTTP scheme, too many redirects): nothing was requested there."""
+
+    code, status = "OUTBOUND_REFUSED", 502

@@ -92,6 +92,19 @@ class Metrics:
             registry=r,
         )
 
+    def forget_upstream(self, name: str) -> None:
+        """Remove every series labelled with upstream ``name`` (an ad-hoc upstream given
+        back: names clients choose must not grow the exposition without end)."""
+        for metric in (
+            self.cache,
+            self.upstream_bytes,
+            self.passthrough_bytes,
+            self.revalidations,
+            self.upstream_errors,
+            self.ratelimit_remaining,
+        ):
+            metric.remove_by_labels({"upstream": name})
+
     def add_cluster(self) -> ClusterMetrics:
         """The cluster's metrics (``mirror.cluster``), registered only in cluster mode."""
         return ClusterMetrics(self.registry)

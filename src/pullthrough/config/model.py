@@ -115,6 +115,9 @@ class Config:
     gc_batch: int = 1000
     cluster: ClusterConfig | None = None  # None: one process, SQLite index
     access: tuple[AccessRule, ...] = ()  # mirror.access; empty: no per-repository rules
+    outbound_allow: tuple[str, ...] = ()  # mirror.outbound.allow: non-public hosts allowed
+    adhoc_max: int = 64  # mirror.adhoc_upstreams.max: ad-hoc upstream slots at once
+    adhoc_idle: float = 600.0  # mirror.adhoc_upstreams.idle: unused this long, given back
     warnings: tuple[str, ...] = ()
 
     @property

@@ -140,6 +140,15 @@ class _AccessRule(_Section):
     users: list[str] | None = None
 
 
+class _Outbound(_Section):
+    allow: list[str] = []  # CIDRs, IP addresses or host names the mirror may connect to
+
+
+class _AdhocUpstreams(_Section):
+    max: int = 64  # slots for registries nobody configured (mirror.allow_any_upstream)
+    idle: Any = "10m"  # a slot unused this long is given back
+
+
 class _Mirror(_Section):
     limits: _Limits = _Limits()
     access: list[_AccessRule] = []
@@ -157,6 +166,8 @@ class _Mirror(_Section):
     gc_interval: Any = "1m"
     gc_batch: int = 1000
     cluster: _Cluster = _Cluster()
+    outbound: _Outbound = _Outbound()
+    adhoc_upstreams: _AdhocUpstreams = _AdhocUpstreams()
 
 
 class Root(_Section):

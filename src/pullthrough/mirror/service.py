@@ -101,6 +101,8 @@ class Mirror:
             loop.create_task(self._flush_forever()),
             loop.create_task(self.sweeper.run_forever(self.config.gc_interval)),
         ]
+        if self.config.allow_any_upstream:
+            self._background.append(loop.create_task(self._reclaim_forever()))
 
     async def stop(self) -> None:
         for task in self._background:
@@ -142,6 +144,20 @@ class Mirror:
     def _swept(self, report: SweepReport) -> None:
         self.metrics.store_objects.set(report.objects)
         self.metrics.store_bytes.set(report.stored_bytes)
+
+    async def _reclaim_forever(self) -> None:
+        """Give back idle ad-hoc upstream slots and close their connections, also when no
+        new registry is asked for (a new one reclaims idle slots itself)."""
+        interval = min(max(self.config.adhoc_idle / 2, 0.1), 60.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                given_back = await self.upstreams.reclaim()
+            except Exception:  # try again next time; a failed close only delays it
+                log.exception("giving back idle ad-hoc upstream slots failed")
+                continue
+            if given_back:
+                log.debug("gave back %d idle ad-hoc upstream slot(s)", given_back)
 
     async def _flush_forever(self) -> None:
         while True:
