@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Self
 
-from .servers import HandlerServer, _Server
+from .servers import HandlerServer, QuietHandler, _Server
 
 # (status, headers, body) for one request, from its method and path (query included).
 Answer = tuple[int, dict[str, str], bytes]
@@ -85,25 +85,13 @@ class Scripted(HandlerServer):
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def _answer(self) -> None:
                 with owner._lock:
                     owner.requests.append(
                         SeenRequest(self.command, self.path, self.headers.get("Authorization"))
                     )
-                status, headers, body = owner.script(self.command, self.path)
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
+                self.send(*owner.script(self.command, self.path))
 
             do_GET = do_HEAD = _answer  # noqa: N815 - the http.server API
 
