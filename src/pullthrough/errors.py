@@ -106,3 +106,10 @@ class UpstreamInvalid(RegistryError):
     """The upstream answered with something that cannot be trusted (wrong digest, bad body)."""
 
     code, status = "UPSTREAM_INVALID", 502
+
+
+class StoredBlobCorrupt(RegistryError):
+    """A stored blob failed its check before any byte of the answer went out (it has been
+    removed; asking the mirror again fetches it)."""
+
+    code, status = "UNAVAILABLE", 503
