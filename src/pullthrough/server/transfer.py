@@ -58,7 +58,8 @@ async def send_blob(
         stop = cached.size if stop is None else stop
         check = verification if verification is not None and verification.enabled else None
         try:
-            trusted = check is not None and check.trusted(body.digest, cached.identity)
+            expected = cached.identity
+            trusted = check is not None and check.trusted(body.digest, expected)
             if check is not None and byte_range is not None and not trusted:
                 # A range of a file not known to be as verified: the client is sent only
                 # part of it, so no held-back last byte can stand for the whole; hash the
@@ -69,14 +70,14 @@ async def send_blob(
                     await check.failed(body.digest)
                     raise StoredBlobCorrupt(f"stored {body.digest} was corrupt; fetch it again")
                 check.passed(body.digest, verified)
-                trusted = True
+                expected, trusted = verified, True
             await resp.prepare(request)
             if check is None:
                 await send_span(request, resp, cached.fd, start, stop - start)
             else:
                 if trusted:
                     outcome = await _send_checked(
-                        request, resp, cached, body.digest, start, stop, check
+                        request, resp, cached.fd, expected, body.digest, start, stop, check
                     )
                 else:
                     outcome = await _send_hashed(resp, cached, body.digest, check)
@@ -85,7 +86,9 @@ async def send_blob(
                         log.error("stored %s does not match its digest: removed", body.digest)
                         await check.failed(body.digest)
                     else:
-                        log.warning("stored %s kept changing while it was sent", body.digest)
+                        log.warning(
+                            "stored %s was written to while it was sent: cut short", body.digest
+                        )
                     if request.transport is not None:
                         request.transport.abort()  # the client sees a failed transfer
                     return resp
@@ -156,26 +159,31 @@ SENT, CORRUPT, UNSETTLED = "sent", "corrupt", "unsettled"
 async def _send_checked(
     request: web.Request,
     resp: web.StreamResponse,
-    blob: OpenBlob,
+    fd: int,
+    expected: FileIdentity,
     digest: Digest,
     start: int,
     stop: int,
     check: ReadVerification,
 ) -> str:
-    """Send [start, stop) of a file whose identity was verified, unhashed (sendfile), all
-    but the last byte; then stat it again. Unchanged: the last byte goes out. Changed
-    while it was sent (written to, or renamed/unlinked by eviction, which changes its
-    ctime): hash it again first, and send the last byte only if it still matches."""
+    """Send [start, stop) of a file verified while it had the identity ``expected``,
+    unhashed (sendfile), all but the last byte; then stat it again. Unchanged: the last
+    byte goes out. Only its ctime changed (eviction renamed or unlinked it under us, a
+    chmod): hash it again, and send the last byte only if it still matches. Written to
+    (mtime, size or inode changed): what already went out may be bytes that are gone now,
+    so the transfer is not completed even if the file matches again."""
     if stop <= start:
         return SENT
-    await send_span(request, resp, blob.fd, start, stop - 1 - start)
-    last, now = await asyncio.to_thread(_last_byte_and_identity, blob.fd, stop - 1)
-    if now != blob.identity:
-        verified = await asyncio.to_thread(verify_fd_sync, blob.fd, digest)
+    await send_span(request, resp, fd, start, stop - 1 - start)
+    last, now = await asyncio.to_thread(_last_byte_and_identity, fd, stop - 1)
+    if now != expected:
+        verified = await asyncio.to_thread(verify_fd_sync, fd, digest)
         if verified is None:
             return CORRUPT
         check.passed(digest, verified)
-        last, now = await asyncio.to_thread(_last_byte_and_identity, blob.fd, stop - 1)
+        if (now.ino, now.size, now.mtime_ns) != (expected.ino, expected.size, expected.mtime_ns):
+            return UNSETTLED
+        last, now = await asyncio.to_thread(_last_byte_and_identity, fd, stop - 1)
         if now != verified:
             return UNSETTLED  # changing still: this client retries, the next read hashes
     await resp.write(last)
