@@ -113,3 +113,10 @@ class OutboundRefused(UpstreamInvalid):
     address, a non-HTTP scheme, too many redirects): nothing was requested there."""
 
     code, status = "OUTBOUND_REFUSED", 502
+
+
+class StoredBlobCorrupt(RegistryError):
+    """A stored blob failed its check before any byte of the answer went out (it has been
+    removed; asking the mirror again fetches it)."""
+
+    code, status = "UNAVAILABLE", 503

@@ -77,6 +77,19 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.corrupt_blobs = Counter(
+            "pullthrough_corrupt_blobs",
+            "Stored blobs found not to match their digest (then removed and fetched again "
+            "on the next request), by where: read (as a client was sent it), scrub (the "
+            "background re-hash).",
+            ["found"],
+            registry=r,
+        )
+        self.scrubbed_bytes = Counter(
+            "pullthrough_scrubbed_bytes",
+            "Stored bytes re-hashed by the background scrub (mirror.scrub_rate).",
+            registry=r,
+        )
         self.store_bytes = Gauge(
             "pullthrough_store_bytes", "Bytes the store holds (at the last sweep).", registry=r
         )

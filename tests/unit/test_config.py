@@ -137,6 +137,10 @@ def test_unknown_env_override_and_unknown_key_are_warnings(tmp_path: Path) -> No
         ("mirror: {limits: {max_body_size: lots}}", "mirror.limits.max_body_size"),
         ("mirror: {limits: {header_timeout: 0s}}", "mirror.limits.header_timeout"),
         ("mirror: {limits: {max_headers: 0}}", "mirror.limits.max_headers"),
+        ("mirror: {scrub_rate: fast}", "mirror.scrub_rate"),
+        ("mirror: {scrub_rate: -5MB/s}", "mirror.scrub_rate"),
+        ("mirror: {scrub_rate: 5MB/h}", "mirror.scrub_rate"),
+        ("mirror: {scrub_rate: true}", "mirror.scrub_rate"),
         ("log: [1, 2]", "log"),
     ],
 )

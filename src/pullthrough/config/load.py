@@ -34,6 +34,7 @@ from pullthrough.config.values import (
     check_url,
     parse_addr,
     parse_duration,
+    parse_rate,
     parse_size,
 )
 from pullthrough.upstream.outbound import OutboundPolicy
@@ -148,6 +149,7 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
         tls_clientcas=tuple(tls.clientcas),
         verify_on_read=root.mirror.verify_on_read,
         verify_interval=parse_duration(root.mirror.verify_interval, "mirror.verify_interval"),
+        scrub_rate=parse_rate(root.mirror.scrub_rate, "mirror.scrub_rate"),
         limits=_limits(root),
         maxsize=_maxsize(root.mirror.maxsize),
         debug_addr=parse_addr(debug.addr, "http.debug.addr") if debug.addr else None,

@@ -109,7 +109,8 @@ class Config:
     metrics_path: str | None = None  # http.debug.prometheus.path when enabled
     tls_clientcas: tuple[str, ...] = ()
     verify_on_read: bool = True
-    verify_interval: float = 24 * 3600.0
+    verify_interval: float = 24 * 3600.0  # how often the scrub starts a pass over the store
+    scrub_rate: int = 20 * 1000**2  # bytes/s the background scrub re-hashes at most; 0 = off
     limits: Limits = Limits()
     gc_interval: float = 60.0
     gc_batch: int = 1000

@@ -158,6 +158,7 @@ class _Mirror(_Section):
     allow_anonymous_with_upstream_credentials: bool = False
     verify_on_read: bool = True
     verify_interval: Any = "24h"
+    scrub_rate: Any = "20MB/s"
     upstream_connect_timeout: Any = "5s"
     upstream_read_timeout: Any = "30s"
     tag_freshness: Any = "0s"

@@ -21,6 +21,7 @@ from pullthrough.mirror.fetches import Fetches
 from pullthrough.mirror.listing import Listing
 from pullthrough.mirror.manifests import ManifestService
 from pullthrough.mirror.provenance import Provenance
+from pullthrough.mirror.scrub import Scrubber
 from pullthrough.mirror.upstreams import Upstreams
 from pullthrough.reference import Digest
 from pullthrough.store.blobs import BlobStore
@@ -88,6 +89,18 @@ class Mirror:
             on_swept=self._swept,
             turns=self.cluster.sweep_turns if self.cluster else None,
         )
+        # Re-hashes the store in the background for bit rot that changes no metadata.
+        self.scrubber = (
+            Scrubber(
+                store=self.store,
+                rate=config.scrub_rate,
+                interval=config.verify_interval,
+                quarantine=self.quarantine,
+                metrics=self.metrics,
+            )
+            if config.scrub_rate > 0
+            else None
+        )
         self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -103,6 +116,8 @@ class Mirror:
         ]
         if self.config.allow_any_upstream:
             self._background.append(loop.create_task(self._reclaim_forever()))
+        if self.scrubber is not None:
+            self._background.append(loop.create_task(self.scrubber.run_forever()))
 
     async def stop(self) -> None:
         for task in self._background:

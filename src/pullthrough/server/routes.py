@@ -19,12 +19,13 @@ from pullthrough.errors import (
     NotFound,
     PaginationInvalid,
     RegistryError,
+    StoredBlobCorrupt,
     Unsupported,
 )
 from pullthrough.manifest import parse_accept
 from pullthrough.mirror.listing import Page
 from pullthrough.mirror.service import Mirror
-from pullthrough.reference import is_digest, parse_digest, validate_tag
+from pullthrough.reference import Digest, is_digest, parse_digest, validate_tag
 from pullthrough.server.auth import ClientAuth
 from pullthrough.server.ranges import parse_range
 from pullthrough.server.routing import Route, route, target
@@ -146,6 +147,24 @@ async def blob(request: web.Request, params: dict[str, str]) -> web.StreamRespon
         if size is not None:
             headers["Content-Length"] = str(size)
         return web.Response(headers=headers)
+    verification = request.app[VERIFY_KEY]
+    try:
+        return await _send_blob(request, upstream, repo, digest, headers, verification)
+    except StoredBlobCorrupt:
+        # The stored copy failed its check before any header went out and was removed:
+        # asking again fetches it from the upstream for this very request (once).
+        return await _send_blob(request, upstream, repo, digest, headers, verification)
+
+
+async def _send_blob(
+    request: web.Request,
+    upstream: UpstreamClient,
+    repo: str,
+    digest: Digest,
+    headers: dict[str, str],
+    verification: ReadVerification,
+) -> web.StreamResponse:
+    mirror = request.app[MIRROR_KEY]
     body = await mirror.blobs.get(upstream, repo, digest)
     try:
         byte_range = (
@@ -155,7 +174,6 @@ async def blob(request: web.Request, params: dict[str, str]) -> web.StreamRespon
         if body.cached is not None:
             body.cached.close()
         raise
-    verification = request.app[VERIFY_KEY]
     return await send_blob(request, body, byte_range, headers, mirror.metrics, verification)
 
 
