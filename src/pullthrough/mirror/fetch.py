@@ -86,6 +86,9 @@ class Fetch:
         # Where the temp file's bytes end once the fetch spilled (None: it did not).
         self.spilled_at: int | None = None if keep else 0
         self._taps: set[Tap] = set()
+        # Called when the last reader detaches (mirror.fetches decides whether a download
+        # nobody reads any more is worth finishing).
+        self.on_idle: Callable[[Fetch], None] | None = None
         # Cluster mode: awaited before each write to the temp file; raises ClaimLost once
         # another replica owns the download. None (one process): no check at all.
         self.guard: Callable[[], Awaitable[None]] | None = None
@@ -111,6 +114,13 @@ class Fetch:
     def detach(self, tap: Tap) -> None:
         tap.close()
         self._taps.discard(tap)
+        if not self._taps and self.on_idle is not None:
+            self.on_idle(self)
+
+    @property
+    def readers(self) -> int:
+        """Readers attached now."""
+        return len(self._taps)
 
     def readable(self) -> int:
         """How many leading bytes of the temp file a reader may send now. After a spill the
@@ -325,15 +335,14 @@ class Fetch:
         data = batch[0] if len(batch) == 1 else b"".join(batch)
         if self.spilled_at is None:
             try:
-                if self.guard is None:
-                    await asyncio.to_thread(_write_and_hash, fd, hasher, data, self.written)
-                else:
+                if self.guard is not None:
                     await self.guard()
-                    # Shielded: a cancelled download waits for this write before closing fd.
-                    self._writing = asyncio.ensure_future(
-                        asyncio.to_thread(_write_and_hash, fd, hasher, data, self.written)
-                    )
-                    await asyncio.shield(self._writing)
+                # Shielded: a cancelled download (lost claim, abandoned, shutdown) waits
+                # for this write before closing fd.
+                self._writing = asyncio.ensure_future(
+                    asyncio.to_thread(_write_and_hash, fd, hasher, data, self.written)
+                )
+                await asyncio.shield(self._writing)
             except OSError as exc:
                 if exc.errno not in _DISK_FULL:
                     raise

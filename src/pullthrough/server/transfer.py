@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -30,6 +32,10 @@ from pullthrough.server.verification import ReadVerification
 from pullthrough.store.blobs import hasher_for
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# How often a reader waiting for a fetch's next bytes checks that its client is still there.
+CLIENT_CHECK = 0.25
 
 
 async def send_blob(
@@ -106,14 +112,14 @@ async def _send_growing(
     while stop is None or position < stop:
         if fetch.spilled_at is not None and position >= fetch.spilled_at:
             break  # the rest never reaches the disk: _send_tapped takes over
-        readable = await fetch.wait_readable(position)
+        readable = await _while_connected(request, fetch.wait_readable(position))
         limit = readable if stop is None else min(readable, stop)
         if stop is not None and limit == stop and not fetch.verified:
             # The last byte of a range completes the client's transfer: hold it until the
             # whole blob is verified, so not even a partial answer is served unverified.
             limit = stop - 1
             if limit <= position:
-                await fetch.wait_verified()
+                await _while_connected(request, fetch.wait_verified())
                 continue
         if limit > position:
             await send_span(request, resp, fd, position, limit - position)
@@ -121,6 +127,26 @@ async def _send_growing(
         elif fetch.verified:
             break  # everything sent (a body of unknown size has ended)
     return position - start
+
+
+async def _while_connected(request: web.Request, waiting: Awaitable[T]) -> T:
+    """``waiting``'s result; raises ConnectionResetError as soon as the client is gone.
+
+    aiohttp tells a handler nothing when its client hangs up (handler cancellation is
+    off) until it next writes; a reader waiting for a slow upstream would stay attached to
+    the fetch, which then never learns that nobody reads it (``mirror.fetches``). So
+    the wait looks at the connection every ``CLIENT_CHECK`` seconds."""
+    task = asyncio.ensure_future(waiting)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=CLIENT_CHECK)
+            if done:
+                return task.result()
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("the client went away")
+    finally:
+        task.cancel()
 
 
 async def _send_verified(resp: web.StreamResponse, fd: int, size: int, digest: Digest) -> bool:
