@@ -1,7 +1,8 @@
 """The one fetch of a digest: upstream body → temp file → verify → fsync → rename.
 
 There is at most one Fetch per digest in the process. It runs as its own task, so it
-finishes and stores the blob even when every client that asked for it has gone. Clients
+can finish and store the blob after every client that asked for it has gone (whether it
+does is ``mirror.fetches``'s call: ``on_idle``). Clients
 do not wait for it to end: each one reads the growing temp file at its own pace, up to
 ``readable()``, which holds back the last byte until the digest is verified. A client can
 therefore never complete a transfer of bytes that turn out wrong; on a mismatch the fetch
