@@ -82,6 +82,9 @@ async def send_blob(
             sent_through_tap = await _send_tapped(resp, body.fetch, body.tap, start + sent, stop)
             metrics.served_bytes.labels("fetch").inc(sent)
             metrics.served_bytes.labels("passthrough").inc(sent_through_tap)
+        except ClientGone:
+            log.debug("client of %s went away while it was being fetched", body.digest)
+            return resp
         except RegistryError as err:
             if not resp.prepared:
                 raise
@@ -129,8 +132,12 @@ async def _send_growing(
     return position - start
 
 
+class ClientGone(Exception):
+    """The client hung up while its reader waited for the fetch."""
+
+
 async def _while_connected(request: web.Request, waiting: Awaitable[T]) -> T:
-    """``waiting``'s result; raises ConnectionResetError as soon as the client is gone.
+    """``waiting``'s result; raises ClientGone as soon as the client is gone.
 
     aiohttp tells a handler nothing when its client hangs up (handler cancellation is
     off) until it next writes; a reader waiting for a slow upstream would stay attached to
@@ -144,7 +151,7 @@ async def _while_connected(request: web.Request, waiting: Awaitable[T]) -> T:
                 return task.result()
             transport = request.transport
             if transport is None or transport.is_closing():
-                raise ConnectionResetError("the client went away")
+                raise ClientGone
     finally:
         task.cancel()
 
