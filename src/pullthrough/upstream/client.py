@@ -75,6 +75,11 @@ METADATA_SLOTS = 32
 DOWNLOAD_SLOT_WAIT = 3.0
 # What a busy mirror tells a client to wait (seconds) before asking again.
 BUSY_RETRY_AFTER = 2
+# While the circuit is open, a request waits this long for the probe (``GET /v2/``, run
+# apart from it) before it fails: long enough for an upstream that is back to answer, so
+# the request goes on; short enough that cached content is still served at once when the
+# probe hangs on an unreachable address.
+PROBE_PATIENCE = 0.5
 # Large reads keep the per-chunk overhead (thread hops, hashing calls) small on big blobs.
 READ_BUFSIZE = 1024 * 1024  # 4 MiB cost 35 MiB more RSS under 20 cold streams, no speed
 
@@ -146,6 +151,7 @@ class UpstreamClient:
         self.last_error: str | None = None
         self._clock = clock
         self.breaker = Breaker(clock=clock, on_change=self._show_circuit)
+        self._probing: asyncio.Task[None] | None = None
         self._show_circuit(self.breaker.state)
         self._metadata = Slots(METADATA_SLOTS)
         self.downloads = Slots(config.max_downloads)
@@ -196,6 +202,8 @@ class UpstreamClient:
         )
 
     async def close(self) -> None:
+        if self._probing is not None:
+            self._probing.cancel()
         for session in (self._session, self._blob_session):
             if session is not None:
                 await session.close()
@@ -363,22 +371,53 @@ class UpstreamClient:
         params: dict[str, str] | None,
     ) -> aiohttp.ClientResponse:
         self._check_not_throttled()
-        ticket = self.breaker.admit()
-        if ticket is None:
-            self.metrics.upstream_refused.labels(self.name, "circuit_open").inc()
-            raise self.failed(
-                UpstreamUnavailable(
-                    f"upstream {self.name} could not be reached moments ago "
-                    f"({self.last_error or 'no answer'}); another request is checking "
-                    "whether it is back",
-                    headers={"Retry-After": "1"},
-                ),
-                remember=False,
-            )
+        ticket = await self._admit()
         try:
             return await self._send_authed_admitted(
                 session, method, url, scope, headers, params, ticket
             )
+        finally:
+            self.breaker.release(ticket)
+
+    async def _admit(self) -> Ticket:
+        """Leave to send a request now. While the circuit is open, start the probe (if none
+        is running) and give it ``PROBE_PATIENCE`` to find the upstream back; if it has
+        not, fail at once with 503 (cached content is served by the caller meanwhile)."""
+        ticket = self.breaker.admit()
+        if ticket is not None and ticket.probe:
+            self._probing = asyncio.get_running_loop().create_task(self._probe(ticket))
+        elif ticket is not None:
+            return ticket
+        if self._probing is not None and not self._probing.done():
+            await asyncio.wait({self._probing}, timeout=PROBE_PATIENCE)  # never cancels it
+        ticket = self.breaker.admit()
+        if ticket is not None and not ticket.probe:
+            return ticket
+        if ticket is not None:
+            self.breaker.release(ticket)  # the probe just failed: the next request probes
+        self.metrics.upstream_refused.labels(self.name, "circuit_open").inc()
+        raise self.failed(
+            UpstreamUnavailable(
+                f"upstream {self.name} could not be reached moments ago "
+                f"({self.last_error or 'no answer'}); trying again with the next request",
+                headers={"Retry-After": "1"},
+            ),
+            remember=False,
+        )
+
+    async def _probe(self, ticket: Ticket) -> None:
+        """One ``GET /v2/`` with no retry: any answer means the upstream is reachable."""
+        try:
+            url = f"{self.base}/v2/"
+            self.outbound.check_url(url, "upstream")
+            async with self.session.get(url, allow_redirects=False):
+                self.breaker.succeeded()
+            log.info("upstream %s answers again", self.name)
+        except _UNREACHABLE as exc:
+            self.breaker.failed(ticket)
+            log.debug("upstream %s: probe: %s", self.name, exc)
+        except Exception as exc:  # no verdict (policy, a broken answer): next request probes
+            log.debug("upstream %s: probe ended without a verdict: %s", self.name, exc)
         finally:
             self.breaker.release(ticket)
 
