@@ -105,6 +105,29 @@ class Metrics:
             registry=r,
         )
 
+        self.upstream_circuit = Gauge(
+            "pullthrough_upstream_circuit",
+            "1 for the state each upstream's circuit breaker is in (closed: asked as "
+            "usual; open: believed down; half-open: one probe under way), 0 for the others.",
+            ["upstream", "state"],
+            registry=r,
+        )
+        self.upstream_downloads = Gauge(
+            "pullthrough_upstream_downloads",
+            "Blob downloads from each upstream holding a slot now "
+            "(at most mirror.upstream_max_downloads).",
+            ["upstream"],
+            registry=r,
+        )
+        self.upstream_refused = Counter(
+            "pullthrough_upstream_refused",
+            "Requests answered 503 without asking the upstream, by reason: circuit_open "
+            "(believed down, a probe under way), downloads (download cap reached), "
+            "metadata (every manifest request slot busy).",
+            ["upstream", "reason"],
+            registry=r,
+        )
+
     def forget_upstream(self, name: str) -> None:
         """Remove every series labelled with upstream ``name`` (an ad-hoc upstream given
         back: names clients choose must not grow the exposition without end)."""
@@ -115,6 +138,9 @@ class Metrics:
             self.revalidations,
             self.upstream_errors,
             self.ratelimit_remaining,
+            self.upstream_circuit,
+            self.upstream_downloads,
+            self.upstream_refused,
         ):
             metric.remove_by_labels({"upstream": name})
 

@@ -141,6 +141,13 @@ def test_unknown_env_override_and_unknown_key_are_warnings(tmp_path: Path) -> No
         ("mirror: {scrub_rate: -5MB/s}", "mirror.scrub_rate"),
         ("mirror: {scrub_rate: 5MB/h}", "mirror.scrub_rate"),
         ("mirror: {scrub_rate: true}", "mirror.scrub_rate"),
+        ("mirror: {upstream_max_downloads: 0}", "mirror.upstream_max_downloads"),
+        ("mirror: {upstream_max_downloads: lots}", "mirror.upstream_max_downloads"),
+        (
+            "mirror: {upstreams: [{name: ghcr.io, remoteurl: 'https://ghcr.io', "
+            "upstream_max_downloads: -1}]}",
+            "mirror.upstreams[0].upstream_max_downloads",
+        ),
         ("log: [1, 2]", "log"),
     ],
 )
@@ -174,10 +181,11 @@ def test_several_upstreams_inherit_mirror_wide_settings(tmp_path: Path) -> None:
             "proxy: {remoteurl: http://127.0.0.1:1}\n"
             "mirror:\n"
             "  upstream_read_timeout: 12s\n"
+            "  upstream_max_downloads: 8\n"
             "  upstreams:\n"
             "    - {name: ghcr.io, remoteurl: https://ghcr.io, tag_freshness: 1m}\n"
             "    - {name: Quay.IO, remoteurl: https://quay.io, username: u, password: p,"
-            " ttl: 1h}\n"
+            " ttl: 1h, upstream_max_downloads: 3}\n"
             "http: {addr: '127.0.0.1:5000'}\n",
         ),
         environ={},
@@ -189,6 +197,7 @@ def test_several_upstreams_inherit_mirror_wide_settings(tmp_path: Path) -> None:
     ghcr, quay = config.upstreams[1], config.upstreams[2]
     assert (ghcr.read_timeout, ghcr.tag_freshness) == (12, 60)
     assert (quay.username, quay.ttl) == ("u", 3600)
+    assert (config.upstreams[0].max_downloads, ghcr.max_downloads, quay.max_downloads) == (8, 8, 3)
     assert not ghcr.is_docker_hub and config.upstreams[0].is_docker_hub
 
 

@@ -215,7 +215,7 @@ def _access(
             bad = [u for u in entry.users if not u.strip() or ":" in u]
             if bad or not entry.users:
                 raise ConfigError(
-                    f"{key}.users: expected htpasswd user names or \"*\" (any user), got "
+                    f'{key}.users: expected htpasswd user names or "*" (any user), got '
                     f"{entry.users!r}"
                 )
             users = tuple(u.strip() for u in entry.users)
@@ -355,6 +355,7 @@ def _upstreams(root: Root) -> tuple[UpstreamConfig, ...]:
     mirror = root.mirror
     connect = _positive(mirror.upstream_connect_timeout, "mirror.upstream_connect_timeout")
     read = _positive(mirror.upstream_read_timeout, "mirror.upstream_read_timeout")
+    downloads = _max_downloads(mirror.upstream_max_downloads, "mirror.upstream_max_downloads")
     freshness = parse_duration(mirror.tag_freshness, "mirror.tag_freshness")
     proxy = root.proxy
     if (proxy.username is None) != (proxy.password is None):
@@ -369,6 +370,7 @@ def _upstreams(root: Root) -> tuple[UpstreamConfig, ...]:
             connect_timeout=connect,
             read_timeout=read,
             tag_freshness=freshness,
+            max_downloads=downloads,
         )
     ]
     for i, entry in enumerate(mirror.upstreams):
@@ -399,9 +401,21 @@ def _upstreams(root: Root) -> tuple[UpstreamConfig, ...]:
                 tag_freshness=freshness
                 if entry.tag_freshness is None
                 else parse_duration(entry.tag_freshness, f"{key}.tag_freshness"),
+                max_downloads=downloads
+                if entry.upstream_max_downloads is None
+                else _max_downloads(entry.upstream_max_downloads, f"{key}.upstream_max_downloads"),
             )
         )
     return tuple(found)
+
+
+def _max_downloads(value: int, key: str) -> int:
+    if value < 1:
+        raise ConfigError(
+            f"{key}: must be at least 1 (blob downloads from one upstream at once; beyond "
+            "them clients get 503 with Retry-After)"
+        )
+    return value
 
 
 def _limits(root: Root) -> Limits:

@@ -25,6 +25,7 @@ class UpstreamConfig:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     tag_freshness: float = 0.0
+    max_downloads: int = 64  # blob downloads from it at once; beyond: 503 + Retry-After
 
     @property
     def is_docker_hub(self) -> bool:

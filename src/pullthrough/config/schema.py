@@ -110,6 +110,7 @@ class _Upstream(_Section):
     tag_freshness: Any = None
     upstream_connect_timeout: Any = None
     upstream_read_timeout: Any = None
+    upstream_max_downloads: int | None = None
 
 
 class _Redis(_Section):
@@ -161,6 +162,7 @@ class _Mirror(_Section):
     scrub_rate: Any = "20MB/s"
     upstream_connect_timeout: Any = "5s"
     upstream_read_timeout: Any = "30s"
+    upstream_max_downloads: int = 64
     tag_freshness: Any = "0s"
     index_path: str | None = None
     maxsize: Any = None

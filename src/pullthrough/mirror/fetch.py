@@ -1,7 +1,8 @@
 """The one fetch of a digest: upstream body → temp file → verify → fsync → rename.
 
 There is at most one Fetch per digest in the process. It runs as its own task, so it
-finishes and stores the blob even when every client that asked for it has gone. Clients
+can finish and store the blob after every client that asked for it has gone (whether it
+does is ``mirror.fetches``'s call: ``on_idle``). Clients
 do not wait for it to end: each one reads the growing temp file at its own pace, up to
 ``readable()``, which holds back the last byte until the digest is verified. A client can
 therefore never complete a transfer of bytes that turn out wrong; on a mismatch the fetch
@@ -86,6 +87,9 @@ class Fetch:
         # Where the temp file's bytes end once the fetch spilled (None: it did not).
         self.spilled_at: int | None = None if keep else 0
         self._taps: set[Tap] = set()
+        # Called when the last reader detaches (mirror.fetches decides whether a download
+        # nobody reads any more is worth finishing).
+        self.on_idle: Callable[[Fetch], None] | None = None
         # Cluster mode: awaited before each write to the temp file; raises ClaimLost once
         # another replica owns the download. None (one process): no check at all.
         self.guard: Callable[[], Awaitable[None]] | None = None
@@ -111,6 +115,13 @@ class Fetch:
     def detach(self, tap: Tap) -> None:
         tap.close()
         self._taps.discard(tap)
+        if not self._taps and self.on_idle is not None:
+            self.on_idle(self)
+
+    @property
+    def readers(self) -> int:
+        """Readers attached now."""
+        return len(self._taps)
 
     def readable(self) -> int:
         """How many leading bytes of the temp file a reader may send now. After a spill the
@@ -325,15 +336,14 @@ class Fetch:
         data = batch[0] if len(batch) == 1 else b"".join(batch)
         if self.spilled_at is None:
             try:
-                if self.guard is None:
-                    await asyncio.to_thread(_write_and_hash, fd, hasher, data, self.written)
-                else:
+                if self.guard is not None:
                     await self.guard()
-                    # Shielded: a cancelled download waits for this write before closing fd.
-                    self._writing = asyncio.ensure_future(
-                        asyncio.to_thread(_write_and_hash, fd, hasher, data, self.written)
-                    )
-                    await asyncio.shield(self._writing)
+                # Shielded: a cancelled download (lost claim, abandoned, shutdown) waits
+                # for this write before closing fd.
+                self._writing = asyncio.ensure_future(
+                    asyncio.to_thread(_write_and_hash, fd, hasher, data, self.written)
+                )
+                await asyncio.shield(self._writing)
             except OSError as exc:
                 if exc.errno not in _DISK_FULL:
                     raise

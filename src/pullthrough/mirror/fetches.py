@@ -2,6 +2,17 @@
 
 Keyed by the upstream too: a client of one upstream never joins, and never receives bytes
 of, another upstream's unfinished download (``mirror.provenance``).
+
+Each fetch holds one of its upstream's download slots (``mirror.upstream_max_downloads``)
+while it runs; a fetch that gets none within a short wait fails with 503 + Retry-After.
+
+A download whose every reader has gone is finished only when it is worth keeping: if,
+``ABANDON_GRACE`` seconds after the last reader left, nobody came back and the rest would
+not arrive within ``KEEP_IF_DONE_WITHIN`` at the speed of that grace period, it is
+cancelled, freeing its slot and connection at once. A fast download still fills the
+cache for the next pull (the point of a cache); a slow one nobody waits for would hold a
+slot for minutes, and the next pull that wants it starts it again (a new fetch).
+In cluster mode other replicas may be reading the download, so it always finishes.
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from pullthrough.errors import RegistryError, UpstreamUnavailable
 from pullthrough.metrics import Metrics
 from pullthrough.mirror.fetch import Fetch
 from pullthrough.reference import Digest
@@ -24,6 +36,10 @@ FULL_WARNING_INTERVAL = 60.0
 # After a fetch found the disk full, new fetches keep nothing for this long rather than
 # fill the disk again only to throw the bytes away.
 FULL_BACKOFF = 5.0
+# A reader that reconnects (a client retrying) comes back within about a second.
+ABANDON_GRACE = 1.0
+# An unread download that would end within this long at its current speed is finished.
+KEEP_IF_DONE_WITHIN = 10.0
 
 
 class Fetches:
@@ -45,6 +61,8 @@ class Fetches:
         self._running: dict[tuple[str, str], Fetch] = {}
         metrics.fetches_in_flight.set_function(lambda: len(self._running))
         self._tasks: set[asyncio.Task[None]] = set()
+        self._task_of: dict[Fetch, asyncio.Task[None]] = {}
+        self._abandoned: set[Fetch] = set()  # cancelled here, their tasks still ending
         self.keep: Callable[[], bool] = lambda: True  # False: new fetches keep nothing
         self._warned_at = 0.0
         self._full_until = 0.0
@@ -75,11 +93,43 @@ class Fetches:
             keep=self.keep() and time.monotonic() >= self._full_until,
             on_spill=self._spilled,
         )
+        if self._drive is None:
+            fetch.on_idle = self._idle
         self._running[key] = fetch
         task = asyncio.get_running_loop().create_task(self._run(key, fetch))
         self._tasks.add(task)
+        self._task_of[fetch] = task
         task.add_done_callback(self._tasks.discard)
         return fetch
+
+    def _idle(self, fetch: Fetch) -> None:
+        if not fetch.finished:
+            asyncio.get_running_loop().call_later(
+                ABANDON_GRACE, self._abandon_if_unread, fetch, fetch.written
+            )
+
+    def _abandon_if_unread(self, fetch: Fetch, written_before: int) -> None:
+        task = self._task_of.get(fetch)
+        if task is None or fetch.readers or fetch.finished:
+            return
+        speed = (fetch.written - written_before) / ABANDON_GRACE
+        left = None if fetch.size is None else fetch.size - fetch.written
+        if left is not None and speed > 0 and left / speed <= KEEP_IF_DONE_WITHIN:
+            log.debug("finishing %s for the cache: nobody reads it, but it ends soon", fetch.digest)
+            return
+        log.info(
+            "cancelling the download of %s from %s at byte %d of %s: every client went away",
+            fetch.digest,
+            fetch.upstream.name,
+            fetch.written,
+            fetch.size,
+        )
+        self._abandoned.add(fetch)
+        fetch.fail(UpstreamUnavailable(f"the download of {fetch.digest} was cancelled: unread"))
+        key = _key(fetch.upstream, fetch.digest)
+        if self._running.get(key) is fetch:
+            del self._running[key]  # the next request starts afresh at once
+        task.cancel()
 
     def _spilled(self, fetch: Fetch) -> None:
         # A fetch that keeps nothing cannot take new readers (they would miss the bytes
@@ -100,8 +150,21 @@ class Fetches:
 
     async def _run(self, key: tuple[str, str], fetch: Fetch) -> None:
         try:
-            await (fetch.run() if self._drive is None else self._drive(fetch))
+            try:
+                async with fetch.upstream.download_slot():
+                    await (fetch.run() if self._drive is None else self._drive(fetch))
+            except RegistryError as exc:  # no slot: the fetch never began
+                fetch.fail(exc)
+                fetch.settle()
+        except asyncio.CancelledError:
+            if fetch not in self._abandoned:
+                raise
+            # Abandoned (above): the partial temp file is of no use to anyone.
+            fetch.settle()
+            await asyncio.to_thread(fetch.temp_path.unlink, missing_ok=True)
         finally:
+            self._abandoned.discard(fetch)
+            self._task_of.pop(fetch, None)
             if self._running.get(key) is fetch:
                 del self._running[key]
 

@@ -52,6 +52,11 @@ async def health(request: web.Request) -> web.Response:
             "last_ok": _iso(upstream.last_ok),
             "last_error": upstream.last_error,
             "ratelimit_remaining": upstream.rate_limit.remaining,
+            # closed: asked as usual; open: believed down (uncached requests fail at once,
+            # the next one probes); half-open: a probe is under way.
+            "circuit": upstream.breaker.state.value,
+            "downloads": upstream.downloads.in_use,
+            "max_downloads": upstream.downloads.size,
         }
     checks["upstreams"] = upstreams
     last = mirror.sweeper.last

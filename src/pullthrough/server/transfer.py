@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -33,6 +35,10 @@ from pullthrough.store.blobs import OpenBlob, hasher_for
 from pullthrough.store.identity import FileIdentity, fstat_identity, verify_fd_sync
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# How often a reader waiting for a fetch's next bytes checks that its client is still there.
+CLIENT_CHECK = 0.25
 
 
 async def send_blob(
@@ -105,6 +111,9 @@ async def send_blob(
             sent_through_tap = await _send_tapped(resp, body.fetch, body.tap, start + sent, stop)
             metrics.served_bytes.labels("fetch").inc(sent)
             metrics.served_bytes.labels("passthrough").inc(sent_through_tap)
+        except ClientGone:
+            log.debug("client of %s went away while it was being fetched", body.digest)
+            return resp
         except RegistryError as err:
             if not resp.prepared:
                 raise
@@ -135,14 +144,14 @@ async def _send_growing(
     while stop is None or position < stop:
         if fetch.spilled_at is not None and position >= fetch.spilled_at:
             break  # the rest never reaches the disk: _send_tapped takes over
-        readable = await fetch.wait_readable(position)
+        readable = await _while_connected(request, fetch.wait_readable(position))
         limit = readable if stop is None else min(readable, stop)
         if stop is not None and limit == stop and not fetch.verified:
             # The last byte of a range completes the client's transfer: hold it until the
             # whole blob is verified, so not even a partial answer is served unverified.
             limit = stop - 1
             if limit <= position:
-                await fetch.wait_verified()
+                await _while_connected(request, fetch.wait_verified())
                 continue
         if limit > position:
             await send_span(request, resp, fd, position, limit - position)
@@ -150,6 +159,30 @@ async def _send_growing(
         elif fetch.verified:
             break  # everything sent (a body of unknown size has ended)
     return position - start
+
+
+class ClientGone(Exception):
+    """The client hung up while its reader waited for the fetch."""
+
+
+async def _while_connected(request: web.Request, waiting: Awaitable[T]) -> T:
+    """``waiting``'s result; raises ClientGone as soon as the client is gone.
+
+    aiohttp tells a handler nothing when its client hangs up (handler cancellation is
+    off) until it next writes; a reader waiting for a slow upstream would stay attached to
+    the fetch, which then never learns that nobody reads it (``mirror.fetches``). So
+    the wait looks at the connection every ``CLIENT_CHECK`` seconds."""
+    task = asyncio.ensure_future(waiting)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=CLIENT_CHECK)
+            if done:
+                return task.result()
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                raise ClientGone
+    finally:
+        task.cancel()
 
 
 # How a checked send of a stored file ended.

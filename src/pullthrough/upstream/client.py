@@ -1,14 +1,24 @@
 """One client per remote registry: pooled connections, auth challenges, redirects, time-outs.
 
 Every failure leaves this module as a registry error the mirror can act on:
-UpstreamUnavailable (unreachable, timed out, 5xx), TooManyRequests (429, with Retry-After),
-Unauthorized/Denied (the upstream refused the mirror's credentials). A 404 is returned as
-``None`` by the methods that ask "does it exist": the caller decides what it means.
+UpstreamUnavailable (unreachable, timed out, 5xx, or the mirror busy: a 503 with
+Retry-After), TooManyRequests (429, with Retry-After), Unauthorized/Denied (the upstream
+refused the mirror's credentials). A 404 is returned as ``None`` by the methods that ask
+"does it exist": the caller decides what it means.
+
+Two connection pools per upstream: one for manifests, tags, blob HEADs and tokens, one for
+blob downloads, so downloads can never starve the small requests a pull starts with.
+Neither pool makes a request wait inside aiohttp (no connector limit): the metadata
+requests are bounded by ``Slots`` here and the downloads by ``download_slot``, each with a
+bounded wait of its own. So an aiohttp connect time-out always means the socket connect
+(or name look-up) timed out, and only that, with refused connections, counts towards the
+circuit breaker (``upstream.breaker``) that decides the upstream is down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -38,6 +48,7 @@ from pullthrough.upstream.auth import (
     parse_challenge,
 )
 from pullthrough.upstream.bodies import NETWORK_ERRORS, read_capped
+from pullthrough.upstream.breaker import Breaker, State, Ticket
 from pullthrough.upstream.outbound import (
     MAX_REDIRECTS,
     Outbound,
@@ -46,21 +57,36 @@ from pullthrough.upstream.outbound import (
     origin_of,
 )
 from pullthrough.upstream.ratelimit import RateLimit
+from pullthrough.upstream.slots import NoSlot, Slots
 from pullthrough.upstream.tokens import UpstreamAuth
 
 log = logging.getLogger(__name__)
 
 # Back-off before each retry of a request that failed to connect or lost its connection.
 CONNECT_RETRY_BACKOFF = (0.1, 0.4)
-# After the upstream could not be reached at all, requests within this many seconds fail
-# at once (cached content is served without waiting for retries and time-outs again).
-DOWN_FOR = 3.0
+# Manifest, tag, blob HEAD requests in flight to one upstream at once; more wait (up to
+# the connect time-out) for one of these to end. Tokens are fetched outside this bound
+# (one per scope at a time): a request holding a slot may need one.
+METADATA_SLOTS = 32
+# How long a new download waits for a free slot (mirror.upstream_max_downloads) before
+# the client is told 503 + Retry-After: long enough to ride out a burst (downloads nobody
+# reads any more are cancelled within about a second, mirror.fetches), short enough that
+# nothing queues without bound.
+DOWNLOAD_SLOT_WAIT = 3.0
+# What a busy mirror tells a client to wait (seconds) before asking again.
+BUSY_RETRY_AFTER = 2
+# While the circuit is open, a request waits this long for the probe (``GET /v2/``, run
+# apart from it) before it fails: long enough for an upstream that is back to answer, so
+# the request goes on; short enough that cached content is still served at once when the
+# probe hangs on an unreachable address.
+PROBE_PATIENCE = 0.5
 # Large reads keep the per-chunk overhead (thread hops, hashing calls) small on big blobs.
 READ_BUFSIZE = 1024 * 1024  # 4 MiB cost 35 MiB more RSS under 20 cold streams, no speed
 
 E = TypeVar("E", bound=RegistryError)
 # Failures that say the upstream cannot be reached at all (refused, no route, no name,
-# connect time-out), as opposed to one slow or broken answer.
+# connect time-out), as opposed to one slow or broken answer. With no connector limit,
+# ConnectionTimeoutError is the socket connect (or look-up) only, never a pool wait.
 _UNREACHABLE = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
@@ -114,6 +140,7 @@ class UpstreamClient:
         self.outbound = outbound or OutboundPolicy().for_upstream(config.url)
         self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
+        self._blob_session: aiohttp.ClientSession | None = None
         self.auth = UpstreamAuth(self)
         self.rate_limit = RateLimit(
             config.name,
@@ -121,39 +148,82 @@ class UpstreamClient:
             on_remaining=lambda n: self.metrics.ratelimit_remaining.labels(config.name).set(n),
         )
         self.last_ok: float | None = None  # time.time() of the last answer below 500
-        self._down_until = 0.0  # time.monotonic() before which the upstream is not tried
         self.last_error: str | None = None
         self._clock = clock
+        self.breaker = Breaker(clock=clock, on_change=self._show_circuit)
+        self._probing: asyncio.Task[None] | None = None
+        self._show_circuit(self.breaker.state)
+        self._metadata = Slots(METADATA_SLOTS)
+        self.downloads = Slots(config.max_downloads)
+        self.metrics.upstream_downloads.labels(config.name).set_function(
+            lambda: self.downloads.in_use
+        )
         self.in_use = 0  # requests (and the downloads they stream) under way now
         self.last_active = clock()  # when the last of them ended (``clock``'s time)
 
+    def _show_circuit(self, now: State) -> None:
+        for state in State:
+            self.metrics.upstream_circuit.labels(self.name, state.value).set(int(state is now))
+
     @property
     def session(self) -> aiohttp.ClientSession:
+        """The pool for manifests, tags, blob HEADs and tokens."""
         if self._session is None:
-            timeout = aiohttp.ClientTimeout(
-                total=None,
-                connect=self.config.connect_timeout,
-                sock_connect=self.config.connect_timeout,
-                sock_read=self.config.read_timeout,
-            )
-            self._session = aiohttp.ClientSession(
-                timeout=timeout,
-                read_bufsize=READ_BUFSIZE,
-                auto_decompress=False,
-                trust_env=False,
-                connector=aiohttp.TCPConnector(
-                    limit=100,
-                    ttl_dns_cache=60,
-                    # Names are checked on what they resolve to, when connecting.
-                    resolver=PolicyResolver(self.outbound, self._resolver),
-                ),
-            )
+            self._session = self._new_session()
         return self._session
 
+    @property
+    def blob_session(self) -> aiohttp.ClientSession:
+        """The pool for blob downloads (at most ``max_downloads`` at once)."""
+        if self._blob_session is None:
+            self._blob_session = self._new_session()
+        return self._blob_session
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            # No connector limit (below): ``connect`` never includes waiting for a pooled
+            # connection, only the look-up and the socket connect.
+            connect=self.config.connect_timeout,
+            sock_connect=self.config.connect_timeout,
+            sock_read=self.config.read_timeout,
+        )
+        return aiohttp.ClientSession(
+            timeout=timeout,
+            read_bufsize=READ_BUFSIZE,
+            auto_decompress=False,
+            trust_env=False,
+            connector=aiohttp.TCPConnector(
+                limit=0,  # bounded by Slots instead, whose wait is not a connect failure
+                ttl_dns_cache=60,
+                # Names are checked on what they resolve to, when connecting.
+                resolver=PolicyResolver(self.outbound, self._resolver),
+            ),
+        )
+
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._probing is not None:
+            self._probing.cancel()
+        for session in (self._session, self._blob_session):
+            if session is not None:
+                await session.close()
+        self._session = self._blob_session = None
+
+    @asynccontextmanager
+    async def download_slot(self) -> AsyncIterator[None]:
+        """Hold one of this upstream's ``max_downloads`` download slots for the body (a
+        whole fetch, resumes included). Raises UpstreamUnavailable (503, Retry-After)
+        when none comes free within ``DOWNLOAD_SLOT_WAIT``: beyond the cap clients are
+        told to come back, never queued without bound."""
+        try:
+            async with self.downloads.hold(DOWNLOAD_SLOT_WAIT):
+                yield
+        except NoSlot:
+            raise self._busy(
+                "downloads",
+                f"upstream {self.name}: {self.downloads.size} downloads from it are under way "
+                "already (mirror.upstream_max_downloads); try again shortly",
+            ) from None
 
     # --- public calls ------------------------------------------------------------------
 
@@ -207,7 +277,9 @@ class UpstreamClient:
     ) -> AsyncIterator[BlobStream | None]:
         """The blob's body from ``offset`` on (a Range request when offset > 0), or None on 404."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        async with self._request("GET", repo, f"blobs/{digest}", headers=headers) as resp:
+        async with self._request(
+            "GET", repo, f"blobs/{digest}", headers=headers, download=True
+        ) as resp:
             if resp.status == 404:
                 yield None
                 return
@@ -254,24 +326,44 @@ class UpstreamClient:
         *,
         headers: dict[str, str] | None = None,
         params: dict[str, str] | None = None,
+        download: bool = False,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """``download``: a blob GET, on the download pool (its caller holds a
+        ``download_slot``); anything else holds a metadata slot while it runs."""
         scope = f"repository:{repo}:pull"
         url = f"{self.base}/v2/{repo}/{path}"
         self.in_use += 1
         try:
-            resp = await self._send_authed(method, url, scope, headers or {}, params)
-            try:
-                yield resp
-            except NETWORK_ERRORS as exc:
-                raise self.unavailable(exc) from exc
-            finally:
-                resp.release()
+            async with contextlib.AsyncExitStack() as stack:
+                if not download:
+                    await stack.enter_async_context(self._metadata_slot())
+                session = self.blob_session if download else self.session
+                resp = await self._send_authed(session, method, url, scope, headers or {}, params)
+                try:
+                    yield resp
+                except NETWORK_ERRORS as exc:
+                    raise self.unavailable(exc) from exc
+                finally:
+                    resp.release()
         finally:
             self.in_use -= 1
             self.last_active = self._clock()
 
+    @asynccontextmanager
+    async def _metadata_slot(self) -> AsyncIterator[None]:
+        try:
+            async with self._metadata.hold(self.config.connect_timeout):
+                yield
+        except NoSlot:
+            raise self._busy(
+                "metadata",
+                f"upstream {self.name}: all {self._metadata.size} of the mirror's requests "
+                "for manifests to it are busy; try again shortly",
+            ) from None
+
     async def _send_authed(
         self,
+        session: aiohttp.ClientSession,
         method: str,
         url: str,
         scope: str,
@@ -279,17 +371,69 @@ class UpstreamClient:
         params: dict[str, str] | None,
     ) -> aiohttp.ClientResponse:
         self._check_not_throttled()
-        if time.monotonic() < self._down_until:
-            raise self.failed(
-                UpstreamUnavailable(
-                    f"upstream {self.name} could not be reached moments ago "
-                    f"({self.last_error or 'no answer'}); trying again shortly"
-                ),
-                remember=False,
+        ticket = await self._admit()
+        try:
+            return await self._send_authed_admitted(
+                session, method, url, scope, headers, params, ticket
             )
+        finally:
+            self.breaker.release(ticket)
+
+    async def _admit(self) -> Ticket:
+        """Leave to send a request now. While the circuit is open, start the probe (if none
+        is running) and give it ``PROBE_PATIENCE`` to find the upstream back; if it has
+        not, fail at once with 503 (cached content is served by the caller meanwhile)."""
+        ticket = self.breaker.admit()
+        if ticket is not None and ticket.probe:
+            self._probing = asyncio.get_running_loop().create_task(self._probe(ticket))
+        elif ticket is not None:
+            return ticket
+        if self._probing is not None and not self._probing.done():
+            await asyncio.wait({self._probing}, timeout=PROBE_PATIENCE)  # never cancels it
+        ticket = self.breaker.admit()
+        if ticket is not None and not ticket.probe:
+            return ticket
+        if ticket is not None:
+            self.breaker.release(ticket)  # the probe just failed: the next request probes
+        self.metrics.upstream_refused.labels(self.name, "circuit_open").inc()
+        raise self.failed(
+            UpstreamUnavailable(
+                f"upstream {self.name} could not be reached moments ago "
+                f"({self.last_error or 'no answer'}); trying again with the next request",
+                headers={"Retry-After": "1"},
+            ),
+            remember=False,
+        )
+
+    async def _probe(self, ticket: Ticket) -> None:
+        """One ``GET /v2/`` with no retry: any answer means the upstream is reachable."""
+        try:
+            url = f"{self.base}/v2/"
+            self.outbound.check_url(url, "upstream")
+            async with self.session.get(url, allow_redirects=False):
+                self.breaker.succeeded()
+            log.info("upstream %s answers again", self.name)
+        except _UNREACHABLE as exc:
+            self.breaker.failed(ticket)
+            log.debug("upstream %s: probe: %s", self.name, exc)
+        except Exception as exc:  # no verdict (policy, a broken answer): next request probes
+            log.debug("upstream %s: probe ended without a verdict: %s", self.name, exc)
+        finally:
+            self.breaker.release(ticket)
+
+    async def _send_authed_admitted(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: str,
+        scope: str,
+        headers: dict[str, str],
+        params: dict[str, str] | None,
+        ticket: Ticket,
+    ) -> aiohttp.ClientResponse:
         for attempt in range(2):
             auth = self.auth.header(scope)
-            resp = await self._send(method, url, headers, params, auth)
+            resp = await self._send(session, method, url, headers, params, auth, ticket)
             if resp.status != 401:
                 self.rate_limit.note(resp.headers)
                 if resp.status < 500:
@@ -319,11 +463,13 @@ class UpstreamClient:
 
     async def _send(
         self,
+        session: aiohttp.ClientSession,
         method: str,
         url: str,
         headers: dict[str, str],
         params: dict[str, str] | None,
         auth: str | None,
+        ticket: Ticket,
     ) -> aiohttp.ClientResponse:
         """Send, following redirects here (the client never sees a CDN redirect).
         Authorization goes only to the upstream's own origin."""
@@ -337,7 +483,7 @@ class UpstreamClient:
             hdrs = CIMultiDict(headers)
             if auth and _origin(url) == origin:
                 hdrs["Authorization"] = auth
-            resp = await self._request_with_retry(method, url, hdrs, params)
+            resp = await self._request_with_retry(session, method, url, hdrs, params, ticket)
             if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                 url = urljoin(url, resp.headers["Location"])
                 params = None  # the Location carries its own query
@@ -350,27 +496,40 @@ class UpstreamClient:
         )
 
     async def _request_with_retry(
-        self, method: str, url: str, headers: CIMultiDict[str], params: dict[str, str] | None
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: str,
+        headers: CIMultiDict[str],
+        params: dict[str, str] | None,
+        ticket: Ticket,
     ) -> aiohttp.ClientResponse:
         """One request; connection-level failures (refused, reset, a pooled connection the
         upstream had closed) are retried with a short back-off. Time-outs are not: they
-        already cost the configured time, and a client is waiting."""
+        already cost the configured time, and a client is waiting. The upstream's own
+        origin answering, or not being reachable after the retries, is what the circuit
+        breaker hears (a redirect target's failures are not the upstream being down)."""
+        own = _origin(url) == _origin(self.base)
         for attempt, backoff in enumerate((*CONNECT_RETRY_BACKOFF, None)):
             try:
-                return await self.session.request(
+                resp = await session.request(
                     method, url, headers=headers, params=params, allow_redirects=False
                 )
             except OutboundRefused as exc:  # from PolicyResolver: nothing was connected to
                 raise self.failed(OutboundRefused(f"upstream {self.name}: {exc.message}")) from None
             except (aiohttp.ClientConnectionError, ConnectionError) as exc:
                 if backoff is None or isinstance(exc, aiohttp.ServerTimeoutError):
-                    if isinstance(exc, _UNREACHABLE):
-                        self._down_until = time.monotonic() + DOWN_FOR
+                    if own and isinstance(exc, _UNREACHABLE):
+                        self.breaker.failed(ticket)
                     raise self.unavailable(exc) from exc
                 log.debug("upstream %s: %s; retry %d", self.name, exc, attempt + 1)
                 await asyncio.sleep(backoff)
             except NETWORK_ERRORS as exc:
                 raise self.unavailable(exc) from exc
+            else:
+                if own:
+                    self.breaker.succeeded()
+                return resp
         raise AssertionError("unreachable")  # pragma: no cover
 
     # --- error mapping -----------------------------------------------------------------
@@ -405,6 +564,14 @@ class UpstreamClient:
                 "answer",
                 headers={"Retry-After": str(max(1, round(wait)))},
             )
+        )
+
+    def _busy(self, lane: str, message: str) -> UpstreamUnavailable:
+        """The mirror's own limit was reached (not the upstream failing): 503, come back."""
+        self.metrics.upstream_refused.labels(self.name, lane).inc()
+        return self.failed(
+            UpstreamUnavailable(message, headers={"Retry-After": str(BUSY_RETRY_AFTER)}),
+            remember=False,
         )
 
     def _check_not_throttled(self) -> None:
