@@ -110,6 +110,8 @@ class _Upstream(_Section):
     tag_freshness: Any = None
     upstream_connect_timeout: Any = None
     upstream_read_timeout: Any = None
+    upstream_stall_timeout: Any = None
+    upstream_stall_budget: Any = None
 
 
 class _Redis(_Section):
@@ -151,6 +153,8 @@ class _Mirror(_Section):
     verify_interval: Any = "24h"
     upstream_connect_timeout: Any = "5s"
     upstream_read_timeout: Any = "30s"
+    upstream_stall_timeout: Any = "10s"
+    upstream_stall_budget: Any = "25s"
     tag_freshness: Any = "0s"
     index_path: str | None = None
     maxsize: Any = None
