@@ -106,3 +106,17 @@ class UpstreamInvalid(RegistryError):
     """The upstream answered with something that cannot be trusted (wrong digest, bad body)."""
 
     code, status = "UPSTREAM_INVALID", 502
+
+
+class OutboundRefused(UpstreamInvalid):
+    """The mirror's outbound policy refused a URL an upstream sent it to (a non-public
+    address, a non-HTTP scheme, too many redirects): nothing was requested there."""
+
+    code, status = "OUTBOUND_REFUSED", 502
+
+
+class StoredBlobCorrupt(RegistryError):
+    """A stored blob failed its check before any byte of the answer went out (it has been
+    removed; asking the mirror again fetches it)."""
+
+    code, status = "UNAVAILABLE", 503

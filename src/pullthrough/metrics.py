@@ -91,6 +91,19 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.corrupt_blobs = Counter(
+            "pullthrough_corrupt_blobs",
+            "Stored blobs found not to match their digest (then removed and fetched again "
+            "on the next request), by where: read (as a client was sent it), scrub (the "
+            "background re-hash).",
+            ["found"],
+            registry=r,
+        )
+        self.scrubbed_bytes = Counter(
+            "pullthrough_scrubbed_bytes",
+            "Stored bytes re-hashed by the background scrub (mirror.scrub_rate).",
+            registry=r,
+        )
         self.store_bytes = Gauge(
             "pullthrough_store_bytes", "Bytes the store holds (at the last sweep).", registry=r
         )
@@ -105,6 +118,19 @@ class Metrics:
             ["upstream"],
             registry=r,
         )
+
+    def forget_upstream(self, name: str) -> None:
+        """Remove every series labelled with upstream ``name`` (an ad-hoc upstream given
+        back: names clients choose must not grow the exposition without end)."""
+        for metric in (
+            self.cache,
+            self.upstream_bytes,
+            self.passthrough_bytes,
+            self.revalidations,
+            self.upstream_errors,
+            self.ratelimit_remaining,
+        ):
+            metric.remove_by_labels({"upstream": name})
 
     def add_cluster(self) -> ClusterMetrics:
         """The cluster's metrics (``mirror.cluster``), registered only in cluster mode."""

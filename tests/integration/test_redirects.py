@@ -27,7 +27,13 @@ def test_blob_redirects_are_followed_without_the_authorization_header(
     ) as cdn:
         front.redirect_blobs_to = cdn.url
         mirror = mirror_factory(
-            front.url, config={"proxy": {"username": USER, "password": PASSWORD}}
+            front.url,
+            config={
+                "proxy": {"username": USER, "password": PASSWORD},
+                # The CDN stand-in is on another loopback address, which the outbound
+                # policy refuses unless allowed (a real CDN is on a public address).
+                "mirror": {"outbound": {"allow": [cdn.host]}},
+            },
         )
 
         pull_dir(image.on(mirror.host), tmp_path / "pulled")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from http.server import BaseHTTPRequestHandler
 
-from .servers import HandlerServer
+from .servers import HandlerServer, QuietHandler
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
@@ -38,30 +38,16 @@ class ClaimingUpstream(HandlerServer):
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         upstream = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _send(self, status: int, headers: dict[str, str], body: bytes = b"") -> None:
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                if "Content-Length" not in headers:
-                    self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
+        class Handler(QuietHandler):
 
             def do_HEAD(self) -> None:  # noqa: N802
                 upstream.requests.append(f"HEAD {self.path}")
                 ref = self.path.split("?")[0].rsplit("/", 1)[-1]
                 if "/blobs/" in self.path:
-                    self._send(200, {"Content-Length": "7", "Docker-Content-Digest": ref})
+                    self.send(200, {"Content-Length": "7", "Docker-Content-Digest": ref})
                 elif "/manifests/" in self.path:
                     digest = ref if ":" in ref else (upstream.tag_digest or upstream.own_digest)
-                    self._send(
+                    self.send(
                         200,
                         {
                             "Content-Type": OCI_MANIFEST,
@@ -70,14 +56,14 @@ class ClaimingUpstream(HandlerServer):
                         },
                     )
                 else:
-                    self._send(200, {})
+                    self.send(200, {})
 
             def do_GET(self) -> None:  # noqa: N802
                 upstream.requests.append(f"GET {self.path}")
                 ref = self.path.split("?")[0].rsplit("/", 1)[-1]
                 body = upstream.manifest
                 if self.path.rstrip("/") == "/v2":
-                    self._send(200, {"Content-Type": "application/json"}, b"{}")
+                    self.send(200, {"Content-Type": "application/json"}, b"{}")
                 elif (
                     "/manifests/" in self.path
                     and body is not None
@@ -85,8 +71,8 @@ class ClaimingUpstream(HandlerServer):
                 ):
                     digest = upstream.own_digest
                     headers = {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": digest}
-                    self._send(200, headers, body)
+                    self.send(200, headers, body)
                 else:
-                    self._send(404, {"Content-Type": "application/json"}, b'{"errors":[]}')
+                    self.send(404, {"Content-Type": "application/json"}, b'{"errors":[]}')
 
         return Handler

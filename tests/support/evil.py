@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from http.server import BaseHTTPRequestHandler
 
-from .servers import HandlerServer
+from .servers import HandlerServer, QuietHandler
 
 HUGE = 100 * 1024 * 1024
 
@@ -28,20 +28,7 @@ class EvilUpstream(HandlerServer):
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         evil = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _send(self, status: int, headers: dict[str, str], body: bytes = b"") -> None:
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
+        class Handler(QuietHandler):
 
             def do_HEAD(self) -> None:  # noqa: N802
                 self.do_GET()
@@ -51,24 +38,24 @@ class EvilUpstream(HandlerServer):
                 evil.requests.append(f"{self.command} {path}")
                 if path == "/v2/" or path.startswith("/token"):
                     if path.startswith("/token"):
-                        self._send(
+                        self.send(
                             200,
                             {"Content-Type": "application/json"},
                             b'{"token": "' + b"x" * (10 * 1024 * 1024) + b'"}',
                         )
                     else:
-                        self._send(200, {})
+                        self.send(200, {})
                     return
                 first = path.split("/")[2] if path.count("/") > 2 else ""
                 if first == "tokenbomb":
                     realm = f"{evil.url}/token"
-                    self._send(401, {"WWW-Authenticate": f'Bearer realm="{realm}",service="x"'})
+                    self.send(401, {"WWW-Authenticate": f'Bearer realm="{realm}",service="x"'})
                 elif first == "loop":
-                    self._send(307, {"Location": path})
+                    self.send(307, {"Location": path})
                 elif first == "file":
-                    self._send(307, {"Location": "file:///etc/passwd"})
+                    self.send(307, {"Location": "file:///etc/passwd"})
                 elif first == "ftp":
-                    self._send(307, {"Location": "ftp://127.0.0.1/blob"})
+                    self.send(307, {"Location": "ftp://127.0.0.1/blob"})
                 elif first == "huge" and "/manifests/" in path:
                     self.send_response(200)
                     self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
@@ -98,10 +85,10 @@ class EvilUpstream(HandlerServer):
                             "layers": layers,
                         }
                     ).encode()
-                    self._send(
+                    self.send(
                         200, {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}, body
                     )
                 else:
-                    self._send(404, {"Content-Type": "application/json"}, b'{"errors":[]}')
+                    self.send(404, {"Content-Type": "application/json"}, b'{"errors":[]}')
 
         return Handler

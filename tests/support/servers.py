@@ -192,6 +192,27 @@ class _Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """A keep-alive handler that logs nothing and answers through ``send()``."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def send(self, status: int, headers: dict[str, str], body: bytes = b"") -> None:
+        """Answer ``status`` with ``headers`` and ``body`` (no body for HEAD, with its
+        length unless ``headers`` gives one: a HEAD may announce what a GET would send)."""
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        if "Content-Length" not in headers:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+
 class HandlerServer:
     """An ``http.server`` handler served on ``http://<host>:<port>`` from a daemon thread.
 

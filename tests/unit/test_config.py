@@ -137,6 +137,10 @@ def test_unknown_env_override_and_unknown_key_are_warnings(tmp_path: Path) -> No
         ("mirror: {limits: {max_body_size: lots}}", "mirror.limits.max_body_size"),
         ("mirror: {limits: {header_timeout: 0s}}", "mirror.limits.header_timeout"),
         ("mirror: {limits: {max_headers: 0}}", "mirror.limits.max_headers"),
+        ("mirror: {scrub_rate: fast}", "mirror.scrub_rate"),
+        ("mirror: {scrub_rate: -5MB/s}", "mirror.scrub_rate"),
+        ("mirror: {scrub_rate: 5MB/h}", "mirror.scrub_rate"),
+        ("mirror: {scrub_rate: true}", "mirror.scrub_rate"),
         ("log: [1, 2]", "log"),
     ],
 )
@@ -217,3 +221,33 @@ def test_bad_upstream_entries_name_the_key(tmp_path: Path, text: str, key: str) 
     with pytest.raises(ConfigError) as info:
         load(write(tmp_path, text), environ={})
     assert str(info.value).startswith(key), str(info.value)
+
+
+def test_adhoc_upstream_slots_are_configured_and_bad_values_name_the_key(
+    tmp_path: Path,
+) -> None:
+    config = load(
+        write(tmp_path, "mirror:\n  adhoc_upstreams:\n    max: 8\n    idle: 90s\n"), environ={}
+    )
+    assert (config.adhoc_max, config.adhoc_idle) == (8, 90.0)
+    defaults = load(None, environ={})
+    assert (defaults.adhoc_max, defaults.adhoc_idle) == (64, 600.0)
+    for bad, key in [
+        ("max: 0", "mirror.adhoc_upstreams.max"),
+        ("max: lots", "mirror.adhoc_upstreams.max"),
+        ("idle: 0s", "mirror.adhoc_upstreams.idle"),
+        ("idle: soon", "mirror.adhoc_upstreams.idle"),
+    ]:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load(write(tmp_path, f"mirror:\n  adhoc_upstreams:\n    {bad}\n"), environ={})
+
+
+def test_outbound_allow_entries_are_checked_and_a_bad_one_names_its_key(tmp_path: Path) -> None:
+    text = "mirror:\n  outbound:\n    allow: [10.0.0.0/8, 'fd00::1', registry.lab]\n"
+    config = load(write(tmp_path, text), environ={})
+    assert config.outbound_allow == ("10.0.0.0/8", "fd00::1", "registry.lab")
+    bad = "mirror:\n  outbound:\n    allow: [10.0.0.0/8, 'not a host!']\n"
+    with pytest.raises(ConfigError, match=r"mirror\.outbound\.allow\[1\]: 'not a host!'"):
+        load(write(tmp_path, bad), environ={})
+    with pytest.raises(ConfigError, match=r"mirror\.outbound\.allow"):
+        load(write(tmp_path, "mirror:\n  outbound:\n    allow: 10.0.0.0/8\n"), environ={})

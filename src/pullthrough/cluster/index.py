@@ -200,33 +200,29 @@ class RedisIndex:
 
     async def served_by(self, upstream: str, digest: str) -> bool:
         """Whether ``upstream`` itself served the bytes of ``digest`` (verified)."""
-        remembered = (upstream, digest)
-        try:
-            found = bool(
-                await self._call(lambda r: r.sismember(key("servedby", digest), upstream))
-            )
-        except RedisUnavailable:
-            # Unknown counts as not served: the upstream then serves it again, which is safe.
-            return self._served.get(remembered, False)
-        if found:
-            self._served.put(remembered, True)
-        else:
-            self._served.drop(remembered)
-        return found
+        return await self._member(
+            self._served, (upstream, digest), key("servedby", digest), upstream
+        )
 
     async def is_linked(self, upstream: str, repo: str, digest: str) -> bool:
-        remembered = (upstream, repo, digest)
+        return await self._member(
+            self._links, (upstream, repo, digest), key("links", upstream, repo), digest
+        )
+
+    async def _member(
+        self, memo: _Recent[K, bool], remembered: K, set_key: str, member: str
+    ) -> bool:
+        """Whether ``member`` is in the Redis set ``set_key``, remembered in ``memo`` for
+        when Redis is down. Unknown then counts as no: the caller asks the upstream again
+        (or fetches from it), which is safe."""
         try:
-            found = bool(
-                await self._call(lambda r: r.sismember(key("links", upstream, repo), digest))
-            )
+            found = bool(await self._call(lambda r: r.sismember(set_key, member)))
         except RedisUnavailable:
-            # Unknown counts as not linked: the caller then asks the upstream, which is safe.
-            return self._links.get(remembered, False)
+            return memo.get(remembered, False)
         if found:
-            self._links.put(remembered, True)
+            memo.put(remembered, True)
         else:
-            self._links.drop(remembered)
+            memo.drop(remembered)
         return found
 
     async def blob(self, digest: str) -> BlobRecord | None:

@@ -34,8 +34,10 @@ from pullthrough.config.values import (
     check_url,
     parse_addr,
     parse_duration,
+    parse_rate,
     parse_size,
 )
+from pullthrough.upstream.outbound import OutboundPolicy
 
 _STORAGE_DRIVERS = {"s3", "azure", "gcs", "swift", "oss", "inmemory"}
 # An upstream name is a registry host (``ghcr.io``, ``registry.example.com:5000``): it is
@@ -147,6 +149,7 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
         tls_clientcas=tuple(tls.clientcas),
         verify_on_read=root.mirror.verify_on_read,
         verify_interval=parse_duration(root.mirror.verify_interval, "mirror.verify_interval"),
+        scrub_rate=parse_rate(root.mirror.scrub_rate, "mirror.scrub_rate"),
         limits=_limits(root),
         maxsize=_maxsize(root.mirror.maxsize),
         debug_addr=parse_addr(debug.addr, "http.debug.addr") if debug.addr else None,
@@ -155,6 +158,9 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
         gc_batch=_batch(root.mirror.gc_batch),
         cluster=cluster,
         access=access,
+        outbound_allow=_outbound_allow(root.mirror.outbound.allow),
+        adhoc_max=_adhoc_max(root.mirror.adhoc_upstreams.max),
+        adhoc_idle=_positive(root.mirror.adhoc_upstreams.idle, "mirror.adhoc_upstreams.idle"),
         warnings=tuple(warnings),
     )
 
@@ -232,6 +238,16 @@ def _warn_unknown_users(
     missing = [u for u in users if u != "*" and u not in known]
     if missing:
         warnings.append(f"{key}: not in {auth.path} (yet): {', '.join(missing)}")
+
+
+def _outbound_allow(entries: list[str]) -> tuple[str, ...]:
+    """``mirror.outbound.allow``, checked now: each entry a CIDR, IP address or host name."""
+    for i, entry in enumerate(entries):
+        try:
+            OutboundPolicy.parse([entry])
+        except ValueError as exc:
+            raise ConfigError(f"mirror.outbound.allow[{i}]: {exc}") from None
+    return tuple(entries)
 
 
 def _maxsize(value: Any) -> StoreLimit | None:
@@ -316,6 +332,15 @@ def _metrics_path(path: str) -> str:
             f"http.debug.prometheus.path: expected a path such as /metrics, got {path!r}"
         )
     return path
+
+
+def _adhoc_max(value: int) -> int:
+    if value < 1:
+        raise ConfigError(
+            "mirror.adhoc_upstreams.max: must be at least 1 (to mirror no registry nobody "
+            "configured, leave mirror.allow_any_upstream false)"
+        )
+    return value
 
 
 def _batch(value: int) -> int:

@@ -113,12 +113,16 @@ class Config:
     metrics_path: str | None = None  # http.debug.prometheus.path when enabled
     tls_clientcas: tuple[str, ...] = ()
     verify_on_read: bool = True
-    verify_interval: float = 24 * 3600.0
+    verify_interval: float = 24 * 3600.0  # how often the scrub starts a pass over the store
+    scrub_rate: int = 20 * 1000**2  # bytes/s the background scrub re-hashes at most; 0 = off
     limits: Limits = Limits()
     gc_interval: float = 60.0
     gc_batch: int = 1000
     cluster: ClusterConfig | None = None  # None: one process, SQLite index
     access: tuple[AccessRule, ...] = ()  # mirror.access; empty: no per-repository rules
+    outbound_allow: tuple[str, ...] = ()  # mirror.outbound.allow: non-public hosts allowed
+    adhoc_max: int = 64  # mirror.adhoc_upstreams.max: ad-hoc upstream slots at once
+    adhoc_idle: float = 600.0  # mirror.adhoc_upstreams.idle: unused this long, given back
     warnings: tuple[str, ...] = ()
 
     @property

@@ -142,6 +142,15 @@ class _AccessRule(_Section):
     users: list[str] | None = None
 
 
+class _Outbound(_Section):
+    allow: list[str] = []  # CIDRs, IP addresses or host names the mirror may connect to
+
+
+class _AdhocUpstreams(_Section):
+    max: int = 64  # slots for registries nobody configured (mirror.allow_any_upstream)
+    idle: Any = "10m"  # a slot unused this long is given back
+
+
 class _Mirror(_Section):
     limits: _Limits = _Limits()
     access: list[_AccessRule] = []
@@ -151,6 +160,7 @@ class _Mirror(_Section):
     allow_anonymous_with_upstream_credentials: bool = False
     verify_on_read: bool = True
     verify_interval: Any = "24h"
+    scrub_rate: Any = "20MB/s"
     upstream_connect_timeout: Any = "5s"
     upstream_read_timeout: Any = "30s"
     upstream_stall_timeout: Any = "10s"
@@ -161,6 +171,8 @@ class _Mirror(_Section):
     gc_interval: Any = "1m"
     gc_batch: int = 1000
     cluster: _Cluster = _Cluster()
+    outbound: _Outbound = _Outbound()
+    adhoc_upstreams: _AdhocUpstreams = _AdhocUpstreams()
 
 
 class Root(_Section):

@@ -102,3 +102,20 @@ def parse_size(value: Any, key: str) -> int:
     prefix = unit[:1] if unit not in ("", "b") else ""
     scale = 1024 ** "kmgtp".index(prefix) * 1024 if binary and prefix else _SIZE_UNITS[prefix]
     return int(number * scale)
+
+
+def parse_rate(value: Any, key: str) -> int:
+    """Bytes per second from ``50MB/s`` or ``1MiB/s`` (``/s`` may be left out), or a bare
+    number of bytes per second; 0 is allowed (off)."""
+    if isinstance(value, bool) or value is None:
+        raise ConfigError(f"{key}: expected a rate like 50MB/s (0 = off), got {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ConfigError(f"{key}: must not be negative, got {value!r}")
+        return int(value)
+    text = str(value).strip()
+    if text.lower().endswith("/s"):
+        text = text[:-2]
+    if not _SIZE.match(text):
+        raise ConfigError(f"{key}: expected a rate like 50MB/s (0 = off), got {value!r}")
+    return parse_size(text, key)

@@ -21,6 +21,7 @@ from pullthrough.mirror.fetches import Fetches
 from pullthrough.mirror.listing import Listing
 from pullthrough.mirror.manifests import ManifestService
 from pullthrough.mirror.provenance import Provenance
+from pullthrough.mirror.scrub import Scrubber
 from pullthrough.mirror.upstreams import Upstreams
 from pullthrough.reference import Digest
 from pullthrough.store.blobs import BlobStore
@@ -88,6 +89,18 @@ class Mirror:
             on_swept=self._swept,
             turns=self.cluster.sweep_turns if self.cluster else None,
         )
+        # Re-hashes the store in the background for bit rot that changes no metadata.
+        self.scrubber = (
+            Scrubber(
+                store=self.store,
+                rate=config.scrub_rate,
+                interval=config.verify_interval,
+                quarantine=self.quarantine,
+                metrics=self.metrics,
+            )
+            if config.scrub_rate > 0
+            else None
+        )
         self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -101,6 +114,10 @@ class Mirror:
             loop.create_task(self._flush_forever()),
             loop.create_task(self.sweeper.run_forever(self.config.gc_interval)),
         ]
+        if self.config.allow_any_upstream:
+            self._background.append(loop.create_task(self._reclaim_forever()))
+        if self.scrubber is not None:
+            self._background.append(loop.create_task(self.scrubber.run_forever()))
 
     async def stop(self) -> None:
         for task in self._background:
@@ -142,6 +159,20 @@ class Mirror:
     def _swept(self, report: SweepReport) -> None:
         self.metrics.store_objects.set(report.objects)
         self.metrics.store_bytes.set(report.stored_bytes)
+
+    async def _reclaim_forever(self) -> None:
+        """Give back idle ad-hoc upstream slots and close their connections, also when no
+        new registry is asked for (a new one reclaims idle slots itself)."""
+        interval = min(max(self.config.adhoc_idle / 2, 0.1), 60.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                given_back = await self.upstreams.reclaim()
+            except Exception:  # try again next time; a failed close only delays it
+                log.exception("giving back idle ad-hoc upstream slots failed")
+                continue
+            if given_back:
+                log.debug("gave back %d idle ad-hoc upstream slot(s)", given_back)
 
     async def _flush_forever(self) -> None:
         while True:

@@ -20,6 +20,7 @@ from pullthrough.server.verification import ReadVerification
 
 log = logging.getLogger(__name__)
 
+
 def build_app(config: Config) -> web.Application:
     """A ready-to-run application for ``config``; the mirror starts with the app."""
     limits = config.limits
@@ -33,8 +34,9 @@ def build_app(config: Config) -> web.Application:
     app[ACCESS_KEY] = AccessRules(config.access)
     app[VERIFY_KEY] = ReadVerification(
         enabled=config.verify_on_read,
-        interval=config.verify_interval,
+        verified=mirror.store.verified,
         quarantine=mirror.quarantine,
+        metrics=mirror.metrics,
     )
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:

@@ -19,15 +19,16 @@ from pullthrough.errors import (
     NotFound,
     PaginationInvalid,
     RegistryError,
+    StoredBlobCorrupt,
     Unsupported,
 )
 from pullthrough.manifest import parse_accept
 from pullthrough.mirror.listing import Page
 from pullthrough.mirror.service import Mirror
-from pullthrough.reference import is_digest, parse_digest, validate_tag
+from pullthrough.reference import Digest, is_digest, parse_digest, validate_tag
 from pullthrough.server.auth import ClientAuth
 from pullthrough.server.ranges import parse_range
-from pullthrough.server.routing import Route, resolve
+from pullthrough.server.routing import Route, route, target
 from pullthrough.server.transfer import send_blob
 from pullthrough.server.verification import ReadVerification
 from pullthrough.upstream.client import UpstreamClient
@@ -75,21 +76,32 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 
 
 async def _authorize(request: web.Request, kind: str, name: str | None) -> str | None:
-    """Who the client is, once ``auth:`` lets it at the request's target. A named request
-    is decided on the resolved (upstream, repository), after ``?ns=``, path prefixes and
-    Docker Hub's ``library/``, so that a grant for ``acme/app`` on the default upstream
-    does not read another upstream's ``acme/app`` through ``?ns=``."""
+    """Who the client is, once ``auth:`` and ``mirror.access`` let it at the request's
+    target. A named request is decided on the resolved (upstream, repository), after
+    ``?ns=``, path prefixes and Docker Hub's ``library/``, so that a grant for ``acme/app``
+    on the default upstream does not read another upstream's ``acme/app`` through
+    ``?ns=``. An ad-hoc upstream's slot is taken only after both said yes."""
     auth = request.app[AUTH_KEY]
     if name is None:
         return await auth.authorize(request, kind, None)
+    mirror = request.app[MIRROR_KEY]
     try:
-        route = resolve(request.app[MIRROR_KEY], name, request.query.get("ns"))
+        found = target(mirror, name, request.query.get("ns"))
     except RegistryError:
         # Say nothing about names and upstreams to a client that may not ask at all.
         await auth.authorize(request, kind, name)
         raise
-    request[ROUTE_KEY] = route
-    return await auth.authorize(request, kind, route.scope)
+    user = await auth.authorize(request, kind, found.scope)
+    if not request.app[ACCESS_KEY].allows(user, found.upstream.name, found.repo):
+        who = f"user {user}" if user is not None else "an anonymous client"
+        raise Denied(
+            f"requested access to the resource is denied: {who} may not pull "
+            f"{found.upstream.name}/{found.repo} (mirror.access)",
+            detail={"name": name},
+        )
+    # Only now may an ad-hoc upstream take a slot: a client that may not pull never does.
+    request[ROUTE_KEY] = route(mirror, found)
+    return user
 
 
 async def base(request: web.Request, _: dict[str, str]) -> web.StreamResponse:
@@ -135,6 +147,24 @@ async def blob(request: web.Request, params: dict[str, str]) -> web.StreamRespon
         if size is not None:
             headers["Content-Length"] = str(size)
         return web.Response(headers=headers)
+    verification = request.app[VERIFY_KEY]
+    try:
+        return await _send_blob(request, upstream, repo, digest, headers, verification)
+    except StoredBlobCorrupt:
+        # The stored copy failed its check before any header went out and was removed:
+        # asking again fetches it from the upstream for this very request (once).
+        return await _send_blob(request, upstream, repo, digest, headers, verification)
+
+
+async def _send_blob(
+    request: web.Request,
+    upstream: UpstreamClient,
+    repo: str,
+    digest: Digest,
+    headers: dict[str, str],
+    verification: ReadVerification,
+) -> web.StreamResponse:
+    mirror = request.app[MIRROR_KEY]
     body = await mirror.blobs.get(upstream, repo, digest)
     try:
         byte_range = (
@@ -144,7 +174,6 @@ async def blob(request: web.Request, params: dict[str, str]) -> web.StreamRespon
         if body.cached is not None:
             body.cached.close()
         raise
-    verification = request.app[VERIFY_KEY]
     return await send_blob(request, body, byte_range, headers, mirror.metrics, verification)
 
 
@@ -180,18 +209,11 @@ async def catalog(request: web.Request, _: dict[str, str]) -> web.StreamResponse
 
 
 def _route(request: web.Request, params: dict[str, str]) -> tuple[UpstreamClient, str]:
-    """The upstream and repository a request names, once ``mirror.access`` lets the client
-    pull it (checked on the resolved name, however the client addressed it)."""
-    route: Route = request[ROUTE_KEY]
-    user = request[USER_KEY]
-    if not request.app[ACCESS_KEY].allows(user, route.upstream.name, route.repo):
-        who = f"user {user}" if user is not None else "an anonymous client"
-        raise Denied(
-            f"requested access to the resource is denied: {who} may not pull "
-            f"{route.upstream.name}/{route.repo} (mirror.access)",
-            detail={"name": params["name"]},
-        )
-    return route.upstream, route.repo
+    """The upstream and repository a request names, as ``_authorize`` resolved them once
+    ``auth:`` and ``mirror.access`` let the client pull there (decided on the resolved
+    name, however the client addressed it)."""
+    found: Route = request[ROUTE_KEY]
+    return found.upstream, found.repo
 
 
 def _paging(request: web.Request) -> tuple[int | None, str | None]:

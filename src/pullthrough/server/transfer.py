@@ -5,9 +5,11 @@ of a fetch in progress sends what the fetch made readable and waits for more; if
 fetch fails, the connection is aborted so the client sees a failed transfer, never a
 short or wrong body as a success.
 
-A whole stored blob is hashed again as it is sent when ``server.verification`` says it is
-due: the last byte goes out only when the hash matches, so a file that rotted on disk is
-never served as a success; it is removed and the next request fetches it again.
+A stored blob is sent unhashed only while its file's stat is the one recorded when it was
+verified (``server.verification``); the stat is taken again before the last byte goes out,
+so a file changed during the transfer is caught too. Any other read hashes the file, and
+the last byte goes out only when the hash matches: a changed file is never served as a
+success; it is removed and the next request fetches it again.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 
 from aiohttp import web
 
-from pullthrough.errors import RegistryError
+from pullthrough.errors import RegistryError, StoredBlobCorrupt
 from pullthrough.metrics import Metrics
 from pullthrough.mirror.blobs import BlobBody, open_fetch_file
 from pullthrough.mirror.fetch import Fetch
@@ -27,7 +29,8 @@ from pullthrough.reference import Digest
 from pullthrough.server.ranges import ByteRange
 from pullthrough.server.sendfile import CHUNK, send_span
 from pullthrough.server.verification import ReadVerification
-from pullthrough.store.blobs import hasher_for
+from pullthrough.store.blobs import OpenBlob, hasher_for
+from pullthrough.store.identity import FileIdentity, fstat_identity, verify_fd_sync
 
 log = logging.getLogger(__name__)
 
@@ -51,21 +54,47 @@ async def send_blob(
     if stop is not None:
         resp.content_length = stop - start
     if body.cached is not None:
+        cached = body.cached
+        stop = cached.size if stop is None else stop
+        check = verification if verification is not None and verification.enabled else None
         try:
-            await resp.prepare(request)
-            if verification is not None and byte_range is None and verification.due(body.digest):
-                if not await _send_verified(resp, body.cached.fd, body.cached.size, body.digest):
+            expected = cached.identity
+            trusted = check is not None and check.trusted(body.digest, expected)
+            if check is not None and byte_range is not None and not trusted:
+                # A range of a file not known to be as verified: the client is sent only
+                # part of it, so no held-back last byte can stand for the whole; hash the
+                # whole file before any header goes out (once: it is then trusted).
+                verified = await asyncio.to_thread(verify_fd_sync, cached.fd, body.digest)
+                if verified is None:
                     log.error("stored %s does not match its digest: removed", body.digest)
-                    await verification.failed(body.digest)
-                    if request.transport is not None:
-                        request.transport.abort()
-                    return resp
-                verification.passed(body.digest)
+                    await check.failed(body.digest)
+                    raise StoredBlobCorrupt(f"stored {body.digest} was corrupt; fetch it again")
+                check.passed(body.digest, verified)
+                expected, trusted = verified, True
+            await resp.prepare(request)
+            if check is None:
+                await send_span(request, resp, cached.fd, start, stop - start)
             else:
-                await send_span(request, resp, body.cached.fd, start, (stop or 0) - start)
-            metrics.served_bytes.labels("cache").inc((stop or 0) - start)
+                if trusted:
+                    outcome = await _send_checked(
+                        request, resp, cached.fd, expected, body.digest, start, stop, check
+                    )
+                else:
+                    outcome = await _send_hashed(resp, cached, body.digest, check)
+                if outcome != SENT:
+                    if outcome == CORRUPT:
+                        log.error("stored %s does not match its digest: removed", body.digest)
+                        await check.failed(body.digest)
+                    else:
+                        log.warning(
+                            "stored %s was written to while it was sent: cut short", body.digest
+                        )
+                    if request.transport is not None:
+                        request.transport.abort()  # the client sees a failed transfer
+                    return resp
+            metrics.served_bytes.labels("cache").inc(stop - start)
         finally:
-            body.cached.close()
+            cached.close()
     else:
         assert body.fetch is not None and body.tap is not None
         fd = -1
@@ -123,24 +152,71 @@ async def _send_growing(
     return position - start
 
 
-async def _send_verified(resp: web.StreamResponse, fd: int, size: int, digest: Digest) -> bool:
-    """Send the whole file, hashing it; the last byte only if the hash is the digest.
-    Returns whether it matched (when not, the response is left one byte short)."""
+# How a checked send of a stored file ended.
+SENT, CORRUPT, UNSETTLED = "sent", "corrupt", "unsettled"
+
+
+async def _send_checked(
+    request: web.Request,
+    resp: web.StreamResponse,
+    fd: int,
+    expected: FileIdentity,
+    digest: Digest,
+    start: int,
+    stop: int,
+    check: ReadVerification,
+) -> str:
+    """Send [start, stop) of a file verified while it had the identity ``expected``,
+    unhashed (sendfile), all but the last byte; then stat it again. Unchanged: the last
+    byte goes out. Only its ctime changed (eviction renamed or unlinked it under us, a
+    chmod): hash it again, and send the last byte only if it still matches. Written to
+    (mtime, size or inode changed): what already went out may be bytes that are gone now,
+    so the transfer is not completed even if the file matches again."""
+    if stop <= start:
+        return SENT
+    await send_span(request, resp, fd, start, stop - 1 - start)
+    last, now = await asyncio.to_thread(_last_byte_and_identity, fd, stop - 1)
+    if now != expected:
+        verified = await asyncio.to_thread(verify_fd_sync, fd, digest)
+        if verified is None:
+            return CORRUPT
+        check.passed(digest, verified)
+        if (now.ino, now.size, now.mtime_ns) != (expected.ino, expected.size, expected.mtime_ns):
+            return UNSETTLED
+        last, now = await asyncio.to_thread(_last_byte_and_identity, fd, stop - 1)
+        if now != verified:
+            return UNSETTLED  # changing still: this client retries, the next read hashes
+    await resp.write(last)
+    return SENT
+
+
+def _last_byte_and_identity(fd: int, offset: int) -> tuple[bytes, FileIdentity]:
+    # Read first, stat after: an unchanged stat vouches for the byte read before it.
+    return os.pread(fd, 1, offset), fstat_identity(fd)
+
+
+async def _send_hashed(
+    resp: web.StreamResponse, blob: OpenBlob, digest: Digest, check: ReadVerification
+) -> str:
+    """Send the whole file, hashing what is sent; the last chunk only if the hash is the
+    digest (when not, the response is left short). A match records the identity the file
+    had when it was opened: if it changed since, the next read hashes again."""
     hasher = hasher_for(digest)
-    position = 0
+    position, size = 0, blob.size
     while position < size - 1:
         count = min(CHUNK, size - 1 - position)
-        chunk = await asyncio.to_thread(_read_and_hash, fd, hasher, count, position)
+        chunk = await asyncio.to_thread(_read_and_hash, blob.fd, hasher, count, position)
         if not chunk:
-            return False  # shorter than it was: not the blob any more
+            return CORRUPT  # shorter than it was: not the blob any more
         await resp.write(chunk)
         position += len(chunk)
-    last = await asyncio.to_thread(_read_and_hash, fd, hasher, size - position, position)
+    last = await asyncio.to_thread(_read_and_hash, blob.fd, hasher, size - position, position)
     if hasher.hexdigest() != digest.hex:
-        return False
+        return CORRUPT
     if last:
         await resp.write(last)
-    return True
+    check.passed(digest, blob.identity)
+    return SENT
 
 
 def _read_and_hash(fd: int, hasher: object, count: int, offset: int) -> bytes:

@@ -1,22 +1,22 @@
-"""When a stored blob is hashed again as it is served (``mirror.verify_on_read``).
+"""Whether a stored blob may be sent as it is, or must be hashed again as it is served
+(``mirror.verify_on_read``).
 
-Every byte on disk was verified when it was stored, but disks rot. Hashing every cached
-read costs about 0.6 s of CPU per GiB (it halved warm throughput in the benchmark), so a
-blob is re-hashed on a whole-blob read at most once per ``mirror.verify_interval`` in this
-process (and at its first read after a start). A blob that fails is removed and fetched
-again on the next request; the failing transfer is cut short, never completed.
+Every blob was verified when it was stored, and ``BlobStore.verified`` remembers what its
+file looked like then (``store.identity``). A read whose open file still has that identity
+is sent without hashing (sendfile); any other — a file written, replaced or touched since,
+or one this process has not verified yet (the first read after a start) — is hashed as it
+is sent, and its last byte goes out only when the hash matches. A blob that fails is
+removed and fetched again on the next request; the failing transfer is cut short, never
+completed. Bit rot that changes no metadata is the background scrub's (``mirror.scrub``).
 """
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
+from pullthrough.metrics import Metrics
 from pullthrough.reference import Digest
-
-# Digests remembered as recently verified; the oldest are forgotten (and re-verified).
-MAX_REMEMBERED = 100_000
+from pullthrough.store.identity import FileIdentity, VerifiedFiles
 
 
 class ReadVerification:
@@ -24,28 +24,25 @@ class ReadVerification:
         self,
         *,
         enabled: bool,
-        interval: float,
+        verified: VerifiedFiles,
         quarantine: Callable[[Digest], Awaitable[None]],
+        metrics: Metrics,
     ) -> None:
         self.enabled = enabled
-        self.interval = interval
+        self._verified = verified
         self._quarantine = quarantine
-        self._verified: OrderedDict[str, float] = OrderedDict()
+        self._metrics = metrics
 
-    def due(self, digest: Digest) -> bool:
-        """Whether this read should hash the blob."""
-        if not self.enabled:
-            return False
-        at = self._verified.get(str(digest))
-        return at is None or time.monotonic() - at >= self.interval
+    def trusted(self, digest: Digest, identity: FileIdentity) -> bool:
+        """Whether a file with ``identity`` is the one verified as ``digest``."""
+        return self._verified.matches(digest, identity)
 
-    def passed(self, digest: Digest) -> None:
-        key = str(digest)
-        self._verified[key] = time.monotonic()
-        self._verified.move_to_end(key)
-        while len(self._verified) > MAX_REMEMBERED:
-            self._verified.popitem(last=False)
+    def passed(self, digest: Digest, identity: FileIdentity) -> None:
+        """The file with ``identity`` (as stat'ed before it was hashed) matched."""
+        self._verified.record(digest, identity)
 
     async def failed(self, digest: Digest) -> None:
-        self._verified.pop(str(digest), None)
+        """The stored file does not match: count it, drop it (the next request fetches)."""
+        self._verified.forget(digest)
+        self._metrics.corrupt_blobs.labels("read").inc()
         await self._quarantine(digest)

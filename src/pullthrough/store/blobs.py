@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pullthrough.reference import Digest
+from pullthrough.store.identity import FileIdentity, VerifiedFiles
 
 
 class DigestMismatch(Exception):
@@ -43,10 +44,12 @@ class StoredFile:
 
 @dataclass(frozen=True, slots=True)
 class OpenBlob:
-    """An open file descriptor of a verified blob and its size; close it when done."""
+    """An open file descriptor of a stored blob, its size and its identity when opened
+    (compare with ``BlobStore.verified`` before trusting the bytes); close it when done."""
 
     fd: int
     size: int
+    identity: FileIdentity
 
     def close(self) -> None:
         os.close(self.fd)
@@ -73,6 +76,9 @@ class BlobStore:
         self.root = root
         self.blob_dir = root / "blobs"
         self.tmp_dir = root / "tmp"
+        # What each file looked like when its bytes were verified: reads trust a file
+        # only while its stat still says the same (``store.identity``).
+        self.verified = VerifiedFiles()
 
     def prepare(self) -> None:
         """Create the layout and drop temp files left by a crash. Called once at start-up."""
@@ -107,7 +113,8 @@ class BlobStore:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return OpenBlob(fd, os.fstat(fd).st_size)
+        st = os.fstat(fd)
+        return OpenBlob(fd, st.st_size, FileIdentity.of(st))
 
     async def read(self, digest: Digest) -> bytes | None:
         """A small stored blob (a manifest) in full, or None when it is not on disk."""
@@ -156,10 +163,13 @@ class BlobStore:
         self.commit_sync(temp, digest)
 
     def commit_sync(self, temp: Path, digest: Digest) -> None:
-        """Rename a verified, fsynced temp file into place and make the rename durable."""
+        """Rename a verified, fsynced temp file into place and make the rename durable;
+        remember the placed file's identity as verified."""
         final = self.path_for(digest)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(temp, final)
+        # Stat after the rename: renaming changes the ctime.
+        self.verified.record(digest, FileIdentity.of(final.stat()))
         dir_fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dir_fd)
@@ -172,6 +182,8 @@ class BlobStore:
     async def remove(self, digest: Digest) -> bool:
         """Delete a stored blob; readers that have it open keep reading it to the end (an
         unlinked file lives until its last descriptor closes). False if it was not there."""
+
+        self.verified.forget(digest)
 
         def work() -> bool:
             try:

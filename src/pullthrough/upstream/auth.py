@@ -1,8 +1,10 @@
 """Upstream authentication: Basic and Bearer-token challenges, tokens cached per scope.
 
-Credentials go only to the upstream itself or to a token realm on the upstream's own
-registrable domain; a foreign realm gets no credentials (it may still issue an anonymous
-token, which carries no secret of ours).
+Credentials go only to the upstream itself or to a token realm that the upstream's own
+challenge names on its host or registrable domain; a foreign realm gets no credentials (it
+may still issue an anonymous token, which carries no secret of ours). A redirect target's
+challenge is never answered (``upstream.client``): a CDN is not the upstream, whatever
+host its realm is on.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import ipaddress
 import logging
 import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -22,6 +25,9 @@ _PARAM = re.compile(r'([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\
 # Tokens without expires_in live 60 s (the token spec's default); renew a little early.
 DEFAULT_TOKEN_LIFETIME = 60.0
 EXPIRY_MARGIN = 5.0
+# Tokens kept per upstream: enough for every repository a busy mirror pulls within a
+# token's lifetime, small enough that made-up repository names cost little (~1024 * 3 KiB).
+MAX_TOKENS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,19 +91,33 @@ class Token:
 
 
 class TokenCache:
-    """Bearer tokens by scope, kept until they expire."""
+    """Bearer tokens by scope, kept until they expire; at most ``max_tokens`` of them, the
+    least recently used going first. Scopes name repositories, which clients choose: every
+    new name would otherwise keep a token (a few KiB with an x5c header) for its lifetime.
+    A token evicted early only costs a token request when its repository is asked again."""
 
-    def __init__(self) -> None:
-        self._tokens: dict[str, Token] = {}
+    def __init__(self, max_tokens: int = MAX_TOKENS) -> None:
+        self.max_tokens = max_tokens
+        self._tokens: OrderedDict[str, Token] = OrderedDict()
 
     def get(self, scope: str) -> str | None:
         token = self._tokens.get(scope)
-        if token is None or not token.valid():
+        if token is None:
             return None
+        if not token.valid():
+            del self._tokens[scope]
+            return None
+        self._tokens.move_to_end(scope)
         return token.value
 
     def put(self, scope: str, value: str, expires_in: float) -> None:
         self._tokens[scope] = Token(value, time.monotonic() + max(expires_in, EXPIRY_MARGIN + 1))
+        self._tokens.move_to_end(scope)
+        while len(self._tokens) > self.max_tokens:
+            self._tokens.popitem(last=False)
 
     def drop(self, scope: str) -> None:
         self._tokens.pop(scope, None)
+
+    def __len__(self) -> int:
+        return len(self._tokens)

@@ -12,18 +12,20 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 from multidict import CIMultiDict
 
 from pullthrough.config import UpstreamConfig
 from pullthrough.errors import (
     Denied,
+    OutboundRefused,
     RegistryError,
     TooManyRequests,
     Unauthorized,
@@ -36,12 +38,18 @@ from pullthrough.upstream.auth import (
     parse_challenge,
 )
 from pullthrough.upstream.bodies import NETWORK_ERRORS, read_capped
+from pullthrough.upstream.outbound import (
+    MAX_REDIRECTS,
+    Outbound,
+    OutboundPolicy,
+    PolicyResolver,
+    origin_of,
+)
 from pullthrough.upstream.ratelimit import RateLimit
 from pullthrough.upstream.tokens import UpstreamAuth
 
 log = logging.getLogger(__name__)
 
-MAX_REDIRECTS = 5
 # Back-off before each retry of a request that failed to connect or lost its connection.
 CONNECT_RETRY_BACKOFF = (0.1, 0.4)
 # After the upstream could not be reached at all, requests within this many seconds fail
@@ -83,13 +91,28 @@ class BlobStream:
 
 
 class UpstreamClient:
-    """Talks to one remote registry on behalf of the mirror."""
+    """Talks to one remote registry on behalf of the mirror.
 
-    def __init__(self, config: UpstreamConfig, metrics: Metrics | None = None) -> None:
+    Every URL it requests (the upstream, a redirect target, a token realm) passes
+    ``outbound`` (see ``upstream.outbound``); by default that is the policy with an empty
+    allow-list, under which this upstream's own host is trusted. ``resolver`` replaces
+    aiohttp's DNS resolver under the policy (tests)."""
+
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        metrics: Metrics | None = None,
+        *,
+        outbound: Outbound | None = None,
+        resolver: AbstractResolver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
         self.name = config.name
         self.base = config.url.rstrip("/")
+        self.outbound = outbound or OutboundPolicy().for_upstream(config.url)
+        self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
         self.auth = UpstreamAuth(self)
         self.rate_limit = RateLimit(
@@ -100,6 +123,9 @@ class UpstreamClient:
         self.last_ok: float | None = None  # time.time() of the last answer below 500
         self._down_until = 0.0  # time.monotonic() before which the upstream is not tried
         self.last_error: str | None = None
+        self._clock = clock
+        self.in_use = 0  # requests (and the downloads they stream) under way now
+        self.last_active = clock()  # when the last of them ended (``clock``'s time)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -115,7 +141,12 @@ class UpstreamClient:
                 read_bufsize=READ_BUFSIZE,
                 auto_decompress=False,
                 trust_env=False,
-                connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=60),
+                connector=aiohttp.TCPConnector(
+                    limit=100,
+                    ttl_dns_cache=60,
+                    # Names are checked on what they resolve to, when connecting.
+                    resolver=PolicyResolver(self.outbound, self._resolver),
+                ),
             )
         return self._session
 
@@ -226,13 +257,18 @@ class UpstreamClient:
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         scope = f"repository:{repo}:pull"
         url = f"{self.base}/v2/{repo}/{path}"
-        resp = await self._send_authed(method, url, scope, headers or {}, params)
+        self.in_use += 1
         try:
-            yield resp
-        except NETWORK_ERRORS as exc:
-            raise self.unavailable(exc) from exc
+            resp = await self._send_authed(method, url, scope, headers or {}, params)
+            try:
+                yield resp
+            except NETWORK_ERRORS as exc:
+                raise self.unavailable(exc) from exc
+            finally:
+                resp.release()
         finally:
-            resp.release()
+            self.in_use -= 1
+            self.last_active = self._clock()
 
     async def _send_authed(
         self,
@@ -259,8 +295,18 @@ class UpstreamClient:
                 if resp.status < 500:
                     self.last_ok = time.time()
                 return resp
-            challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
             resp.release()
+            if _origin(str(resp.url)) != _origin(self.base):
+                # A redirect target (a CDN) asking for credentials: its realm is not the
+                # upstream's, so neither the credentials nor a token made with them go there.
+                raise self.failed(
+                    UpstreamInvalid(
+                        f"upstream {self.name} redirected to {origin_of(str(resp.url))}, "
+                        "which asked for credentials; pullthrough gives the upstream's "
+                        "credentials only to the upstream and the token realm it names"
+                    )
+                )
+            challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
             if attempt == 1 or challenge is None:
                 break
             await self.auth.answer(challenge, scope, had_auth=auth is not None)
@@ -282,7 +328,12 @@ class UpstreamClient:
         """Send, following redirects here (the client never sees a CDN redirect).
         Authorization goes only to the upstream's own origin."""
         origin = _origin(self.base)
+        what = "upstream"
         for _ in range(MAX_REDIRECTS + 1):
+            try:
+                self.outbound.check_url(url, what)
+            except OutboundRefused as exc:
+                raise self.failed(OutboundRefused(f"upstream {self.name}: {exc.message}")) from None
             hdrs = CIMultiDict(headers)
             if auth and _origin(url) == origin:
                 hdrs["Authorization"] = auth
@@ -290,18 +341,12 @@ class UpstreamClient:
             if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                 url = urljoin(url, resp.headers["Location"])
                 params = None  # the Location carries its own query
+                what = "redirect target"
                 resp.release()
-                if urlsplit(url).scheme not in ("http", "https"):
-                    raise self.failed(
-                        UpstreamInvalid(
-                            f"upstream {self.name} redirected to a non-HTTP URL "
-                            f"({urlsplit(url).scheme or 'no scheme'}:); refused"
-                        )
-                    )
                 continue
             return resp
         raise self.failed(
-            UpstreamInvalid(f"upstream {self.name}: more than {MAX_REDIRECTS} redirects; refused")
+            OutboundRefused(f"upstream {self.name}: more than {MAX_REDIRECTS} redirects; refused")
         )
 
     async def _request_with_retry(
@@ -315,6 +360,8 @@ class UpstreamClient:
                 return await self.session.request(
                     method, url, headers=headers, params=params, allow_redirects=False
                 )
+            except OutboundRefused as exc:  # from PolicyResolver: nothing was connected to
+                raise self.failed(OutboundRefused(f"upstream {self.name}: {exc.message}")) from None
             except (aiohttp.ClientConnectionError, ConnectionError) as exc:
                 if backoff is None or isinstance(exc, aiohttp.ServerTimeoutError):
                     if isinstance(exc, _UNREACHABLE):

@@ -3,7 +3,8 @@
 The scheme is learnt from the upstream's first 401 challenge. Tokens are cached per scope
 until they expire (one token request per repository per lifetime, not one per blob), and
 concurrent requests for the same scope share one token request. Credentials go only to a
-realm on the upstream's own registrable domain.
+realm on the upstream's own registrable domain; every realm passes the outbound policy, and
+a realm's redirects are not followed.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from pullthrough.errors import Unauthorized, UpstreamInvalid, UpstreamUnavailable
+from pullthrough.errors import OutboundRefused, Unauthorized, UpstreamInvalid, UpstreamUnavailable
 from pullthrough.singleflight import SingleFlight
 from pullthrough.upstream.auth import (
     DEFAULT_TOKEN_LIFETIME,
@@ -83,9 +84,18 @@ class UpstreamAuth:
             headers["Authorization"] = basic_header(
                 self._client.config.username, self._client.config.password or ""
             )
+        try:
+            self._client.outbound.check_url(realm, "token realm")
+        except OutboundRefused as exc:
+            raise self._client.failed(
+                OutboundRefused(f"upstream {self._name}: {exc.message}")
+            ) from None
         self.token_requests += 1
         try:
-            async with self._client.session.get(realm, params=query, headers=headers) as resp:
+            # Not following redirects: a redirect target is not the realm the upstream named.
+            async with self._client.session.get(
+                realm, params=query, headers=headers, allow_redirects=False
+            ) as resp:
                 if resp.status in (401, 403):
                     raise Unauthorized(
                         f"upstream {self._name}'s token service refused the configured credentials"
@@ -105,6 +115,10 @@ class UpstreamAuth:
                     )
                 )
             doc = json.loads(raw)
+        except OutboundRefused as exc:  # from the connector's resolver: nothing was sent
+            raise self._client.failed(
+                OutboundRefused(f"upstream {self._name}: {exc.message}")
+            ) from None
         except NETWORK_ERRORS as exc:
             raise self._client.unavailable(exc) from exc
         except ValueError as exc:
