@@ -65,6 +65,20 @@ class Metrics:
             ["upstream", "kind"],
             registry=r,
         )
+        self.upstream_stalls = Counter(
+            "pullthrough_upstream_stalls",
+            "Blob downloads that heard nothing from the upstream for the stall window "
+            "(mirror.upstream_stall_timeout), by upstream.",
+            ["upstream"],
+            registry=r,
+        )
+        self.upstream_resumes = Counter(
+            "pullthrough_upstream_resumes",
+            "Blob downloads resumed with a Range request after a stall or a broken "
+            "connection, by upstream.",
+            ["upstream"],
+            registry=r,
+        )
         self.evictions = Counter(
             "pullthrough_evictions",
             "Objects removed from the store, by reason (expired, evicted).",

@@ -356,6 +356,7 @@ def _upstreams(root: Root) -> tuple[UpstreamConfig, ...]:
     connect = _positive(mirror.upstream_connect_timeout, "mirror.upstream_connect_timeout")
     read = _positive(mirror.upstream_read_timeout, "mirror.upstream_read_timeout")
     downloads = _max_downloads(mirror.upstream_max_downloads, "mirror.upstream_max_downloads")
+    stall, budget = _stalls(mirror.upstream_stall_timeout, mirror.upstream_stall_budget, "mirror")
     freshness = parse_duration(mirror.tag_freshness, "mirror.tag_freshness")
     proxy = root.proxy
     if (proxy.username is None) != (proxy.password is None):
@@ -369,6 +370,8 @@ def _upstreams(root: Root) -> tuple[UpstreamConfig, ...]:
             ttl=DEFAULT_TTL if proxy.ttl is None else parse_duration(proxy.ttl, "proxy.ttl"),
             connect_timeout=connect,
             read_timeout=read,
+            stall_timeout=stall,
+            stall_budget=budget,
             tag_freshness=freshness,
             max_downloads=downloads,
         )
@@ -385,6 +388,15 @@ def _upstreams(root: Root) -> tuple[UpstreamConfig, ...]:
             raise ConfigError(f"{key}.name: {name} is already configured by {where}")
         if (entry.username is None) != (entry.password is None):
             raise ConfigError(f"{key}.username: username and password must be given together")
+        entry_stall, entry_budget = (
+            (stall, budget)
+            if entry.upstream_stall_timeout is None and entry.upstream_stall_budget is None
+            else _stalls(
+                _given(entry.upstream_stall_timeout, mirror.upstream_stall_timeout),
+                _given(entry.upstream_stall_budget, mirror.upstream_stall_budget),
+                key,
+            )
+        )
         found.append(
             UpstreamConfig(
                 name=name,
@@ -398,6 +410,8 @@ def _upstreams(root: Root) -> tuple[UpstreamConfig, ...]:
                 read_timeout=read
                 if entry.upstream_read_timeout is None
                 else _positive(entry.upstream_read_timeout, f"{key}.upstream_read_timeout"),
+                stall_timeout=entry_stall,
+                stall_budget=entry_budget,
                 tag_freshness=freshness
                 if entry.tag_freshness is None
                 else parse_duration(entry.tag_freshness, f"{key}.tag_freshness"),
@@ -416,6 +430,24 @@ def _max_downloads(value: int, key: str) -> int:
             "them clients get 503 with Retry-After)"
         )
     return value
+
+
+def _stalls(window: Any, budget: Any, section: str) -> tuple[float, float]:
+    """``upstream_stall_timeout`` and ``upstream_stall_budget`` of ``section`` (``mirror``
+    or one ``mirror.upstreams`` entry, which inherits what it leaves out)."""
+    seconds = _positive(window, f"{section}.upstream_stall_timeout")
+    total = _positive(budget, f"{section}.upstream_stall_budget")
+    if total < seconds:
+        # A budget below the window would quietly shorten the window: say so instead.
+        raise ConfigError(
+            f"{section}.upstream_stall_budget: must be at least upstream_stall_timeout "
+            f"({seconds:g}s), got {budget!r}"
+        )
+    return seconds, total
+
+
+def _given(value: Any, inherited: Any) -> Any:
+    return inherited if value is None else value
 
 
 def _limits(root: Root) -> Limits:

@@ -24,6 +24,10 @@ class UpstreamConfig:
     ttl: float = DEFAULT_TTL
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+    # A blob download that hears nothing for stall_timeout resumes (Range); all its
+    # stalls together may last stall_budget, then it gives up (mirror.stalls).
+    stall_timeout: float = 10.0
+    stall_budget: float = 25.0
     tag_freshness: float = 0.0
     max_downloads: int = 64  # blob downloads from it at once; beyond: 503 + Retry-After
 

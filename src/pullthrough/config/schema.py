@@ -111,6 +111,8 @@ class _Upstream(_Section):
     upstream_connect_timeout: Any = None
     upstream_read_timeout: Any = None
     upstream_max_downloads: int | None = None
+    upstream_stall_timeout: Any = None
+    upstream_stall_budget: Any = None
 
 
 class _Redis(_Section):
@@ -163,6 +165,8 @@ class _Mirror(_Section):
     upstream_connect_timeout: Any = "5s"
     upstream_read_timeout: Any = "30s"
     upstream_max_downloads: int = 64
+    upstream_stall_timeout: Any = "10s"
+    upstream_stall_budget: Any = "25s"
     tag_freshness: Any = "0s"
     index_path: str | None = None
     maxsize: Any = None

@@ -9,7 +9,9 @@ therefore never complete a transfer of bytes that turn out wrong; on a mismatch 
 fails and every reader aborts its connection.
 
 If the upstream connection breaks mid-body, the fetch resumes with a Range request from
-the byte it had reached (a few times, then gives up).
+the byte it had reached (a few times, then gives up). So it does when the upstream stops
+sending for the stall window (see ``mirror.stalls``): a silent connection is dropped long before
+the read time-out, and all stalls of one fetch together may cost at most the stall budget.
 
 When the disk is full (ENOSPC) the fetch does not fail: it "spills". The bytes already in
 the temp file stay readable there; everything after goes to each attached reader's Tap,
@@ -34,6 +36,7 @@ from pathlib import Path
 
 from pullthrough.errors import BlobUnknown, RegistryError, UpstreamInvalid, UpstreamUnavailable
 from pullthrough.metrics import Metrics
+from pullthrough.mirror.stalls import StallWatch
 from pullthrough.mirror.taps import Tap
 from pullthrough.reference import Digest
 from pullthrough.store.blobs import BlobStore, hasher_for
@@ -70,6 +73,12 @@ class Fetch:
         self.digest = digest
         self._upstream_bytes = metrics.upstream_bytes.labels(upstream.name)
         self._passthrough_bytes = metrics.passthrough_bytes.labels(upstream.name)
+        self._resumes = metrics.upstream_resumes.labels(upstream.name)
+        self._stalls = StallWatch(
+            window=upstream.config.stall_timeout,
+            budget=upstream.config.stall_budget,
+            counter=metrics.upstream_stalls.labels(upstream.name),
+        )
         self.upstream = upstream
         self.repo = repo
         self.store = store
@@ -288,7 +297,16 @@ class Fetch:
             reached = self.written
             batch: list[bytes] = []
             try:
-                async with self.upstream.blob(self.repo, str(self.digest), self.written) as stream:
+                async with contextlib.AsyncExitStack() as stack:
+                    body = self.upstream.blob(self.repo, str(self.digest), self.written)
+                    if self._started.done():
+                        # A resume: its answer is waited for like the next chunk would be.
+                        # (The first request has the read time-out: its clients wait for
+                        # headers and get the error at once.)
+                        async with self._stalls.waiting():
+                            stream = await stack.enter_async_context(body)
+                    else:
+                        stream = await stack.enter_async_context(body)
                     if stream is None:
                         raise BlobUnknown(
                             f"blob {self.digest} is unknown to upstream {self.upstream.name} "
@@ -299,7 +317,10 @@ class Fetch:
                     if not self._started.done():
                         self._started.set_result(None)
                     pending = 0
-                    async for chunk in stream.chunks():
+                    chunks = await stack.enter_async_context(
+                        contextlib.aclosing(self._stalls.chunks(stream.chunks()))
+                    )
+                    async for chunk in chunks:
                         self.upstream_bytes += len(chunk)
                         self._upstream_bytes.inc(len(chunk))
                         batch.append(chunk)
@@ -327,6 +348,13 @@ class Fetch:
                 failures = 0 if self.written > reached else failures + 1
                 if failures > MAX_RESUMES:
                     raise
+                if self._stalls.exhausted:
+                    raise UpstreamUnavailable(
+                        f"upstream {self.upstream.name} stalled {self._stalls.stalls} times "
+                        f"sending {self.digest} ({self._stalls.budget:g} s without a byte in "
+                        f"all); gave up at byte {self.written} of {self.size}"
+                    ) from exc
+                self._resumes.inc()
                 log.warning("resuming %s at byte %d after: %s", self.digest, self.written, exc)
                 await asyncio.sleep(0.2 * failures)
 
