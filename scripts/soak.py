@@ -328,6 +328,20 @@ async def run_load(
     return samples, tally, hostile_seen
 
 
+def traceback_heads(log: str) -> list[str]:
+    """The line before each traceback in the mirror's log (what failed, and where).
+
+    Not part of the verdict (a traceback is not a wrong byte or a 500), but every one is
+    worth a look: the soak found a descriptor closed twice this way."""
+    lines = log.splitlines()
+    return [
+        lines[i - 1]
+        for i, line in enumerate(lines)
+        # A chained traceback ("During handling of the above exception") follows a blank line.
+        if i > 0 and line.startswith("Traceback (most recent call last)") and lines[i - 1]
+    ]
+
+
 # ---------------------------------------------------------------------------- main
 
 
@@ -380,11 +394,13 @@ def main() -> int:
         registry.stop()
 
     result = soak_report.verdict(samples, server_500=server_statuses.get("500", 0))
-    tracebacks = log.count("Traceback (most recent call last)")
+    tracebacks = traceback_heads(log)
     print("answers by status:", soak_report.status_line(soak_report.sum_samples(samples)))
     print("the mirror counted:", " ".join(f"{k}:{v}" for k, v in sorted(server_statuses.items())))
     print("hostile requests:", ", ".join(f"{k} x{v}" for k, v in sorted(hostile_seen.items())))
-    print(f"tracebacks in the mirror's log: {tracebacks}")
+    print(f"tracebacks in the mirror's log: {len(tracebacks)}")
+    for line in tracebacks[:10]:
+        print("  !", line)
     for note in tally.notes:
         print("  !", note)
     if result.baseline_at is None:
