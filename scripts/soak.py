@@ -12,7 +12,9 @@ a slow upstream). Every ``--interval`` seconds a row is printed: answers by stat
 transfers, wrong bytes, the mirror's RSS, open fds, connections to the upstream and store
 size against ``maxsize``.
 
-Exits 1 if any wrong byte or answer was served, any answer was a 500 (as the clients saw it or
+Exits 1 if any wrong byte or manifest answer was served (a HEAD whose size is not the blob's
+is reported apart: for an uncached blob the mirror repeats the upstream's HEAD, which the
+html200 fault makes lie), any answer was a 500 (as the clients saw it or
 as the mirror counted it), or RSS/fds grew past the bounds in ``soak_report`` between the
 minute-2 sample (the first sample in runs shorter than 3 minutes) and the end. Writes the
 samples to ``bench/results/<timestamp>-soak.json``.
@@ -398,6 +400,10 @@ def main() -> int:
     print("answers by status:", soak_report.status_line(soak_report.sum_samples(samples)))
     print("the mirror counted:", " ".join(f"{k}:{v}" for k, v in sorted(server_statuses.items())))
     print("hostile requests:", ", ".join(f"{k} x{v}" for k, v in sorted(hostile_seen.items())))
+    print(
+        f"HEADs answered with another size than the blob's: {tally.wrong_heads} "
+        "(the upstream's HEAD relayed; not in the verdict)"
+    )
     print(f"tracebacks in the mirror's log: {len(tracebacks)}")
     for line in tracebacks[:10]:
         print("  !", line)
@@ -425,6 +431,7 @@ def main() -> int:
                 "server_statuses": server_statuses,
                 "hostile": dict(hostile_seen),
                 "notes": tally.notes,
+                "wrong_heads": tally.wrong_heads,
                 "tracebacks": tracebacks,
                 "ok": result.ok,
                 "reasons": list(result.reasons),
