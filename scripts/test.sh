@@ -37,6 +37,13 @@ pip_install=(.venv/bin/pip install -q --disable-pip-version-check -c requirement
 .venv/bin/ruff check .
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"
+# A bounded soak (scripts/soak.py): mixed pulls, hostile requests and upstream faults in turn;
+# a wrong byte, a 500, or RSS/fd growth past its bounds stops the script. SOAK_MINUTES=0 skips.
+if [ "${SOAK_MINUTES:-1}" != 0 ]; then
+  soak_out="$(mktemp -d)"
+  .venv/bin/python scripts/soak.py --minutes "${SOAK_MINUTES:-1}" --interval 15 \
+    --json "$soak_out/soak.json"
+fi
 # Coverage-guided fuzzing of the parsers strangers feed, for a bounded time.
 # A crash stops the script (set -e) with the input saved under the temp directory.
 fuzz_out="$(mktemp -d)"

@@ -243,8 +243,9 @@ class Fetch:
                 self._passthrough_bytes.inc(self.written)
                 log.info("served %s (%d bytes) without keeping it", self.digest, self.written)
             else:
-                await asyncio.to_thread(self._commit, fd)
-                fd = -1
+                # _commit closes the descriptor even when the rename fails: never again here.
+                committing, fd = fd, -1
+                await asyncio.to_thread(self._commit, committing)
                 self.verified = True
                 log.info(
                     "stored %s (%d bytes) from %s/%s",

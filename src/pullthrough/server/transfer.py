@@ -49,8 +49,29 @@ async def send_blob(
     metrics: Metrics,
     verification: ReadVerification | None = None,
 ) -> web.StreamResponse:
-    """Stream ``body`` (or ``byte_range`` of it) as the response to a blob GET."""
+    """Stream ``body`` (or ``byte_range`` of it) as the response to a blob GET. A client
+    that hangs up once the headers are out ends the response quietly: it is not an error of
+    the mirror (no traceback, not counted as a 500)."""
     resp = web.StreamResponse(headers=headers)
+    try:
+        return await _send(request, resp, body, byte_range, metrics, verification)
+    except ConnectionError as err:  # reset, broken pipe, aiohttp's "closing transport"
+        if not resp.prepared:
+            raise
+        log.info("client went away during %s %s: %r", request.method, request.path, err)
+        if request.transport is not None:
+            request.transport.abort()
+        return resp
+
+
+async def _send(
+    request: web.Request,
+    resp: web.StreamResponse,
+    body: BlobBody,
+    byte_range: ByteRange | None,
+    metrics: Metrics,
+    verification: ReadVerification | None,
+) -> web.StreamResponse:
     start = 0
     stop = body.size
     if byte_range is not None and body.size is not None:

@@ -168,8 +168,16 @@ class BlobStore:
         final = self.path_for(digest)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(temp, final)
-        # Stat after the rename: renaming changes the ctime.
-        self.verified.record(digest, FileIdentity.of(final.stat()))
+        # Stat after the rename: renaming changes the ctime. Eviction may hold the path
+        # aside for a moment (it moves a file aside to compare it with the one it decided
+        # on, and links a fresh copy like this one back): then nothing is recorded and the
+        # first read hashes the file, rather than failing a verified download.
+        try:
+            placed = FileIdentity.of(final.stat())
+        except FileNotFoundError:
+            pass
+        else:
+            self.verified.record(digest, placed)
         dir_fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dir_fd)

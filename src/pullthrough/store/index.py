@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -157,7 +157,18 @@ class Index:
             self._conn = None
 
     async def _run(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on the index thread. It must not return a cursor: one handed back to the
+        event loop is finalized there, resetting its statement while the index thread uses
+        the connection (sqlite3.InterfaceError "bad parameter or other API misuse")."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def _write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one statement on the index thread, its cursor closed there."""
+        await self._run(lambda: self._db.execute(sql, params).close())
+
+    async def _write_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """``executemany`` on the index thread, its cursor closed there."""
+        await self._run(lambda: self._db.executemany(sql, rows).close())
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -209,10 +220,8 @@ class Index:
         """Note that ``repo`` of ``upstream`` holds ``digest`` (the upstream confirmed it),
         and what that manifest references."""
         rows = [(upstream, repo, d) for d in (digest, *children)]
-        await self._run(
-            lambda: self._db.executemany(
-                "INSERT OR IGNORE INTO links(upstream, repo, digest) VALUES (?,?,?)", rows
-            )
+        await self._write_many(
+            "INSERT OR IGNORE INTO links(upstream, repo, digest) VALUES (?,?,?)", rows
         )
 
     async def is_linked(self, upstream: str, repo: str, digest: str) -> bool:
@@ -298,10 +307,8 @@ class Index:
         return [TagRecord(*row) for row in rows]
 
     async def drop_tag(self, upstream: str, repo: str, tag: str) -> None:
-        await self._run(
-            lambda: self._db.execute(
-                "DELETE FROM tags WHERE upstream=? AND repo=? AND tag=?", (upstream, repo, tag)
-            )
+        await self._write(
+            "DELETE FROM tags WHERE upstream=? AND repo=? AND tag=?", (upstream, repo, tag)
         )
 
     async def tags(self, upstream: str, repo: str) -> list[str]:
@@ -334,11 +341,9 @@ class Index:
         if not self._pending_access or self._conn is None:
             return
         batch, self._pending_access = self._pending_access, {}
-        await self._run(
-            lambda: self._db.executemany(
-                "UPDATE blobs SET last_access=MAX(last_access, ?) WHERE digest=?",
-                [(ts, d) for d, ts in batch.items()],
-            )
+        await self._write_many(
+            "UPDATE blobs SET last_access=MAX(last_access, ?) WHERE digest=?",
+            [(ts, d) for d, ts in batch.items()],
         )
 
     # --- what eviction and the operator commands read -------------------------------------
@@ -383,12 +388,10 @@ class Index:
     async def adopt(self, digest: str, size: int, last_access: float) -> None:
         """Index a verified file found on disk without an entry (a crash between the rename
         and the index write), so eviction counts and can remove it."""
-        await self._run(
-            lambda: self._db.execute(
-                "INSERT OR IGNORE INTO blobs(digest, size, media_type, created, last_access) "
-                "VALUES (?,?,NULL,?,?)",
-                (digest, size, last_access, last_access),
-            )
+        await self._write(
+            "INSERT OR IGNORE INTO blobs(digest, size, media_type, created, last_access) "
+            "VALUES (?,?,NULL,?,?)",
+            (digest, size, last_access, last_access),
         )
 
     async def catalog_rows(self) -> list[tuple[str, str, str, str, int, float]]:
