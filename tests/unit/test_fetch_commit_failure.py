@@ -35,7 +35,9 @@ async def test_a_failed_commit_closes_the_temp_file_once(
 
     fetch = Fetch(
         digest=digest,
-        upstream=SimpleNamespace(name="docker.io"),  # type: ignore[arg-type]
+        upstream=SimpleNamespace(  # type: ignore[arg-type]
+            name="docker.io", config=SimpleNamespace(stall_timeout=10.0, stall_budget=25.0)
+        ),
         repo="soak/app",
         store=store,
         on_stored=stored,
