@@ -12,6 +12,7 @@ import pytest
 from tests.support.evil import EvilUpstream
 from tests.support.mirror import MirrorProcess
 from tests.support.net import http_request
+from tests.support.scripted import Answer, Scripted
 
 pytestmark = pytest.mark.integration
 
@@ -56,3 +57,32 @@ def test_abuse_is_refused_clearly(evil_mirror, path: str, status: int, words: st
     assert mirror.stored_files() == {}
     assert mirror.proc is not None
     assert _rss_mib(mirror.proc.pid) < MAX_RSS_MIB
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"Content-Type": "text/html", "Content-Length": "17"},  # a portal's page
+        {"Content-Length": "17", "Docker-Content-Digest": "sha256:" + "ee" * 32},  # another blob
+    ],
+)
+def test_a_head_answer_about_something_else_is_not_passed_on(
+    mirror_factory, answer: dict[str, str]
+) -> None:
+    """A HEAD of an uncached blob answered 200 by a page or for another digest: the client
+    is not told the blob exists with that size (the soak's HTML-200 fault found this)."""
+    digest = "sha256:" + "ab" * 32
+
+    def script(method: str, path: str) -> Answer:
+        if path.split("?", 1)[0] == "/v2/":
+            return 200, {}, b""
+        if method == "HEAD" and path.endswith(f"/blobs/{digest}"):
+            return 200, answer, b""
+        return 404, {"Content-Type": "application/json"}, b'{"errors":[]}'
+
+    with Scripted(script) as upstream:
+        mirror = mirror_factory(upstream.url)
+        resp = http_request("HEAD", f"{mirror.url}/v2/team/app/blobs/{digest}", timeout=30)
+        assert [r.method for r in upstream.requests if "/blobs/" in r.path] == ["HEAD"]
+    assert resp.status == 502, resp.headers
+    assert resp.headers.get("Content-Length") != "17"

@@ -269,6 +269,7 @@ class UpstreamClient:
             if resp.status == 404:
                 return None
             self._expect_ok(resp)
+            self._expect_blob_head(resp, digest)
             return resp.content_length if resp.content_length is not None else -1
 
     @asynccontextmanager
@@ -533,6 +534,20 @@ class UpstreamClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     # --- error mapping -----------------------------------------------------------------
+
+    def _expect_blob_head(self, resp: aiohttp.ClientResponse, digest: str) -> None:
+        """A HEAD's 200 vouches for the blob only if it is about that blob: a size from a
+        page (an HTML 200 from a captive portal or a misrouted proxy) or a digest header
+        naming another blob would be passed on to clients as the blob's size."""
+        named = resp.headers.get("Docker-Content-Digest")
+        page = resp.content_type.startswith("text/html")
+        if (named is not None and named != digest) or (named is None and page):
+            what = f"names {named}" if named is not None else "is an HTML page"
+            raise self.failed(
+                UpstreamInvalid(
+                    f"upstream {self.name} answered a HEAD of blob {digest} with a 200 that {what}"
+                )
+            )
 
     def _expect_ok(self, resp: aiohttp.ClientResponse) -> None:
         if resp.status < 300:
