@@ -66,9 +66,11 @@ def verdict(
     fd_bound: int = FD_GROWTH_BOUND,
     baseline_at: float = BASELINE_AT_SECONDS,
     server_500: int = 0,
+    wrong_heads: int = 0,
 ) -> Verdict:
     """Fail on any wrong byte or answer, any 500 (seen by a client, or ``server_500`` counted
-    by the mirror for clients that had gone), or RSS/fds growing by more than the bounds
+    by the mirror for clients that had gone; ``wrong_heads``: a HEAD announcing another size
+    than the blob's), or RSS/fds growing by more than the bounds
     between the baseline sample (the first at or after ``baseline_at`` seconds that is not
     the last one, else the first sample) and the last sample."""
     reasons: list[str] = []
@@ -81,6 +83,8 @@ def verdict(
         reasons.append(f"{errors} answers with status 500")
     if server_500:
         reasons.append(f"the mirror counted {server_500} answers with status 500")
+    if wrong_heads:
+        reasons.append(f"{wrong_heads} HEADs answered with another size than the blob's")
     base = _baseline(samples, baseline_at)
     if base is not None:
         last = samples[-1]

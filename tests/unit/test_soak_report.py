@@ -63,6 +63,7 @@ def test_wrong_bytes_fail(report: ModuleType) -> None:
 def test_a_500_fails_whoever_saw_it(report: ModuleType) -> None:
     seen = report.verdict(run(report, sample(report, 600.0, statuses={"200": 5, "500": 1})))
     assert not seen.ok and "status 500" in seen.reasons[0]
+    assert not report.verdict(run(report), wrong_heads=1).ok
     counted = report.verdict(run(report), server_500=2)
     assert not counted.ok and "mirror counted 2" in counted.reasons[0]
 
