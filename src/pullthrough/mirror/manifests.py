@@ -350,11 +350,17 @@ class ManifestService:
         Callers have asked ``mirror.provenance`` first."""
         parsed = parse_digest(digest)
         manifest = self.recent.get(digest)
-        if manifest is not None and not await self.store.exists(parsed):
+        if (
+            manifest is not None
+            and self.recent.check_due(digest)
+            and not await self.store.exists(parsed)
+        ):
             # Kept here, but its file is gone: removed by another process (``pullthrough
             # gc`` or ``verify --repair`` beside this server), which cannot tell this
             # one. Served from memory it would not be fetched and stored again, and its
-            # tag would be recorded for a manifest the store no longer holds.
+            # tag would be recorded for a manifest the store no longer holds. Looked at
+            # once a second, not per request: a thread hop per GET halved the rate of
+            # manifest GETs by digest (bench/run.py).
             log.info("manifest %s is no longer stored: fetched again", digest)
             self._dropped(digest)
             return None

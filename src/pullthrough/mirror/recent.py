@@ -32,6 +32,7 @@ TOUCH_INTERVAL = 1.0
 class _Entry:
     manifest: Manifest
     touched: float = 0.0  # when its references were last marked in use
+    checked: float = 0.0  # when its file was last seen in the store
 
 
 class RecentManifests:
@@ -72,6 +73,20 @@ class RecentManifests:
         if now - entry.touched < TOUCH_INTERVAL:
             return False
         entry.touched = now
+        return True
+
+    def check_due(self, digest: str) -> bool:
+        """Whether to look again that the file of ``digest`` is still stored (at most once
+        per TOUCH_INTERVAL while it is kept here). In between, a file another process
+        removed is still served from memory, which is harmless (the bytes were verified);
+        a look that finds it gone makes it a miss, fetched and stored again."""
+        entry = self._entries.get(digest)
+        if entry is None:
+            return True
+        now = time.monotonic()
+        if now - entry.checked < TOUCH_INTERVAL:
+            return False
+        entry.checked = now
         return True
 
     def forget(self, digest: str) -> None:
