@@ -16,20 +16,10 @@ import pytest
 
 from tests.support import MiB
 from tests.support.mirror import MirrorProcess
-from tests.support.net import free_port, http_request
+from tests.support.net import free_port, http_request, metrics_of
 from tests.support.proxy import RecordingProxy
 
 pytestmark = pytest.mark.integration
-
-
-def _metrics(debug_url: str) -> dict[str, float]:
-    text = http_request("GET", f"{debug_url}/metrics").body.decode()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
 
 
 def _sha256(data: bytes) -> str:
@@ -94,7 +84,7 @@ def test_a_byte_flipped_in_a_stored_blob_is_never_served_and_is_fetched_again(
     upstream_proxy.reset()
     _get_expecting_a_failed_transfer(mirror, path)
     assert layer not in mirror.stored_files()  # quarantined
-    assert _metrics(debug)['pullthrough_corrupt_blobs_total{found="read"}'] == 1
+    assert metrics_of(debug)['pullthrough_corrupt_blobs_total{found="read"}'] == 1
 
     again = http_request("GET", url)
     assert again.status == 200 and again.body == good
@@ -120,7 +110,7 @@ def test_a_range_of_a_changed_blob_is_answered_with_the_upstreams_bytes(
     got = http_request("GET", url, headers={"Range": f"bytes={MiB}-{2 * MiB - 1}"})
     assert got.status == 206
     assert got.body == good[MiB : 2 * MiB]
-    assert _metrics(debug)['pullthrough_corrupt_blobs_total{found="read"}'] == 1
+    assert metrics_of(debug)['pullthrough_corrupt_blobs_total{found="read"}'] == 1
     assert len(upstream_proxy.blob_gets()) == 1  # answered from a fresh fetch
     assert http_request("GET", url).body == good
 
@@ -158,7 +148,7 @@ def test_a_blob_changed_while_it_is_being_sent_is_not_completed(
     # A byte not sent yet is flipped: the transfer is never completed.
     with pytest.raises((http.client.IncompleteRead, ConnectionError)):
         get_while(lambda: _flip_byte(stored, size - MiB))
-    assert _metrics(debug)['pullthrough_corrupt_blobs_total{found="read"}'] == 1
+    assert metrics_of(debug)['pullthrough_corrupt_blobs_total{found="read"}'] == 1
 
     upstream_proxy.reset()
     assert http_request("GET", f"{mirror.url}{path}", timeout=60).body == good
@@ -189,7 +179,7 @@ def test_the_background_scrub_finds_rot_no_read_asked_for(
     while layer in mirror.stored_files() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert layer not in mirror.stored_files()
-    m = _metrics(debug)
+    m = metrics_of(debug)
     assert m['pullthrough_corrupt_blobs_total{found="scrub"}'] == 1
     assert m["pullthrough_scrubbed_bytes_total"] >= 2 * MiB
     assert "scrub: stored" in mirror.log_text()

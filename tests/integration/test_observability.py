@@ -13,20 +13,10 @@ import pytest
 
 from tests.support.images import pull_dir
 from tests.support.mirror import MirrorProcess
-from tests.support.net import free_port, http_request
+from tests.support.net import free_port, http_request, metrics_of
 from tests.support.proxy import RecordingProxy
 
 pytestmark = pytest.mark.integration
-
-
-def _metrics(debug_url: str) -> dict[str, float]:
-    text = http_request("GET", f"{debug_url}/metrics").body.decode()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
 
 
 @pytest.fixture
@@ -45,7 +35,7 @@ def test_metrics_count_hits_misses_and_bytes(observed, images, tmp_path: Path) -
     blob_bytes = sum(image.source.blob_file(d).stat().st_size for d in image.blob_digests)
     pull_dir(image.on(mirror.host), tmp_path / "first")
     pull_dir(image.on(mirror.host), tmp_path / "second")
-    m = _metrics(debug)
+    m = metrics_of(debug)
     print("\n" + "\n".join(f"{k} {v:g}" for k, v in m.items() if k.startswith("pullthrough_")))
     blobs = len(image.blob_digests)
     assert m['pullthrough_cache_total{kind="blob",result="miss",upstream="docker.io"}'] == blobs
@@ -107,6 +97,6 @@ def test_a_client_hanging_up_mid_blob_is_no_500_and_no_traceback(
             assert sock.recv(12).startswith(b"HTTP/1.1 200")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     time.sleep(0.5)  # the last sends fail after the client has gone
-    statuses = {k for k, v in _metrics(debug).items() if "pullthrough_requests_total" in k and v}
+    statuses = {k for k, v in metrics_of(debug).items() if "pullthrough_requests_total" in k and v}
     assert not [s for s in statuses if 'status="500"' in s], statuses
     assert "Traceback" not in mirror.log_text()

@@ -157,3 +157,15 @@ class Blackhole:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def metrics_of(debug_url: str) -> dict[str, float]:
+    """Every sample of the mirror's ``/metrics`` (on its debug address): ``name{labels}`` →
+    value."""
+    text = http_request("GET", f"{debug_url}/metrics").body.decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values

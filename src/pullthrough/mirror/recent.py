@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pullthrough.manifest import MAX_MANIFEST_SIZE
 
@@ -66,27 +66,23 @@ class RecentManifests:
     def touch_due(self, digest: str) -> bool:
         """Whether the references of ``digest`` should be marked in use now (True at most
         once per TOUCH_INTERVAL while it is kept here; always when it is not)."""
-        entry = self._entries.get(digest)
-        if entry is None:
-            return True
-        now = time.monotonic()
-        if now - entry.touched < TOUCH_INTERVAL:
-            return False
-        entry.touched = now
-        return True
+        return self._due(digest, "touched")
 
     def check_due(self, digest: str) -> bool:
         """Whether to look again that the file of ``digest`` is still stored (at most once
         per TOUCH_INTERVAL while it is kept here). In between, a file another process
         removed is still served from memory, which is harmless (the bytes were verified);
         a look that finds it gone makes it a miss, fetched and stored again."""
+        return self._due(digest, "checked")
+
+    def _due(self, digest: str, stamp: Literal["touched", "checked"]) -> bool:
         entry = self._entries.get(digest)
         if entry is None:
             return True
         now = time.monotonic()
-        if now - entry.checked < TOUCH_INTERVAL:
+        if now - getattr(entry, stamp) < TOUCH_INTERVAL:
             return False
-        entry.checked = now
+        setattr(entry, stamp, now)
         return True
 
     def forget(self, digest: str) -> None:
