@@ -8,9 +8,8 @@ import time
 import pytest
 
 from tests.cluster.redis_server import RedisServer
-from tests.integration.test_observability import _metrics
 from tests.support.images import ImageSet
-from tests.support.net import free_port, http_request
+from tests.support.net import free_port, http_request, metrics_of
 from tests.support.proxy import RecordingProxy
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -34,7 +33,7 @@ def test_replicas_report_their_part_redis_and_the_sweeper(
     assert http_request("GET", first.url + path, timeout=30).status == 200
     assert http_request("GET", second.url + path, timeout=30).status == 200
 
-    one, two = _metrics(debug[0]), _metrics(debug[1])
+    one, two = metrics_of(debug[0]), metrics_of(debug[1])
     assert one['pullthrough_cluster_fetches_total{role="own"}'] == 1
     # The second replica served it from the shared store: no fetch of any kind.
     assert not [k for k in two if k.startswith("pullthrough_cluster_fetches_total")]
@@ -43,13 +42,13 @@ def test_replicas_report_their_part_redis_and_the_sweeper(
     while one["pullthrough_cluster_sweeper"] + two["pullthrough_cluster_sweeper"] != 1:
         assert time.monotonic() < deadline, "no replica (or both) holds the sweeper lease"
         time.sleep(0.5)
-        one, two = _metrics(debug[0]), _metrics(debug[1])
+        one, two = metrics_of(debug[0]), metrics_of(debug[1])
 
     redis_server.stop()
     other = sorted(images.multi.blob_digests)[0]  # a miss: it needs Redis to coordinate
     assert http_request(
         "GET", f"{first.url}/v2/{images.multi.repo}/blobs/{other}", timeout=30
     ).status == 200
-    after = _metrics(debug[0])
+    after = metrics_of(debug[0])
     assert after["pullthrough_cluster_redis_up"] == 0
     assert after['pullthrough_cluster_fetches_total{role="alone"}'] == 1
