@@ -204,4 +204,6 @@ def test_metrics_count_stalls_and_resumes_per_upstream(
     assert second.blob is not None and _sha(second.blob.body) == _layer(broken)
     m = metrics_of(debug)
     assert m[f"pullthrough_upstream_stalls_total{{{HUB}}}"] == 1
-    assert m[f"pullthrough_upstream_resumes_total{{{HUB}}}"] == 2
+    # At least one more resume: under load a second one happens when the resumed request
+    # meets a pooled connection the proxy had just closed (seen once in CI); still no stall.
+    assert m[f"pullthrough_upstream_resumes_total{{{HUB}}}"] >= 2
