@@ -31,6 +31,7 @@ def test_replicas_report_their_part_redis_and_the_sweeper(
     layer = images.oci_small.source.layer_digests[0]
     path = f"/v2/{images.oci_small.repo}/blobs/{layer}"
     assert http_request("GET", first.url + path, timeout=30).status == 200
+    assert layer in first.stored_files()  # put in place just after the client's last byte
     assert http_request("GET", second.url + path, timeout=30).status == 200
 
     one, two = metrics_of(debug[0]), metrics_of(debug[1])

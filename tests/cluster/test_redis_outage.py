@@ -118,6 +118,7 @@ def test_cached_images_are_served_with_redis_and_the_upstream_both_down(
     image = image_factory("library/outage-both", layers=(2 * MiB,))
     group = replicas(upstream_proxy.url)
     assert [p.error for p in _pull_all(group, image, 1)] == ["", "", ""]
+    group[0].stored_files()  # (waits until the downloads are stored and indexed)
     redis_server.stop()
     upstream_proxy.fail_status = 503
     # Each replica remembers the links and tags it used: the blobs are served from the

@@ -58,6 +58,7 @@ def test_a_replica_with_the_password_coordinates_and_a_wrong_one_does_not_start(
         right.env = {ENV: PASSWORD}
         started.append(right.start())
         assert get_blob(right.host, image.repo, layer) == (200, layer, size)
+        assert layer in right.stored_files()  # stored and indexed just after the last byte
         db = redis.Redis(host="127.0.0.1", port=locked_redis.port, password=PASSWORD)
         assert db.exists(f"pullthrough:blob|{layer}")  # indexed in the shared index
         assert "coordination suspended" not in right.log_text()

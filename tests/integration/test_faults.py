@@ -212,3 +212,34 @@ def test_a_stored_manifest_that_rotted_on_disk_is_fetched_again_not_served(
     assert "no longer matches its digest" in mirror.log_text()
     assert upstream_proxy.count("GET", f"/manifests/{image.digest}") == 1  # fetched again once
     assert mirror.stored_files()[image.digest].read_bytes() == image.raw_manifest
+
+
+def test_a_verified_blob_reaches_its_client_whole_even_when_it_cannot_be_kept(
+    image_factory,
+    mirror: MirrorProcess,
+    upstream_proxy: RecordingProxy,
+) -> None:
+    """The last byte goes out once the digest matched; keeping the file (fsync, rename)
+    comes after and only decides whether the next request reads it or fetches again."""
+    image = image_factory("library/unkept", layers=(4 * MiB,))
+    layer = image.source.layer_digests[0]
+    algorithm, hex_ = layer.split(":")
+    # A file where the blob's directory should be: the rename into place fails.
+    shard = mirror.root / "blobs" / algorithm / hex_[:2]
+    shard.parent.mkdir(parents=True, exist_ok=True)
+    shard.write_bytes(b"in the way")
+
+    url = f"{mirror.url}/v2/{image.repo}/blobs/{layer}"
+    first = http_request("GET", url, timeout=30)
+    assert first.status == 200
+    assert "sha256:" + hashlib.sha256(first.body).hexdigest() == layer
+    assert layer not in mirror.stored_files()
+
+    shard.unlink()
+    second = http_request("GET", url, timeout=30)
+    assert second.body == first.body
+    assert len(upstream_proxy.requests(method="GET", path_contains=layer)) == 2  # not kept
+    deadline = time.monotonic() + 10  # stored just after the last byte went out
+    while layer not in mirror.stored_files() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert layer in mirror.stored_files()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,14 +90,23 @@ class MirrorProcess:
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
-    def stored_files(self) -> dict[str, Path]:
-        """Every file in the store, by digest (``sha256:<hex>``)."""
+    def stored_files(self, settle: float = 5.0) -> dict[str, Path]:
+        """Every file in the store, by digest (``sha256:<hex>``), once no download is
+        under way (waiting at most ``settle`` seconds): a client gets its last byte as
+        soon as the digest matched, and the file is put in place just after."""
+        deadline = time.monotonic() + settle
+        while self._downloading() and time.monotonic() < deadline:
+            time.sleep(0.02)
         out: dict[str, Path] = {}
         blob_root = self.root / "blobs"
         if blob_root.exists():
             for path in blob_root.glob("*/*/*"):
                 out[f"{path.parent.parent.name}:{path.name}"] = path
         return out
+
+    def _downloading(self) -> bool:
+        tmp = self.root / "tmp"
+        return tmp.is_dir() and any(p.name.startswith("sha") for p in tmp.iterdir())
 
     def __enter__(self) -> MirrorProcess:
         return self.start()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -83,40 +82,31 @@ def _watch(window: float, budget: float) -> tuple[StallWatch, Metrics]:
     return StallWatch(window=window, budget=budget, counter=counter), metrics
 
 
-async def _drip(gaps: list[float]) -> AsyncIterator[bytes]:
-    for gap in gaps:
-        await asyncio.sleep(gap)
-        yield b"x"
-
-
-def test_a_slow_but_steady_source_is_never_a_stall() -> None:
-    watch, _ = _watch(0.2, 0.2)
-
-    async def run() -> list[bytes]:
-        # 1.2 s in all, far past window and budget, but never 0.2 s without a byte.
-        return [chunk async for chunk in watch.chunks(_drip([0.05] * 24))]
-
-    assert len(asyncio.run(run())) == 24
-    assert watch.stalls == 0 and not watch.exhausted
-
-
-def test_silence_past_the_window_stalls_and_spends_the_budget() -> None:
+def test_each_wait_is_bounded_by_the_window_then_by_what_is_left_of_the_budget() -> None:
     watch, metrics = _watch(0.1, 0.25)
-
-    async def one_stall() -> float:
-        began = time.monotonic()
-        with pytest.raises(Stalled):
-            async for _ in watch.chunks(_drip([0.0, 5.0])):
-                pass
-        return time.monotonic() - began
-
-    assert asyncio.run(one_stall()) < 1.0
-    assert asyncio.run(one_stall()) < 1.0
+    assert watch.allowance() == 0.1
+    for _ in range(2):
+        assert isinstance(watch.stalled(watch.allowance()), Stalled)
     assert (watch.stalls, watch.exhausted) == (2, False)
     # What is left of the budget (0.05 s) bounds the third wait, then nothing is left.
-    assert asyncio.run(one_stall()) < 1.0
-    assert (watch.stalls, watch.exhausted) == (3, True)
+    assert abs(watch.allowance() - 0.05) < 1e-9
+    watch.stalled(watch.allowance())
+    assert (watch.stalls, watch.exhausted, watch.allowance()) == (3, True, 0.0)
     assert metrics.upstream_stalls.labels("up")._value.get() == 3
+
+
+def test_silence_past_the_window_stalls_a_wait_for_the_upstream() -> None:
+    watch, _ = _watch(0.1, 5.0)
+
+    async def silent() -> float:
+        began = time.monotonic()
+        with pytest.raises(Stalled):
+            async with watch.waiting():
+                await asyncio.sleep(5.0)
+        return time.monotonic() - began
+
+    assert asyncio.run(silent()) < 1.0
+    assert watch.stalls == 1
 
 
 def test_a_timeout_that_is_not_the_watch_s_own_stays_what_it_was() -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from pathlib import Path
@@ -166,6 +167,7 @@ class ClusterFetches:
         lease = _Lease(self._claims, fetch, token, claim)
         lease.announced = fetch.size is not None  # adopting: the upstream answered before
         fetch.guard = lease.check
+        fetch.write_until = lease.writable_until
         download = asyncio.ensure_future(fetch.download(adopt=adopt))
         renewer = asyncio.ensure_future(self._renew(fetch, lease, download))
         try:
@@ -176,7 +178,7 @@ class ClusterFetches:
             log.info("another replica took the fetch of %s over; following it", digest)
             return await self._after_loss(fetch, claim)
         finally:
-            fetch.guard = None
+            fetch.guard = fetch.write_until = None
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
@@ -293,6 +295,13 @@ class _Lease:
                 fetch.digest,
             )
         return answer
+
+    def writable_until(self) -> float:
+        """Until when (monotonic time) the download thread may write to the shared temp
+        file without ``check``: past the lease's deadline another replica may own it."""
+        if self.lost:
+            return -math.inf
+        return math.inf if self.alone else self.deadline
 
     async def check(self) -> None:
         """Called before each write to the shared temp file: raises ClaimLost once the

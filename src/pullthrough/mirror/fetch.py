@@ -6,7 +6,14 @@ does is ``mirror.fetches``'s call: ``on_idle``). Clients
 do not wait for it to end: each one reads the growing temp file at its own pace, up to
 ``readable()``, which holds back the last byte until the digest is verified. A client can
 therefore never complete a transfer of bytes that turn out wrong; on a mismatch the fetch
-fails and every reader aborts its connection.
+fails and every reader aborts its connection. The last byte goes out as soon as the digest
+matched (``matched``); making the file durable (fsync, rename, index) comes after and only
+decides whether the next request reads the stored file or fetches again.
+
+The body is moved by a download thread (``upstream.wire``): ``recv_into`` a buffer,
+``pwrite``, hash, each without the GIL, one step (up to ``STEP_BYTES`` or ``STEP_SECONDS``)
+at a time; the event loop hears once per step how far the file has grown and wakes the
+readers then, not once per network read.
 
 If the upstream connection breaks mid-body, the fetch resumes with a Range request from
 the byte it had reached (a few times, then gives up). So it does when the upstream stops
@@ -30,9 +37,13 @@ import asyncio
 import contextlib
 import errno
 import logging
+import math
 import os
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pullthrough.errors import BlobUnknown, RegistryError, UpstreamInvalid, UpstreamUnavailable
 from pullthrough.metrics import Metrics
@@ -40,14 +51,20 @@ from pullthrough.mirror.stalls import StallWatch
 from pullthrough.mirror.taps import Tap
 from pullthrough.reference import Digest
 from pullthrough.store.blobs import BlobStore, hasher_for
-from pullthrough.upstream.client import UpstreamClient
+from pullthrough.upstream.client import BlobStream, UpstreamClient
+from pullthrough.upstream.wire import DOWNLOADS
 
 log = logging.getLogger(__name__)
 
 MAX_RESUMES = 3
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-# Gather small network reads into writes of about this size: fewer thread hops per GiB.
-WRITE_BATCH = 1024 * 1024
+# A download thread's buffer: network reads fill it, then it is written and hashed at once.
+BUFFER = 1024 * 1024
+# One step of a download thread moves at most this many bytes, for at most about this long,
+# before the event loop hears of them (and wakes the readers): few hops per GiB, and
+# readers of a slow upstream still see its bytes within a fraction of a second.
+STEP_BYTES = 8 * 1024 * 1024
+STEP_SECONDS = 0.1
 
 
 class ClaimLost(Exception):
@@ -86,9 +103,12 @@ class Fetch:
         self.final_path: Path = store.path_for(digest)
         self.size: int | None = None  # the blob's total size, once the upstream said it
         self.written = 0
-        self.verified = False
+        self.verified = False  # the blob is stored (or, spilled, served in full)
+        # The digest matched: every byte is final and may go out, durable or not yet.
+        self.matched = False
         self.error: RegistryError | None = None
         self.upstream_bytes = 0
+        self._body_began: float | None = None  # when the upstream's body began to arrive
         self._on_stored = on_stored
         self._on_spill = on_spill
         self._started = asyncio.get_running_loop().create_future()
@@ -99,10 +119,13 @@ class Fetch:
         # Called when the last reader detaches (mirror.fetches decides whether a download
         # nobody reads any more is worth finishing).
         self.on_idle: Callable[[Fetch], None] | None = None
-        # Cluster mode: awaited before each write to the temp file; raises ClaimLost once
-        # another replica owns the download. None (one process): no check at all.
+        # Cluster mode: awaited before each step of the download; raises ClaimLost once
+        # another replica owns the download. ``write_until`` says until when (monotonic
+        # time) the download thread may write without asking again. None (one process):
+        # no check at all.
         self.guard: Callable[[], Awaitable[None]] | None = None
-        self._writing: asyncio.Future[None] | None = None
+        self.write_until: Callable[[], float] | None = None
+        self._writing: asyncio.Future[Any] | None = None  # a step or a write, in its thread
 
     # --- for readers -------------------------------------------------------------------
 
@@ -127,6 +150,12 @@ class Fetch:
         if not self._taps and self.on_idle is not None:
             self.on_idle(self)
 
+    def rate(self) -> float:
+        """Bytes per second from the upstream since its body began to arrive (0 before)."""
+        if self._body_began is None:
+            return 0.0
+        return self.upstream_bytes / max(1e-3, time.monotonic() - self._body_began)
+
     @property
     def readers(self) -> int:
         """Readers attached now."""
@@ -135,12 +164,13 @@ class Fetch:
     def readable(self) -> int:
         """How many leading bytes of the temp file a reader may send now. After a spill the
         file holds ``spilled_at`` bytes and the rest comes through the reader's Tap."""
+        if self.matched:
+            # Final bytes: a later failure to keep them (fsync, rename) is no reader's concern.
+            return self.spilled_at if self.spilled_at is not None else self.written
         if self.error is not None:
             raise self.error
         if self.spilled_at is not None:
             return self.spilled_at
-        if self.verified:
-            return self.written
         return max(0, self.written - 1)
 
     async def wait_readable(self, beyond: int) -> int:
@@ -150,6 +180,14 @@ class Fetch:
             available = self.readable()
             if available > beyond or self.verified or self.spilled_at is not None:
                 return available
+            event = self._changed
+            await event.wait()
+
+    async def wait_matched(self) -> None:
+        """Wait until the digest matched (the last byte may go out); raises the fetch's
+        error if it failed before."""
+        while not self.matched:
+            self.readable()  # raises the error of a failed fetch
             event = self._changed
             await event.wait()
 
@@ -183,7 +221,7 @@ class Fetch:
     def complete(self, size: int) -> None:
         """The blob was verified and stored (by another replica) with ``size`` bytes."""
         self.written = size
-        self.verified = True
+        self.verified = self.matched = True
         self._notify()
 
     def fail(self, error: RegistryError) -> None:
@@ -236,6 +274,8 @@ class Fetch:
                     f"upstream sent bytes for {self.digest} that do not match that digest; "
                     "nothing was stored"
                 )
+            self.matched = True
+            self._notify()
             if self.spilled_at is not None:
                 await asyncio.to_thread(self._discard, fd)
                 fd = -1
@@ -294,9 +334,9 @@ class Fetch:
             if not self._started.done():
                 self._started.set_result(None)
             return
+        buffer = bytearray(BUFFER)
         while True:
             reached = self.written
-            batch: list[bytes] = []
             try:
                 async with contextlib.AsyncExitStack() as stack:
                     body = self.upstream.blob(self.repo, str(self.digest), self.written)
@@ -317,24 +357,8 @@ class Fetch:
                         self.size = stream.size
                     if not self._started.done():
                         self._started.set_result(None)
-                    pending = 0
-                    chunks = await stack.enter_async_context(
-                        contextlib.aclosing(self._stalls.chunks(stream.chunks()))
-                    )
-                    async for chunk in chunks:
-                        self.upstream_bytes += len(chunk)
-                        self._upstream_bytes.inc(len(chunk))
-                        batch.append(chunk)
-                        pending += len(chunk)
-                        if self.size is not None and self.written + pending > self.size:
-                            raise UpstreamInvalid(
-                                f"upstream sent more bytes for {self.digest} than it announced"
-                            )
-                        # First bytes go out at once (time to first byte), later ones batched.
-                        if pending >= WRITE_BATCH or self.written == 0:
-                            await self._write(fd, hasher, batch)
-                            batch, pending = [], 0
-                    await self._write(fd, hasher, batch)
+                        self._body_began = time.monotonic()
+                    await self._pump(fd, hasher, stream, buffer)
                 if self.size is None or self.written >= self.size:
                     return
                 raise UpstreamUnavailable(
@@ -343,7 +367,6 @@ class Fetch:
             except UpstreamUnavailable as exc:
                 if not self._started.done():
                     raise  # nothing arrived yet: fail fast, the client is waiting for headers
-                await self._write(fd, hasher, batch)  # bytes that arrived before the break
                 # A connection that keeps breaking but makes progress is worth resuming;
                 # one that breaks without delivering anything is given a few tries.
                 failures = 0 if self.written > reached else failures + 1
@@ -359,16 +382,73 @@ class Fetch:
                 log.warning("resuming %s at byte %d after: %s", self.digest, self.written, exc)
                 await asyncio.sleep(0.2 * failures)
 
-    async def _write(self, fd: int, hasher: object, batch: list[bytes]) -> None:
-        if not batch:
-            return
-        data = batch[0] if len(batch) == 1 else b"".join(batch)
+    async def _pump(self, fd: int, hasher: object, stream: BlobStream, buffer: bytearray) -> None:
+        """Move the body into the file, one download-thread step at a time, until it ends
+        (returns) or breaks (raises UpstreamUnavailable: a resume may follow)."""
+        loop = asyncio.get_running_loop()
+        read_timeout = self.upstream.config.read_timeout
+        while True:
+            if self.guard is not None:
+                await self.guard()
+            allowance = self._stalls.allowance()
+            timeout = max(0.001, min(allowance, read_timeout))
+            self._writing = loop.run_in_executor(
+                DOWNLOADS,
+                _step,
+                stream,
+                -1 if self.spilled_at is not None else fd,
+                hasher,
+                memoryview(buffer),
+                self.written,
+                None if self.size is None else self.size - self.written,
+                timeout,
+                self.written == 0,  # the first bytes go out at once (time to first byte)
+                math.inf if self.write_until is None else self.write_until(),
+            )
+            try:
+                # Shielded: a cancelled download (lost claim, abandoned, shutdown) breaks
+                # the connection, then waits for the step before closing fd.
+                step = await asyncio.shield(self._writing)
+            except asyncio.CancelledError:
+                stream.response.abort()
+                raise
+            read = step.written + len(step.unwritten)
+            if read:
+                self.upstream_bytes += read
+                self._upstream_bytes.inc(read)
+            if step.written:
+                self.written += step.written
+                self._notify()
+            if step.disk_error is not None:
+                if step.disk_error.errno not in _DISK_FULL:
+                    raise step.disk_error
+                # Cut the file back to the bytes that were hashed, then go on without it.
+                await asyncio.to_thread(_cut, fd, self.written)
+                self._spill(str(step.disk_error))
+            if step.unwritten:
+                # Spilled, or the step reached the write deadline: then the guard renews
+                # the claim (or raises ClaimLost) before the bytes are written.
+                await self._write(fd, hasher, step.unwritten)
+            if step.overlong:
+                raise UpstreamInvalid(
+                    f"upstream sent more bytes for {self.digest} than it announced"
+                )
+            if step.timed_out:
+                if timeout < allowance:
+                    raise UpstreamUnavailable(
+                        f"upstream {self.upstream.name} sent nothing for {timeout:g} s"
+                    )
+                raise self._stalls.stalled(allowance)
+            if step.broke is not None:
+                raise self.upstream.unavailable(step.broke)
+            if step.ended:
+                return
+
+    async def _write(self, fd: int, hasher: object, data: bytes) -> None:
         if self.spilled_at is None:
             try:
                 if self.guard is not None:
                     await self.guard()
-                # Shielded: a cancelled download (lost claim, abandoned, shutdown) waits
-                # for this write before closing fd.
                 self._writing = asyncio.ensure_future(
                     asyncio.to_thread(_write_and_hash, fd, hasher, data, self.written)
                 )
@@ -376,7 +456,6 @@ class Fetch:
             except OSError as exc:
                 if exc.errno not in _DISK_FULL:
                     raise
-                # Cut the file back to the bytes that were hashed, then go on without it.
                 await asyncio.to_thread(_cut, fd, self.written)
                 self._spill(str(exc))
             else:
@@ -425,13 +504,106 @@ class Fetch:
             self.temp_path.unlink()
 
 
+@dataclass(slots=True)
+class _Step:
+    """What one step of a download thread did."""
+
+    written: int = 0  # bytes written to the file and hashed
+    unwritten: bytes = b""  # read but neither written nor hashed (spilled, or the deadline)
+    ended: bool = False  # the body ended
+    overlong: bool = False  # the body goes on past the size announced
+    timed_out: bool = False  # nothing arrived within the time-out
+    broke: BaseException | None = None  # the connection broke
+    disk_error: OSError | None = None  # writing failed: ``unwritten`` holds what was not
+
+
+def _step(
+    stream: BlobStream,
+    fd: int,
+    hasher: object,
+    buffer: memoryview,
+    offset: int,
+    left: int | None,
+    timeout: float,
+    first: bool,
+    write_until: float,
+) -> _Step:
+    """One step of a download, in a download thread: read the body into ``buffer``, write
+    each full buffer at ``offset`` on and hash it, until ``STEP_BYTES`` or ``STEP_SECONDS``
+    (``first``: until the first bytes are written). ``fd`` < 0 (spilled): read one buffer
+    and hand it back unwritten. Nothing is written after ``write_until`` (the claim may
+    have passed to another replica by then): what was read is handed back unwritten
+    instead. Never raises: what happened is in the result."""
+    step = _Step()
+    ends = time.monotonic() + STEP_SECONDS
+    filled = 0
+
+    def flush() -> bool:
+        nonlocal filled, offset
+        data = buffer[:filled]
+        if fd < 0 or time.monotonic() >= write_until:
+            step.unwritten = bytes(data)
+            filled = 0
+            return False
+        try:
+            _write_all(fd, data, offset)
+        except OSError as exc:
+            step.disk_error, step.unwritten = exc, bytes(data)
+            filled = 0
+            return False
+        hasher.update(data)  # type: ignore[attr-defined]
+        step.written += filled
+        offset += filled
+        filled = 0
+        return True
+
+    while step.written < STEP_BYTES:
+        room = len(buffer) - filled
+        if left is not None:
+            room = min(room, left)
+        if room <= 0 and left is not None and left <= 0:
+            step.ended = True
+            step.overlong = not stream.response.ended and _more_to_read(stream, buffer)
+            break
+        try:
+            count = stream.response.readinto(buffer[filled : filled + room], timeout)
+        except TimeoutError:
+            step.timed_out = True
+            break
+        except Exception as exc:  # the connection broke (or the body framing did)
+            step.broke = exc
+            break
+        if count == 0:
+            step.ended = True
+            break
+        filled += count
+        if left is not None:
+            left -= count
+        due = first or time.monotonic() >= ends
+        if (filled == len(buffer) or due) and (not flush() or due):
+            return step
+    if filled:
+        flush()
+    return step
+
+
 def _write_and_hash(fd: int, hasher: object, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    position = offset
-    while view:
-        count = os.pwrite(fd, view, position)
-        view, position = view[count:], position + count
+    _write_all(fd, memoryview(data), offset)
     hasher.update(data)  # type: ignore[attr-defined]
+
+
+def _more_to_read(stream: BlobStream, buffer: memoryview) -> bool:
+    """Whether the body goes on past the announced size (reads one byte, at once)."""
+    try:
+        return stream.response.readinto(buffer[:1], 0.001) > 0
+    except Exception:
+        return False
+
+
+def _write_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        count = os.pwrite(fd, data, offset)
+        data, offset = data[count:], offset + count
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -445,7 +617,7 @@ def _identity(path: Path) -> tuple[int, int] | None:
 def _hash_file(fd: int, hasher: object) -> int:
     """Feed the file's bytes to ``hasher``; returns how many there were."""
     position = 0
-    while chunk := os.pread(fd, 4 * WRITE_BATCH, position):
+    while chunk := os.pread(fd, 4 * BUFFER, position):
         hasher.update(chunk)  # type: ignore[attr-defined]
         position += len(chunk)
     return position

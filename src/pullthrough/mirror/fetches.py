@@ -112,7 +112,9 @@ class Fetches:
         task = self._task_of.get(fetch)
         if task is None or fetch.readers or fetch.finished:
             return
-        speed = (fetch.written - written_before) / ABANDON_GRACE
+        # The slower of the last second and the whole download so far: an upstream that
+        # sends in bursts is not "ending soon" because one burst fell into the last second.
+        speed = min((fetch.written - written_before) / ABANDON_GRACE, fetch.rate())
         left = None if fetch.size is None else fetch.size - fetch.written
         if left is not None and speed > 0 and left / speed <= KEEP_IF_DONE_WITHIN:
             log.debug("finishing %s for the cache: nobody reads it, but it ends soon", fetch.digest)

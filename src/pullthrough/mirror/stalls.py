@@ -1,10 +1,12 @@
 """Noticing an upstream that stopped sending, long before its read time-out would.
 
 A download waits on its upstream in two places: for the answer to a resumed (Range)
-request, and for each piece of the body. ``StallWatch`` bounds every such wait by the
-stall window (``mirror.upstream_stall_timeout``): a wait that hears nothing for that long
-is a stall, and the download resumes from the last byte it wrote. A slow upstream is never
-a stall as long as some byte arrives within the window.
+request (``waiting``), and for each read of the body, which a download thread bounds with a
+socket time-out of ``allowance()`` seconds (``stalled`` counts one that expired).
+``StallWatch`` bounds every such wait by the stall window (``mirror.upstream_stall_timeout``):
+a wait that hears nothing for that long is a stall, and the download resumes from the last
+byte it wrote. A slow upstream is never a stall as long as some byte arrives within the
+window.
 
 Stalls share one budget per download (``mirror.upstream_stall_budget``): a wait is bounded
 by what is left of it too, so an upstream that stalls again and again costs the clients
@@ -14,7 +16,6 @@ that wait for the blob at most the budget in silence before the download gives u
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterable
 from types import TracebackType
 
 from prometheus_client import Counter
@@ -41,23 +42,19 @@ class StallWatch:
         """No budget is left: the next wait could not last a moment."""
         return self.left <= 0.0
 
+    def allowance(self) -> float:
+        """How long the next wait may last: the window, or the budget left if less."""
+        return min(self.window, max(0.0, self.left))
+
+    def stalled(self, waited: float) -> Stalled:
+        """Count a wait of ``waited`` seconds that heard nothing (a download thread's
+        read timed out): the error to raise."""
+        return self._stalled(waited)
+
     def waiting(self) -> _Wait:
         """``async with watch.waiting(): await <upstream>``: raises Stalled when the block
         waits longer than the window, or than the budget left if that is less."""
-        return _Wait(self, min(self.window, max(0.0, self.left)))
-
-    async def chunks(self, source: AsyncIterable[bytes]) -> AsyncGenerator[bytes, None]:
-        """``source``'s chunks, each of which must arrive within the window. Only the
-        wait for a chunk is watched: the caller's own work between chunks (writing to
-        disk, handing bytes to readers) is not the upstream's silence."""
-        pieces = aiter(source)
-        while True:
-            async with self.waiting():
-                try:
-                    chunk = await anext(pieces)
-                except StopAsyncIteration:
-                    return
-            yield chunk
+        return _Wait(self, self.allowance())
 
     def _stalled(self, waited: float) -> Stalled:
         self.left -= waited

@@ -167,17 +167,17 @@ async def _send_growing(
             break  # the rest never reaches the disk: _send_tapped takes over
         readable = await _while_connected(request, fetch.wait_readable(position))
         limit = readable if stop is None else min(readable, stop)
-        if stop is not None and limit == stop and not fetch.verified:
+        if stop is not None and limit == stop and not fetch.matched:
             # The last byte of a range completes the client's transfer: hold it until the
             # whole blob is verified, so not even a partial answer is served unverified.
             limit = stop - 1
             if limit <= position:
-                await _while_connected(request, fetch.wait_verified())
+                await _while_connected(request, fetch.wait_matched())
                 continue
         if limit > position:
             await send_span(request, resp, fd, position, limit - position)
             position = limit
-        elif fetch.verified:
+        elif fetch.matched:
             break  # everything sent (a body of unknown size has ended)
     return position - start
 

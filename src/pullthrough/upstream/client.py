@@ -6,13 +6,15 @@ Retry-After), TooManyRequests (429, with Retry-After), Unauthorized/Denied (the 
 refused the mirror's credentials). A 404 is returned as ``None`` by the methods that ask
 "does it exist": the caller decides what it means.
 
-Two connection pools per upstream: one for manifests, tags, blob HEADs and tokens, one for
-blob downloads, so downloads can never starve the small requests a pull starts with.
-Neither pool makes a request wait inside aiohttp (no connector limit): the metadata
-requests are bounded by ``Slots`` here and the downloads by ``download_slot``, each with a
-bounded wait of its own. So an aiohttp connect time-out always means the socket connect
-(or name look-up) timed out, and only that, with refused connections, counts towards the
-circuit breaker (``upstream.breaker``) that decides the upstream is down.
+Two connection pools per upstream: aiohttp's for manifests, tags, blob HEADs and tokens,
+and ``upstream.wire``'s for blob downloads (their bodies are read in download threads, off
+the event loop), so downloads can never starve the small requests a pull starts with.
+Neither pool makes a request wait inside it: the metadata requests are bounded by ``Slots``
+here and the downloads by ``download_slot``, each with a bounded wait of its own. So a
+connect time-out always means the socket connect (or name look-up) timed out, and only
+that, with refused connections, counts towards the circuit breaker (``upstream.breaker``)
+that decides the upstream is down. Both kinds of request take the same path through this
+module (credentials, redirects, retries): only the last step, one exchange, differs.
 """
 
 from __future__ import annotations
@@ -22,15 +24,15 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from pullthrough.config import UpstreamConfig
 from pullthrough.errors import (
@@ -59,6 +61,7 @@ from pullthrough.upstream.outbound import (
 from pullthrough.upstream.ratelimit import RateLimit
 from pullthrough.upstream.slots import NoSlot, Slots
 from pullthrough.upstream.tokens import UpstreamAuth
+from pullthrough.upstream.wire import Unreachable, WireResponse, WireSession
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +90,26 @@ E = TypeVar("E", bound=RegistryError)
 # Failures that say the upstream cannot be reached at all (refused, no route, no name,
 # connect time-out), as opposed to one slow or broken answer. With no connector limit,
 # ConnectionTimeoutError is the socket connect (or look-up) only, never a pool wait.
-_UNREACHABLE = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+_UNREACHABLE = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, Unreachable)
+
+
+class Answer(Protocol):
+    """What this module reads of an upstream's answer, from aiohttp or ``upstream.wire``."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+    @property
+    def url(self) -> object: ...
+    @property
+    def content_length(self) -> int | None: ...
+    def release(self) -> object: ...
+
+
+A = TypeVar("A", bound=Answer)
+# One exchange (method, url, headers, params): send the request, return the answer's head.
+Exchange = Callable[[str, str, CIMultiDict[str], dict[str, str] | None], Awaitable[A]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,14 +128,12 @@ class ManifestBody:
 
 @dataclass(slots=True)
 class BlobStream:
-    """An open upstream blob body starting at ``offset``; ``size`` is the whole blob's."""
+    """An open upstream blob body starting at ``offset``; ``size`` is the whole blob's. The
+    body is read with ``response.readinto`` from a download thread (``upstream.wire``)."""
 
-    response: aiohttp.ClientResponse
+    response: WireResponse
     offset: int
     size: int | None
-
-    def chunks(self) -> AsyncIterator[bytes]:
-        return self.response.content.iter_any()
 
 
 class UpstreamClient:
@@ -140,7 +160,7 @@ class UpstreamClient:
         self.outbound = outbound or OutboundPolicy().for_upstream(config.url)
         self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
-        self._blob_session: aiohttp.ClientSession | None = None
+        self._wire: WireSession | None = None
         self.auth = UpstreamAuth(self)
         self.rate_limit = RateLimit(
             config.name,
@@ -173,11 +193,15 @@ class UpstreamClient:
         return self._session
 
     @property
-    def blob_session(self) -> aiohttp.ClientSession:
+    def wire(self) -> WireSession:
         """The pool for blob downloads (at most ``max_downloads`` at once)."""
-        if self._blob_session is None:
-            self._blob_session = self._new_session()
-        return self._blob_session
+        if self._wire is None:
+            self._wire = WireSession(
+                resolver=PolicyResolver(self.outbound, self._resolver),
+                connect_timeout=self.config.connect_timeout,
+                read_timeout=self.config.read_timeout,
+            )
+        return self._wire
 
     def _new_session(self) -> aiohttp.ClientSession:
         timeout = aiohttp.ClientTimeout(
@@ -204,10 +228,11 @@ class UpstreamClient:
     async def close(self) -> None:
         if self._probing is not None:
             self._probing.cancel()
-        for session in (self._session, self._blob_session):
-            if session is not None:
-                await session.close()
-        self._session = self._blob_session = None
+        if self._session is not None:
+            await self._session.close()
+        if self._wire is not None:
+            await self._wire.close()
+        self._session = self._wire = None
 
     @asynccontextmanager
     async def download_slot(self) -> AsyncIterator[None]:
@@ -276,20 +301,26 @@ class UpstreamClient:
     async def blob(
         self, repo: str, digest: str, offset: int = 0
     ) -> AsyncIterator[BlobStream | None]:
-        """The blob's body from ``offset`` on (a Range request when offset > 0), or None on 404."""
+        """The blob's body from ``offset`` on (a Range request when offset > 0), or None on
+        404. The caller holds a ``download_slot``."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        async with self._request(
-            "GET", repo, f"blobs/{digest}", headers=headers, download=True
-        ) as resp:
-            if resp.status == 404:
-                yield None
-                return
-            self._expect_ok(resp)
-            if offset and resp.status != 206:
-                raise UpstreamUnavailable(
-                    f"upstream {self.name} ignored a Range request for {digest}; cannot resume"
-                )
-            yield BlobStream(resp, offset, _total_size(resp, offset))
+        url = f"{self.base}/v2/{repo}/blobs/{digest}"
+        with self._using():
+            resp = await self._send_authed(
+                self._wire_exchange, "GET", url, f"repository:{repo}:pull", headers, None
+            )
+            try:
+                if resp.status == 404:
+                    yield None
+                    return
+                self._expect_ok(resp)
+                if offset and resp.status != 206:
+                    raise UpstreamUnavailable(
+                        f"upstream {self.name} ignored a Range request for {digest}; cannot resume"
+                    )
+                yield BlobStream(resp, offset, _total_size(resp, offset))
+            finally:
+                resp.release()
 
     async def tags(
         self, repo: str, n: int | None, last: str | None
@@ -327,28 +358,43 @@ class UpstreamClient:
         *,
         headers: dict[str, str] | None = None,
         params: dict[str, str] | None = None,
-        download: bool = False,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """``download``: a blob GET, on the download pool (its caller holds a
-        ``download_slot``); anything else holds a metadata slot while it runs."""
+        """A request for metadata (not a blob body): holds a metadata slot while it runs."""
         scope = f"repository:{repo}:pull"
         url = f"{self.base}/v2/{repo}/{path}"
-        self.in_use += 1
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                if not download:
-                    await stack.enter_async_context(self._metadata_slot())
-                session = self.blob_session if download else self.session
-                resp = await self._send_authed(session, method, url, scope, headers or {}, params)
+        with self._using():
+            async with self._metadata_slot():
+                resp = await self._send_authed(
+                    self._aiohttp_exchange, method, url, scope, headers or {}, params
+                )
                 try:
                     yield resp
                 except NETWORK_ERRORS as exc:
                     raise self.unavailable(exc) from exc
                 finally:
                     resp.release()
+
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[None]:
+        """Count a request (and the body it streams) as under way while it runs."""
+        self.in_use += 1
+        try:
+            yield
         finally:
             self.in_use -= 1
             self.last_active = self._clock()
+
+    async def _aiohttp_exchange(
+        self, method: str, url: str, headers: CIMultiDict[str], params: dict[str, str] | None
+    ) -> aiohttp.ClientResponse:
+        return await self.session.request(
+            method, url, headers=headers, params=params, allow_redirects=False
+        )
+
+    async def _wire_exchange(
+        self, method: str, url: str, headers: CIMultiDict[str], params: dict[str, str] | None
+    ) -> WireResponse:
+        return await self.wire.request(method, url, headers=headers, params=params)
 
     @asynccontextmanager
     async def _metadata_slot(self) -> AsyncIterator[None]:
@@ -364,18 +410,18 @@ class UpstreamClient:
 
     async def _send_authed(
         self,
-        session: aiohttp.ClientSession,
+        exchange: Exchange[A],
         method: str,
         url: str,
         scope: str,
         headers: dict[str, str],
         params: dict[str, str] | None,
-    ) -> aiohttp.ClientResponse:
+    ) -> A:
         self._check_not_throttled()
         ticket = await self._admit()
         try:
             return await self._send_authed_admitted(
-                session, method, url, scope, headers, params, ticket
+                exchange, method, url, scope, headers, params, ticket
             )
         finally:
             self.breaker.release(ticket)
@@ -424,17 +470,17 @@ class UpstreamClient:
 
     async def _send_authed_admitted(
         self,
-        session: aiohttp.ClientSession,
+        exchange: Exchange[A],
         method: str,
         url: str,
         scope: str,
         headers: dict[str, str],
         params: dict[str, str] | None,
         ticket: Ticket,
-    ) -> aiohttp.ClientResponse:
+    ) -> A:
         for attempt in range(2):
             auth = self.auth.header(scope)
-            resp = await self._send(session, method, url, headers, params, auth, ticket)
+            resp = await self._send(exchange, method, url, headers, params, auth, ticket)
             if resp.status != 401:
                 self.rate_limit.note(resp.headers)
                 if resp.status < 500:
@@ -464,14 +510,14 @@ class UpstreamClient:
 
     async def _send(
         self,
-        session: aiohttp.ClientSession,
+        exchange: Exchange[A],
         method: str,
         url: str,
         headers: dict[str, str],
         params: dict[str, str] | None,
         auth: str | None,
         ticket: Ticket,
-    ) -> aiohttp.ClientResponse:
+    ) -> A:
         """Send, following redirects here (the client never sees a CDN redirect).
         Authorization goes only to the upstream's own origin."""
         origin = _origin(self.base)
@@ -484,7 +530,7 @@ class UpstreamClient:
             hdrs = CIMultiDict(headers)
             if auth and _origin(url) == origin:
                 hdrs["Authorization"] = auth
-            resp = await self._request_with_retry(session, method, url, hdrs, params, ticket)
+            resp = await self._request_with_retry(exchange, method, url, hdrs, params, ticket)
             if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                 url = urljoin(url, resp.headers["Location"])
                 params = None  # the Location carries its own query
@@ -498,13 +544,13 @@ class UpstreamClient:
 
     async def _request_with_retry(
         self,
-        session: aiohttp.ClientSession,
+        exchange: Exchange[A],
         method: str,
         url: str,
         headers: CIMultiDict[str],
         params: dict[str, str] | None,
         ticket: Ticket,
-    ) -> aiohttp.ClientResponse:
+    ) -> A:
         """One request; connection-level failures (refused, reset, a pooled connection the
         upstream had closed) are retried with a short back-off. Time-outs are not: they
         already cost the configured time, and a client is waiting. The upstream's own
@@ -513,9 +559,7 @@ class UpstreamClient:
         own = _origin(url) == _origin(self.base)
         for attempt, backoff in enumerate((*CONNECT_RETRY_BACKOFF, None)):
             try:
-                resp = await session.request(
-                    method, url, headers=headers, params=params, allow_redirects=False
-                )
+                resp = await exchange(method, url, headers, params)
             except OutboundRefused as exc:  # from PolicyResolver: nothing was connected to
                 raise self.failed(OutboundRefused(f"upstream {self.name}: {exc.message}")) from None
             except (aiohttp.ClientConnectionError, ConnectionError) as exc:
@@ -549,7 +593,7 @@ class UpstreamClient:
                 )
             )
 
-    def _expect_ok(self, resp: aiohttp.ClientResponse) -> None:
+    def _expect_ok(self, resp: Answer) -> None:
         if resp.status < 300:
             return
         if resp.status == 429:
@@ -571,7 +615,7 @@ class UpstreamClient:
             self.last_error = f"{stamp} {error.message}"
         return error
 
-    def too_many(self, resp: aiohttp.ClientResponse) -> TooManyRequests:
+    def too_many(self, resp: Answer) -> TooManyRequests:
         wait = self.rate_limit.throttle(resp.headers)
         return self.failed(
             TooManyRequests(
@@ -618,7 +662,7 @@ def _media_type(resp: aiohttp.ClientResponse) -> str | None:
     return value.split(";", 1)[0].strip() if value else None
 
 
-def _total_size(resp: aiohttp.ClientResponse, offset: int) -> int | None:
+def _total_size(resp: Answer, offset: int) -> int | None:
     if resp.status == 206:
         content_range = resp.headers.get("Content-Range", "")
         total = content_range.rpartition("/")[2]
