@@ -9,6 +9,9 @@ free loopback port, forwards every connection to the target, and counts
   classified as blob / manifest / other. Requests are parsed from the byte stream, so
   keep-alive and pipelining are counted correctly (bodies skipped by Content-Length).
 
+With ``--opaque`` (a TLS upstream: the proxy passes the encrypted stream through unchanged)
+no request is parsed or counted; bytes still are, TLS records and handshakes included.
+
 It answers one-line commands (``stats``, ``reset``) on a second loopback port with a JSON
 line. ``CountingProxy`` below starts it as a child process and talks to it.
 
@@ -148,10 +151,13 @@ def _close(*socks: socket.socket) -> None:
 
 
 class Connection:
-    def __init__(self, client: socket.socket, upstream: socket.socket, stats: Stats) -> None:
+    def __init__(
+        self, client: socket.socket, upstream: socket.socket, stats: Stats, opaque: bool = False
+    ) -> None:
         self.client = client
         self.upstream = upstream
         self.stats = stats
+        self.opaque = opaque
         self.lock = threading.Lock()
         self.halves = 2
 
@@ -170,8 +176,9 @@ class Connection:
                 s.shutdown(socket.SHUT_RDWR)
 
     def pump_up(self) -> None:
-        """client -> upstream, parsing request heads."""
+        """client -> upstream, parsing request heads (unless the stream is opaque)."""
         parser = RequestParser(self.stats)
+        parser.broken = self.opaque
         try:
             while True:
                 data = self.client.recv(256 * 1024)
@@ -233,7 +240,7 @@ class Connection:
             self.client.sendall(view[:n])
 
 
-def serve(target: tuple[str, int]) -> None:
+def serve(target: tuple[str, int], opaque: bool = False) -> None:
     stats = Stats()
     pool = ThreadPoolExecutor(max_workers=2048, thread_name_prefix="pump")
     listener = socket.create_server((LOOPBACK, 0), backlog=1024)
@@ -253,7 +260,7 @@ def serve(target: tuple[str, int]) -> None:
             with stats.lock:
                 stats.open += 1
                 stats.connections += 1
-            conn = Connection(client, upstream, stats)
+            conn = Connection(client, upstream, stats, opaque)
             pool.submit(conn.pump_up)
             pool.submit(conn.pump_down)
 
@@ -281,11 +288,15 @@ def serve(target: tuple[str, int]) -> None:
 
 
 class CountingProxy:
-    """Starts ``countproxy.py`` as a child process in front of ``target_port``."""
+    """Starts ``countproxy.py`` as a child process in front of ``target_port``.
 
-    def __init__(self, target_port: int, log_path: str) -> None:
+    ``tls=True``: the target serves TLS; ``url`` is ``https://`` and requests are not
+    counted (``--opaque``)."""
+
+    def __init__(self, target_port: int, log_path: str, tls: bool = False) -> None:
         self.target_port = target_port
         self.log_path = log_path
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.control_port = 0
@@ -294,12 +305,15 @@ class CountingProxy:
 
     @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{LOOPBACK}:{self.port}"
 
     def start(self) -> CountingProxy:
+        cmd = [sys.executable, __file__, "--target", f"{LOOPBACK}:{self.target_port}"]
+        if self.tls:
+            cmd.append("--opaque")
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, __file__, "--target", f"{LOOPBACK}:{self.target_port}"],
+                cmd,
                 stdout=subprocess.PIPE,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
@@ -352,11 +366,14 @@ class CountingProxy:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", required=True, help="HOST:PORT on loopback")
+    parser.add_argument(
+        "--opaque", action="store_true", help="do not parse requests (a TLS stream)"
+    )
     args = parser.parse_args()
     host, _, port = args.target.rpartition(":")
     if not host.startswith("127.") and host != "localhost":
         parser.error("target must be on loopback (127.0.0.0/8)")
-    serve((host, int(port)))
+    serve((host, int(port)), args.opaque)
 
 
 if __name__ == "__main__":

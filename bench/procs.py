@@ -12,12 +12,14 @@ import http.client
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -164,11 +166,20 @@ def free_port() -> int:
 def http_status(
     url: str, timeout: float = 1.0, method: str = "GET", headers: dict[str, str] | None = None
 ) -> int | None:
-    host, _, rest = url.removeprefix("http://").partition("/")
-    h, _, p = host.partition(":")
-    conn = http.client.HTTPConnection(h, int(p), timeout=timeout)
+    """Status of one request to ``url`` (``http://`` or ``https://``, whose certificate is
+    not checked: a probe), or ``None`` if nothing answered."""
+    parts = urlsplit(url)
+    h, p = parts.hostname or LOOPBACK, parts.port
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        conn = http.client.HTTPSConnection(h, p, timeout=timeout, context=ctx)
+    else:
+        conn = http.client.HTTPConnection(h, p, timeout=timeout)
     try:
-        conn.request(method, "/" + rest, headers=headers or {})
+        conn.request(method, target, headers=headers or {})
         resp = conn.getresponse()
         resp.read()
         return resp.status
@@ -179,13 +190,17 @@ def http_status(
 
 
 class Server:
-    """A loopback HTTP server process with a config file and a log, stopped by PID."""
+    """A loopback HTTP server process with a config file and a log, stopped by PID.
+
+    ``extra_env`` is added to its environment (e.g. ``SSL_CERT_FILE``)."""
 
     kind = "server"
+    scheme = "http"
 
-    def __init__(self, workdir: Path, name: str) -> None:
+    def __init__(self, workdir: Path, name: str, extra_env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.name = name
+        self.extra_env = dict(extra_env or {})
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.config_path = workdir / "config.yml"
@@ -198,7 +213,7 @@ class Server:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{self.scheme}://{self.host}"
 
     @property
     def pid(self) -> int:
@@ -209,7 +224,7 @@ class Server:
         raise NotImplementedError
 
     def env(self) -> dict[str, str]:
-        return clean_env()
+        return clean_env(self.extra_env)
 
     def write_config(self) -> None:
         raise NotImplementedError
@@ -266,17 +281,28 @@ def stop_all() -> None:
 
 
 class DockerRegistry(Server):
-    """Debian's docker-registry: the upstream (plain) or the reference mirror (proxy mode)."""
+    """Debian's docker-registry: the upstream (plain, or TLS with ``tls=(cert, key)``) or
+    the reference mirror (proxy mode)."""
 
     kind = "docker-registry"
 
     def __init__(
-        self, workdir: Path, name: str, *, remoteurl: str | None = None, log_level: str = "warn"
+        self,
+        workdir: Path,
+        name: str,
+        *,
+        remoteurl: str | None = None,
+        log_level: str = "warn",
+        tls: tuple[Path, Path] | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(workdir, name)
+        super().__init__(workdir, name, extra_env)
         self.remoteurl = remoteurl
         self.log_level = log_level
         self.storage = workdir / "storage"
+        self.tls = tls
+        if tls is not None:
+            self.scheme = "https"
 
     def command(self) -> list[str]:
         return [REGISTRY_BINARY, "serve", str(self.config_path)]
@@ -295,6 +321,8 @@ class DockerRegistry(Server):
         }
         if self.remoteurl:
             cfg["proxy"] = {"remoteurl": self.remoteurl}
+        if self.tls is not None:
+            cfg["http"]["tls"] = {"certificate": str(self.tls[0]), "key": str(self.tls[1])}
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
     def has_blob(self, digest: str) -> bool:
@@ -324,8 +352,9 @@ class Pullthrough(Server):
         log_level: str = "warn",
         root: Path | None = None,
         mirror_extra: dict[str, Any] | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(workdir, name)
+        super().__init__(workdir, name, extra_env)
         self.mirror_extra = mirror_extra or {}
         self.remoteurl = remoteurl
         self.loop = loop
@@ -340,7 +369,7 @@ class Pullthrough(Server):
         return [sys.executable, "-m", "pullthrough", "serve", str(self.config_path)]
 
     def env(self) -> dict[str, str]:
-        extra = {}
+        extra = dict(self.extra_env)
         if self.src is not None:
             extra["PYTHONPATH"] = str(self.src)
         return clean_env(extra)

@@ -145,29 +145,50 @@ def skopeo(args: list[str], auth_file: Path, timeout: float = 900) -> subprocess
     return proc
 
 
-def push(layout: Path, ref: str, dest: str, auth_file: Path, all_platforms: bool) -> None:
-    args = ["copy", "--retry-times=0", "--dest-tls-verify=false", "--preserve-digests"]
+def push(
+    layout: Path,
+    ref: str,
+    dest: str,
+    auth_file: Path,
+    all_platforms: bool,
+    cert_dir: Path | None = None,
+) -> None:
+    """Plain HTTP, or with ``cert_dir`` (``ca.crt``) TLS verified against that CA."""
+    tls = f"--dest-cert-dir={cert_dir}" if cert_dir else "--dest-tls-verify=false"
+    args = ["copy", "--retry-times=0", tls, "--preserve-digests"]
     if all_platforms:
         args.append("--all")
     skopeo([*args, f"oci:{layout}:{ref}", f"docker://{dest}"], auth_file)
 
 
 def seed_image(
-    work: Path, upstream_host: str, repo: str, layer_sizes: list[int], seed: str, auth_file: Path
+    work: Path,
+    upstream_host: str,
+    repo: str,
+    layer_sizes: list[int],
+    seed: str,
+    auth_file: Path,
+    cert_dir: Path | None = None,
 ) -> Seeded:
     layout = work / "layout"
     _init(layout)
     try:
         digest, size, layers = _image(layout, layer_sizes, seed, "amd64")
         _tag(layout, MT_MANIFEST, digest, size, "v1")
-        push(layout, "v1", f"{upstream_host}/{repo}:v1", auth_file, all_platforms=False)
+        push(layout, "v1", f"{upstream_host}/{repo}:v1", auth_file, False, cert_dir)
     finally:
         shutil.rmtree(layout, ignore_errors=True)  # the upstream holds it now: free the disk
     return Seeded(repo, "v1", digest, MT_MANIFEST, layers[-1][0], layers[-1][2])
 
 
 def seed_index(
-    work: Path, upstream_host: str, repo: str, layer_size: int, seed: str, auth_file: Path
+    work: Path,
+    upstream_host: str,
+    repo: str,
+    layer_size: int,
+    seed: str,
+    auth_file: Path,
+    cert_dir: Path | None = None,
 ) -> Seeded:
     layout = work / "layout"
     _init(layout)
@@ -187,7 +208,7 @@ def seed_index(
         body = _json({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": entries})
         index_digest = _put(layout, body)
         _tag(layout, MT_INDEX, index_digest, len(body), "v1")
-        push(layout, "v1", f"{upstream_host}/{repo}:v1", auth_file, all_platforms=True)
+        push(layout, "v1", f"{upstream_host}/{repo}:v1", auth_file, True, cert_dir)
     finally:
         shutil.rmtree(layout, ignore_errors=True)
     return Seeded(repo, "v1", index_digest, MT_INDEX, children=children)

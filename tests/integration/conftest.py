@@ -17,8 +17,9 @@ MirrorFactory = Callable[..., MirrorProcess]
 
 @pytest.fixture
 def mirror_factory(tmp_path: Path) -> Iterator[MirrorFactory]:
-    """``mirror_factory(remoteurl, config={...}, start=True) -> MirrorProcess``; every
-    mirror is stopped (by PID) at teardown and its log shown if the test failed."""
+    """``mirror_factory(remoteurl, config={...}, start=True, env={...}) -> MirrorProcess``
+    (``env``: variables added to the process's environment); every mirror is stopped (by
+    PID) at teardown and its log shown if the test failed."""
     made: list[MirrorProcess] = []
     ids = count()
 
@@ -28,9 +29,10 @@ def mirror_factory(tmp_path: Path) -> Iterator[MirrorFactory]:
         config: dict[str, Any] | None = None,
         start: bool = True,
         wrapper: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> MirrorProcess:
         mirror = MirrorProcess(
-            tmp_path / f"mirror-{next(ids)}", remoteurl, config=config, wrapper=wrapper
+            tmp_path / f"mirror-{next(ids)}", remoteurl, config=config, env=env, wrapper=wrapper
         )
         made.append(mirror)
         return mirror.start() if start else mirror
