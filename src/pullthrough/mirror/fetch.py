@@ -10,10 +10,9 @@ fails and every reader aborts its connection. The last byte goes out as soon as 
 matched (``matched``); making the file durable (fsync, rename, index) comes after and only
 decides whether the next request reads the stored file or fetches again.
 
-The body is moved by a download thread (``upstream.wire``): ``recv_into`` a buffer,
-``pwrite``, hash, each without the GIL, one step (up to ``STEP_BYTES`` or ``STEP_SECONDS``)
-at a time; the event loop hears once per step how far the file has grown and wakes the
-readers then, not once per network read.
+The body is moved by a download thread (``mirror.pump``, over ``upstream.wire``), one step
+(up to ``STEP_BYTES`` or ``STEP_SECONDS``) at a time; the event loop hears once per step how
+far the file has grown and wakes the readers then, not once per network read.
 
 If the upstream connection breaks mid-body, the fetch resumes with a Range request from
 the byte it had reached (a few times, then gives up). So it does when the upstream stops
@@ -41,16 +40,16 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pullthrough.errors import BlobUnknown, RegistryError, UpstreamInvalid, UpstreamUnavailable
 from pullthrough.metrics import Metrics
+from pullthrough.mirror.pump import Buffers, Digester, Step, hash_file, step, write_and_hash
 from pullthrough.mirror.stalls import StallWatch
 from pullthrough.mirror.taps import Tap
 from pullthrough.reference import Digest
-from pullthrough.store.blobs import BlobStore, hasher_for
+from pullthrough.store.blobs import BlobStore
 from pullthrough.upstream.client import BlobStream, UpstreamClient
 from pullthrough.upstream.wire import DOWNLOADS
 
@@ -58,13 +57,6 @@ log = logging.getLogger(__name__)
 
 MAX_RESUMES = 3
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-# A download thread's buffer: network reads fill it, then it is written and hashed at once.
-BUFFER = 1024 * 1024
-# One step of a download thread moves at most this many bytes, for at most about this long,
-# before the event loop hears of them (and wakes the readers): few hops per GiB, and
-# readers of a slow upstream still see its bytes within a fraction of a second.
-STEP_BYTES = 8 * 1024 * 1024
-STEP_SECONDS = 0.1
 
 
 class ClaimLost(Exception):
@@ -252,7 +244,7 @@ class Fetch:
         the first bytes already (a replica that died wrote them): hash those, then ask
         the upstream for the rest. Raises ClaimLost (the file left as it is) only."""
         fd = -1
-        hasher = hasher_for(self.digest)
+        digester = Digester(self.digest)
         try:
             if self.spilled_at is None:
                 try:
@@ -262,14 +254,14 @@ class Fetch:
                         raise
                     self._spill(str(exc))
             if adopt and fd >= 0:
-                self.written = await asyncio.to_thread(_hash_file, fd, hasher)
+                self.written = await asyncio.to_thread(hash_file, fd, digester)
                 self._notify()
-            await self._download(fd, hasher)
+            await self._download(fd, digester)
             if self.size is not None and self.written != self.size:
                 raise UpstreamInvalid(
                     f"upstream sent {self.written} bytes of {self.digest}, expected {self.size}"
                 )
-            if hasher.hexdigest() != self.digest.hex:
+            if await asyncio.wrap_future(digester.hexdigest()) != self.digest.hex:
                 raise UpstreamInvalid(
                     f"upstream sent bytes for {self.digest} that do not match that digest; "
                     "nothing was stored"
@@ -321,20 +313,21 @@ class Fetch:
                 if self._writing is not None:
                     await asyncio.wait({self._writing})
                 os.close(fd)
+            digester.close()
 
     def _open_temp(self, adopt: bool) -> int:
         # Adopting: read back what is there. Otherwise the file must be new.
         mode = os.O_RDWR if adopt else os.O_WRONLY | os.O_EXCL
         return os.open(self.temp_path, mode | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
-    async def _download(self, fd: int, hasher: object) -> None:
+    async def _download(self, fd: int, digester: Digester) -> None:
         failures = 0
         if self.size is not None and self.written >= self.size:
             # An adopted temp file that is already whole: nothing left to ask for.
             if not self._started.done():
                 self._started.set_result(None)
             return
-        buffer = bytearray(BUFFER)
+        buffers = Buffers()
         while True:
             reached = self.written
             try:
@@ -358,7 +351,7 @@ class Fetch:
                     if not self._started.done():
                         self._started.set_result(None)
                         self._body_began = time.monotonic()
-                    await self._pump(fd, hasher, stream, buffer)
+                    await self._pump(fd, digester, stream, buffers)
                 if self.size is None or self.written >= self.size:
                     return
                 raise UpstreamUnavailable(
@@ -382,7 +375,9 @@ class Fetch:
                 log.warning("resuming %s at byte %d after: %s", self.digest, self.written, exc)
                 await asyncio.sleep(0.2 * failures)
 
-    async def _pump(self, fd: int, hasher: object, stream: BlobStream, buffer: bytearray) -> None:
+    async def _pump(
+        self, fd: int, digester: Digester, stream: BlobStream, buffers: Buffers
+    ) -> None:
         """Move the body into the file, one download-thread step at a time, until it ends
         (returns) or breaks (raises UpstreamUnavailable: a resume may follow)."""
         loop = asyncio.get_running_loop()
@@ -394,11 +389,11 @@ class Fetch:
             timeout = max(0.001, min(allowance, read_timeout))
             self._writing = loop.run_in_executor(
                 DOWNLOADS,
-                _step,
+                step,
                 stream,
                 -1 if self.spilled_at is not None else fd,
-                hasher,
-                memoryview(buffer),
+                digester,
+                buffers,
                 self.written,
                 None if self.size is None else self.size - self.written,
                 timeout,
@@ -408,49 +403,49 @@ class Fetch:
             try:
                 # Shielded: a cancelled download (lost claim, abandoned, shutdown) breaks
                 # the connection, then waits for the step before closing fd.
-                step = await asyncio.shield(self._writing)
+                done: Step = await asyncio.shield(self._writing)
             except asyncio.CancelledError:
                 stream.response.abort()
                 raise
-            read = step.written + len(step.unwritten)
+            read = done.written + len(done.unwritten)
             if read:
                 self.upstream_bytes += read
                 self._upstream_bytes.inc(read)
-            if step.written:
-                self.written += step.written
+            if done.written:
+                self.written += done.written
                 self._notify()
-            if step.disk_error is not None:
-                if step.disk_error.errno not in _DISK_FULL:
-                    raise step.disk_error
+            if done.disk_error is not None:
+                if done.disk_error.errno not in _DISK_FULL:
+                    raise done.disk_error
                 # Cut the file back to the bytes that were hashed, then go on without it.
                 await asyncio.to_thread(_cut, fd, self.written)
-                self._spill(str(step.disk_error))
-            if step.unwritten:
+                self._spill(str(done.disk_error))
+            if done.unwritten:
                 # Spilled, or the step reached the write deadline: then the guard renews
                 # the claim (or raises ClaimLost) before the bytes are written.
-                await self._write(fd, hasher, step.unwritten)
-            if step.overlong:
+                await self._write(fd, digester, done.unwritten)
+            if done.overlong:
                 raise UpstreamInvalid(
                     f"upstream sent more bytes for {self.digest} than it announced"
                 )
-            if step.timed_out:
+            if done.timed_out:
                 if timeout < allowance:
                     raise UpstreamUnavailable(
                         f"upstream {self.upstream.name} sent nothing for {timeout:g} s"
                     )
                 raise self._stalls.stalled(allowance)
-            if step.broke is not None:
-                raise self.upstream.unavailable(step.broke)
-            if step.ended:
+            if done.broke is not None:
+                raise self.upstream.unavailable(done.broke)
+            if done.ended:
                 return
 
-    async def _write(self, fd: int, hasher: object, data: bytes) -> None:
+    async def _write(self, fd: int, digester: Digester, data: bytes) -> None:
         if self.spilled_at is None:
             try:
                 if self.guard is not None:
                     await self.guard()
                 self._writing = asyncio.ensure_future(
-                    asyncio.to_thread(_write_and_hash, fd, hasher, data, self.written)
+                    asyncio.to_thread(write_and_hash, fd, digester, data, self.written)
                 )
                 await asyncio.shield(self._writing)
             except OSError as exc:
@@ -462,7 +457,7 @@ class Fetch:
                 self.written += len(data)
                 self._notify()
                 return
-        await self._deliver(hasher, data)
+        await self._deliver(digester, data)
 
     def _spill(self, reason: str) -> None:
         self.spilled_at = self.written
@@ -471,12 +466,12 @@ class Fetch:
         log.debug("fetch of %s spilled at byte %d: %s", self.digest, self.written, reason)
         self._notify()
 
-    async def _deliver(self, hasher: object, data: bytes) -> None:
+    async def _deliver(self, digester: Digester, data: bytes) -> None:
         """Spilled: hash the bytes and hand them to every attached reader."""
         if not self._taps:
             # Nothing to keep and nobody listening: stop downloading.
             raise UpstreamUnavailable(f"no reader is left for {self.digest}, which cannot be kept")
-        hasher.update(data)  # type: ignore[attr-defined]
+        await asyncio.wrap_future(digester.feed(data))
         offset = self.written
         self.written += len(data)
         for tap in list(self._taps):
@@ -504,123 +499,12 @@ class Fetch:
             self.temp_path.unlink()
 
 
-@dataclass(slots=True)
-class _Step:
-    """What one step of a download thread did."""
-
-    written: int = 0  # bytes written to the file and hashed
-    unwritten: bytes = b""  # read but neither written nor hashed (spilled, or the deadline)
-    ended: bool = False  # the body ended
-    overlong: bool = False  # the body goes on past the size announced
-    timed_out: bool = False  # nothing arrived within the time-out
-    broke: BaseException | None = None  # the connection broke
-    disk_error: OSError | None = None  # writing failed: ``unwritten`` holds what was not
-
-
-def _step(
-    stream: BlobStream,
-    fd: int,
-    hasher: object,
-    buffer: memoryview,
-    offset: int,
-    left: int | None,
-    timeout: float,
-    first: bool,
-    write_until: float,
-) -> _Step:
-    """One step of a download, in a download thread: read the body into ``buffer``, write
-    each full buffer at ``offset`` on and hash it, until ``STEP_BYTES`` or ``STEP_SECONDS``
-    (``first``: until the first bytes are written). ``fd`` < 0 (spilled): read one buffer
-    and hand it back unwritten. Nothing is written after ``write_until`` (the claim may
-    have passed to another replica by then): what was read is handed back unwritten
-    instead. Never raises: what happened is in the result."""
-    step = _Step()
-    ends = time.monotonic() + STEP_SECONDS
-    filled = 0
-
-    def flush() -> bool:
-        nonlocal filled, offset
-        data = buffer[:filled]
-        if fd < 0 or time.monotonic() >= write_until:
-            step.unwritten = bytes(data)
-            filled = 0
-            return False
-        try:
-            _write_all(fd, data, offset)
-        except OSError as exc:
-            step.disk_error, step.unwritten = exc, bytes(data)
-            filled = 0
-            return False
-        hasher.update(data)  # type: ignore[attr-defined]
-        step.written += filled
-        offset += filled
-        filled = 0
-        return True
-
-    while step.written < STEP_BYTES:
-        room = len(buffer) - filled
-        if left is not None:
-            room = min(room, left)
-        if room <= 0 and left is not None and left <= 0:
-            step.ended = True
-            step.overlong = not stream.response.ended and _more_to_read(stream, buffer)
-            break
-        try:
-            count = stream.response.readinto(buffer[filled : filled + room], timeout)
-        except TimeoutError:
-            step.timed_out = True
-            break
-        except Exception as exc:  # the connection broke (or the body framing did)
-            step.broke = exc
-            break
-        if count == 0:
-            step.ended = True
-            break
-        filled += count
-        if left is not None:
-            left -= count
-        due = first or time.monotonic() >= ends
-        if (filled == len(buffer) or due) and (not flush() or due):
-            return step
-    if filled:
-        flush()
-    return step
-
-
-def _write_and_hash(fd: int, hasher: object, data: bytes, offset: int) -> None:
-    _write_all(fd, memoryview(data), offset)
-    hasher.update(data)  # type: ignore[attr-defined]
-
-
-def _more_to_read(stream: BlobStream, buffer: memoryview) -> bool:
-    """Whether the body goes on past the announced size (reads one byte, at once)."""
-    try:
-        return stream.response.readinto(buffer[:1], 0.001) > 0
-    except Exception:
-        return False
-
-
-def _write_all(fd: int, data: memoryview, offset: int) -> None:
-    while data:
-        count = os.pwrite(fd, data, offset)
-        data, offset = data[count:], offset + count
-
-
 def _identity(path: Path) -> tuple[int, int] | None:
     try:
         st = path.stat()
     except FileNotFoundError:
         return None
     return st.st_dev, st.st_ino
-
-
-def _hash_file(fd: int, hasher: object) -> int:
-    """Feed the file's bytes to ``hasher``; returns how many there were."""
-    position = 0
-    while chunk := os.pread(fd, 4 * BUFFER, position):
-        hasher.update(chunk)  # type: ignore[attr-defined]
-        position += len(chunk)
-    return position
 
 
 def _cut(fd: int, size: int) -> None:

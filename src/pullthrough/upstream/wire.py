@@ -68,6 +68,7 @@ class WireResponse:
         self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
         self._left: int | None = None  # body bytes still to come, when the length is known
         self._eof = False
+        self._early = b""  # body bytes that arrived with the head
 
     def _begin(self) -> None:
         answer = self._answer
@@ -75,6 +76,22 @@ class WireResponse:
         self.status = answer.status
         self.headers = CIMultiDictProxy(CIMultiDict(answer.getheaders()))
         self._left = answer.length  # 0 for a body-less answer; None: chunked or until close
+        if not answer.chunked and self._left != 0 and answer.fp is not None:
+            # The body's first bytes may have come with the head, into the reader's buffer:
+            # take them now without waiting, so they are handed over at once (readinto1
+            # would hand them over only with the next read of the socket).
+            sock = self._sock
+            assert sock is not None
+            timeout = sock.gettimeout()
+            sock.settimeout(0.0)
+            try:
+                self._early = answer.fp.read1(65536) or b""
+            except (BlockingIOError, ssl.SSLWantReadError):
+                pass
+            finally:
+                sock.settimeout(timeout)
+            if self._left is not None:
+                self._left -= len(self._early)
 
     @property
     def content_length(self) -> int | None:
@@ -91,7 +108,7 @@ class WireResponse:
         """The body was read to its end."""
         if self._answer.chunked:
             return self._answer.isclosed()
-        return self._left == 0 or self._eof
+        return not self._early and (self._left == 0 or self._eof)
 
     def readinto(self, view: memoryview, timeout: float) -> int:
         """Read what has arrived of the body into ``view`` (at least one byte, waiting at
@@ -105,6 +122,11 @@ class WireResponse:
         sock.settimeout(timeout)
         if self._answer.chunked:
             return self._answer.readinto(view)  # rare for a blob: http.client de-chunks
+        if self._early:
+            count = min(len(view), len(self._early))
+            view[:count] = self._early[:count]
+            self._early = self._early[count:]
+            return count
         if self._left is not None:
             view = view[: self._left]
         if not view or fp is None:
