@@ -85,6 +85,7 @@ class WireResponse:
             timeout = sock.gettimeout()
             sock.settimeout(0.0)
             try:
+                # Never a second read: the buffer is at most 8 KiB (io.DEFAULT_BUFFER_SIZE).
                 self._early = answer.fp.read1(65536) or b""
             except (BlockingIOError, ssl.SSLWantReadError):
                 pass
@@ -131,9 +132,10 @@ class WireResponse:
             view = view[: self._left]
         if not view or fp is None:
             return 0
-        # readinto1: whatever one read of the socket gives, not a full buffer (a slow
-        # upstream's bytes reach the readers as they come).
-        count = fp.readinto1(view)
+        # The head's reader holds nothing more (``_begin`` took it): read the socket
+        # itself, whatever one read gives (a slow upstream's bytes reach the readers as
+        # they come), without two Python layers per read (TLS reads a 16 KiB record each).
+        count = sock.recv_into(view)
         if count == 0:
             if self._left:
                 raise ConnectionError(f"connection closed with {self._left} bytes to come")
