@@ -298,7 +298,8 @@ class _Lease:
 
     def writable_until(self) -> float:
         """Until when (monotonic time) the download thread may write to the shared temp
-        file without ``check``: past the lease's deadline another replica may own it."""
+        file without ``check``: past the lease's deadline another replica may own it.
+        Asked from the download thread (reads two flags and a float)."""
         if self.lost:
             return -math.inf
         return math.inf if self.alone else self.deadline

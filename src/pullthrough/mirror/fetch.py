@@ -10,9 +10,9 @@ fails and every reader aborts its connection. The last byte goes out as soon as 
 matched (``matched``); making the file durable (fsync, rename, index) comes after and only
 decides whether the next request reads the stored file or fetches again.
 
-The body is moved by a download thread (``mirror.pump``, over ``upstream.wire``), one step
-(up to ``STEP_BYTES`` or ``STEP_SECONDS``) at a time; the event loop hears once per step how
-far the file has grown and wakes the readers then, not once per network read.
+The body is moved by a download thread (``mirror.pump``, over ``upstream.wire``), which
+reports how far the file has grown every ``REPORT_BYTES`` or ``REPORT_SECONDS``; the readers
+are woken then, not once per network read.
 
 If the upstream connection breaks mid-body, the fetch resumes with a Range request from
 the byte it had reached (a few times, then gives up). So it does when the upstream stops
@@ -45,7 +45,7 @@ from typing import Any
 
 from pullthrough.errors import BlobUnknown, RegistryError, UpstreamInvalid, UpstreamUnavailable
 from pullthrough.metrics import Metrics
-from pullthrough.mirror.pump import Buffers, Digester, Step, hash_file, step, write_and_hash
+from pullthrough.mirror.pump import Buffers, Digester, Moved, hash_file, move_body, write_and_hash
 from pullthrough.mirror.stalls import StallWatch
 from pullthrough.mirror.taps import Tap
 from pullthrough.reference import Digest
@@ -111,13 +111,13 @@ class Fetch:
         # Called when the last reader detaches (mirror.fetches decides whether a download
         # nobody reads any more is worth finishing).
         self.on_idle: Callable[[Fetch], None] | None = None
-        # Cluster mode: awaited before each step of the download; raises ClaimLost once
+        # Cluster mode: awaited before the download thread starts (again); raises ClaimLost once
         # another replica owns the download. ``write_until`` says until when (monotonic
         # time) the download thread may write without asking again. None (one process):
         # no check at all.
         self.guard: Callable[[], Awaitable[None]] | None = None
         self.write_until: Callable[[], float] | None = None
-        self._writing: asyncio.Future[Any] | None = None  # a step or a write, in its thread
+        self._writing: asyncio.Future[Any] | None = None  # a download or write thread
 
     # --- for readers -------------------------------------------------------------------
 
@@ -378,42 +378,41 @@ class Fetch:
     async def _pump(
         self, fd: int, digester: Digester, stream: BlobStream, buffers: Buffers
     ) -> None:
-        """Move the body into the file, one download-thread step at a time, until it ends
-        (returns) or breaks (raises UpstreamUnavailable: a resume may follow)."""
+        """Move the body into the file with a download thread, until it ends (returns) or
+        breaks (raises UpstreamUnavailable: a resume may follow)."""
         loop = asyncio.get_running_loop()
         read_timeout = self.upstream.config.read_timeout
+
+        def report(written: int, read: int) -> None:  # from the download thread
+            loop.call_soon_threadsafe(self._advanced, written, read)
+
         while True:
             if self.guard is not None:
                 await self.guard()
             allowance = self._stalls.allowance()
             timeout = max(0.001, min(allowance, read_timeout))
+            began = self.written
             self._writing = loop.run_in_executor(
                 DOWNLOADS,
-                step,
+                move_body,
                 stream,
                 -1 if self.spilled_at is not None else fd,
                 digester,
                 buffers,
-                self.written,
-                None if self.size is None else self.size - self.written,
+                began,
+                None if self.size is None else self.size - began,
                 timeout,
-                self.written == 0,  # the first bytes go out at once (time to first byte)
-                math.inf if self.write_until is None else self.write_until(),
+                self.write_until or _forever,
+                report,
             )
             try:
                 # Shielded: a cancelled download (lost claim, abandoned, shutdown) breaks
-                # the connection, then waits for the step before closing fd.
-                done: Step = await asyncio.shield(self._writing)
+                # the connection, then waits for the thread before closing fd.
+                done: Moved = await asyncio.shield(self._writing)
             except asyncio.CancelledError:
                 stream.response.abort()
                 raise
-            read = done.written + len(done.unwritten)
-            if read:
-                self.upstream_bytes += read
-                self._upstream_bytes.inc(read)
-            if done.written:
-                self.written += done.written
-                self._notify()
+            self._advanced(began + done.written, done.unreported)
             if done.disk_error is not None:
                 if done.disk_error.errno not in _DISK_FULL:
                     raise done.disk_error
@@ -421,7 +420,7 @@ class Fetch:
                 await asyncio.to_thread(_cut, fd, self.written)
                 self._spill(str(done.disk_error))
             if done.unwritten:
-                # Spilled, or the step reached the write deadline: then the guard renews
+                # Spilled, or the thread reached the write deadline: then the guard renews
                 # the claim (or raises ClaimLost) before the bytes are written.
                 await self._write(fd, digester, done.unwritten)
             if done.overlong:
@@ -438,6 +437,15 @@ class Fetch:
                 raise self.upstream.unavailable(done.broke)
             if done.ended:
                 return
+
+    def _advanced(self, written: int, read: int) -> None:
+        """The download thread's report: ``written`` bytes of the file are written."""
+        if read:
+            self.upstream_bytes += read
+            self._upstream_bytes.inc(read)
+        if written > self.written:
+            self.written = written
+            self._notify()
 
     async def _write(self, fd: int, digester: Digester, data: bytes) -> None:
         if self.spilled_at is None:
@@ -497,6 +505,10 @@ class Fetch:
             os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             self.temp_path.unlink()
+
+
+def _forever() -> float:
+    return math.inf
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

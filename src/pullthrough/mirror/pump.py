@@ -3,11 +3,13 @@
 A download thread reads the body into one of a few buffers (``recv_into``, or ``SSL_read``),
 writes it at its offset (``pwrite``) and hands it to the download's hash lane, a thread of
 its own that hashes the buffers in order while the next one is read and written. Every one
-of those calls releases the GIL for the bulk of its work; the event loop only hears, once
-per step, how far the file has grown.
+of those calls releases the GIL for the bulk of its work. The thread runs until the body
+ends or something needs the event loop's decision; meanwhile it reports how far the file
+has grown (``report``) every ``REPORT_BYTES`` or ``REPORT_SECONDS``, and the loop wakes
+the readers then, not once per network read.
 
-Nothing here touches the event loop or raises into it: a step reports what happened
-(``Step``) and ``mirror.fetch`` decides (resume, spill, fail).
+Nothing here raises into the event loop: a run returns what happened (``Moved``) and
+``mirror.fetch`` decides (resume, spill, fail).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -24,11 +27,11 @@ from pullthrough.upstream.client import BlobStream
 
 # Buffers per download: one being read and written while the others wait to be hashed.
 BUFFERS, BUFFER = 4, 512 * 1024
-# One step moves at most this many bytes, for at most about this long, before the event
-# loop hears of them (and wakes the readers): few hops per GiB, and readers of a slow
-# upstream still see its bytes within a fraction of a second.
-STEP_BYTES = 8 * 1024 * 1024
-STEP_SECONDS = 0.1
+# The event loop hears of the file's growth (and wakes the readers) after this many bytes,
+# or this long after the last report: few wake-ups per GiB, and readers of a slow upstream
+# still see its bytes within a fraction of a second.
+REPORT_BYTES = 8 * 1024 * 1024
+REPORT_SECONDS = 0.1
 
 
 class Digester:
@@ -68,11 +71,17 @@ class Buffers:
         self._free.append((buffer, hashing))
 
 
+# Called from the download thread: (bytes of the file written so far, bytes read from the
+# upstream since the last report).
+Report = Callable[[int, int], None]
+
+
 @dataclass(slots=True)
-class Step:
-    """What one step of a download thread did."""
+class Moved:
+    """What one run of a download thread did, and why it stopped."""
 
     written: int = 0  # bytes written to the file (and queued for the hash)
+    unreported: int = 0  # bytes read from the upstream since the last report
     unwritten: bytes = b""  # read but neither written nor hashed (spilled, or the deadline)
     ended: bool = False  # the body ended
     overlong: bool = False  # the body goes on past the size announced
@@ -81,7 +90,7 @@ class Step:
     disk_error: OSError | None = None  # writing failed: ``unwritten`` holds what was not
 
 
-def step(
+def move_body(
     stream: BlobStream,
     fd: int,
     digester: Digester,
@@ -89,25 +98,29 @@ def step(
     offset: int,
     left: int | None,
     timeout: float,
-    first: bool,
-    write_until: float,
-) -> Step:
-    """One step of a download, in a download thread: read the body a buffer at a time,
-    write each at ``offset`` on and queue it for the hash, until ``STEP_BYTES`` or
-    ``STEP_SECONDS`` (``first``: until the first bytes are written). ``left``: bytes the
+    write_until: Callable[[], float],
+    report: Report,
+) -> Moved:
+    """Move the body into the file, in a download thread: read it a buffer at a time, write
+    each at ``offset`` on and queue it for the hash, until the body ends, a read fails or
+    times out (``timeout`` seconds without a byte), or writing fails. ``left``: bytes the
     body should still have. ``fd`` < 0 (spilled): read one buffer and hand it back
-    unwritten. Nothing is written after ``write_until`` (the claim may have passed to
-    another replica by then): what was read is handed back unwritten instead. Never
-    raises: what happened is in the result."""
-    result = Step()
-    ends = time.monotonic() + STEP_SECONDS
+    unwritten. Nothing is written after ``write_until()`` (monotonic time, asked before
+    each write: the claim may have passed to another replica by then): what was read is
+    handed back unwritten instead. Never
+    raises: what happened is in the result. The first bytes are reported at once (time to
+    first byte), later ones every ``REPORT_BYTES`` or ``REPORT_SECONDS``."""
+    result = Moved()
+    start = offset
+    reported, read = offset, 0
+    report_by = time.monotonic() + REPORT_SECONDS
     buffer = buffers.take()
     filled = 0
 
     def flush() -> bool:
         nonlocal buffer, filled, offset
         data = buffer[:filled]
-        if fd < 0 or time.monotonic() >= write_until:
+        if fd < 0 or time.monotonic() >= write_until():
             result.unwritten = bytes(data)
             filled = 0
             return False
@@ -119,13 +132,12 @@ def step(
             return False
         buffers.give(buffer, digester.feed(data))
         buffer = buffers.take()
-        result.written += filled
         offset += filled
         filled = 0
         return True
 
     try:
-        while result.written < STEP_BYTES:
+        while True:
             room = len(buffer) - filled
             if left is not None:
                 if left <= 0:
@@ -145,13 +157,24 @@ def step(
                 result.ended = True
                 break
             filled += count
+            read += count
             if left is not None:
                 left -= count
-            due = first or time.monotonic() >= ends
-            if (filled == len(buffer) or due) and (not flush() or due):
-                return result
+            now = time.monotonic()
+            due = (
+                reported == start  # the first bytes
+                or now >= report_by
+                or offset + filled - reported >= REPORT_BYTES
+            )
+            if filled == len(buffer) or due:
+                if not flush():
+                    break
+                if due:
+                    report(offset, read)
+                    reported, read, report_by = offset, 0, now + REPORT_SECONDS
         if filled:
             flush()
+        result.written, result.unreported = offset - start, read
         return result
     finally:
         buffers.give(buffer, None)
