@@ -415,7 +415,8 @@ class Server:
         if not line.strip().isdigit():
             self.stop()
             raise RuntimeError(f"{variant}: server did not start: {self.log_path.read_text()}")
-        self.url = f"http://127.0.0.1:{int(line)}/blob"
+        self.port = int(line)
+        self.url = f"http://127.0.0.1:{self.port}/blob"
 
     def errors(self) -> list[str]:
         self.log_file.flush()
@@ -442,6 +443,41 @@ def client(url: str, concurrency: int, sha256: bool = False, timeout: float = 60
         raise RuntimeError(f"client failed: {proc.stderr[-2000:]}")
     res: dict[str, Any] = json.loads(proc.stdout)
     return res
+
+
+UVLOOP_READ = 256000  # uvloop's UV_STREAM_RECV_BUF_SIZE: libuv reads again after a full read
+
+
+def loop_stall_check(port: int, attempts: int = 24, patience: float = 2.0) -> dict[str, Any]:
+    """Whether a client that sends bytes during its transfer stalls the server's loop.
+
+    Client A requests the file and does not read it (the server's send waits on a full
+    socket), then sends k * 256,000 bytes for k = 1, 2, ...; after each, client B asks for
+    the file and times its first byte. libuv reads a readable socket until a read comes
+    back short, so once a read fills uvloop's 256,000-byte buffer it reads again: on a
+    socket whose shared file description was made blocking (socket.sendfile on a blocking
+    dup) that read blocks the loop thread until A sends more or closes, and B waits."""
+    request = b"GET /blob HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    worst = 0.0
+    with socket.create_connection(("127.0.0.1", port), timeout=patience) as a:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        a.sendall(request)
+        time.sleep(0.3)
+        for k in range(1, attempts + 1):
+            a.sendall(b"x" * (UVLOOP_READ * k))
+            time.sleep(0.05)
+            t0 = time.perf_counter()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=patience) as b:
+                    b.sendall(request)
+                    b.recv(64)
+                first = time.perf_counter() - t0
+            except OSError:  # TimeoutError included: no byte within patience
+                first = float("inf")
+            worst = max(worst, first)
+            if first > patience / 2:
+                return {"stalled": True, "attempt": k, "worst_first_byte_s": None}
+    return {"stalled": False, "attempts": attempts, "worst_first_byte_s": round(worst, 4)}
 
 
 def measure(server: Server, concurrency: int) -> dict[str, Any]:
@@ -500,13 +536,15 @@ def render(results: dict[str, Any], size: int, concurrency: int) -> str:
         "CPU s/GiB",
         "(1-stream)",
         f"({n}-stream)",
+        "loop stall",
     ]
     rows = [cols]
     for name, r in results.items():
         s = r.get("summary", {})
-        if r.get("rejected"):
-            rows.append([name, "rejected: " + r["rejected"][:60], "", "", "", "", ""])
+        if r.get("failed"):
+            rows.append([name, "failed: " + r["failed"][:60], "", "", "", "", "", ""])
             continue
+        stall = r.get("loop_stall", {}).get("stalled")
         rows.append(
             [
                 name,
@@ -516,6 +554,7 @@ def render(results: dict[str, Any], size: int, concurrency: int) -> str:
                 f(s.get("cpu_gib"), ".3f"),
                 f(s.get("cpu_gib_1"), ".3f"),
                 f(s.get("cpu_gib_20"), ".3f"),
+                "-" if stall is None else "STALLS (rejected)" if stall else "no",
             ]
         )
     widths = [max(len(row[i]) for row in rows if len(row) > i) for i in range(len(cols))]
@@ -529,16 +568,20 @@ def render(results: dict[str, Any], size: int, concurrency: int) -> str:
             lines.append("  ".join("-" * w for w in widths))
     lines.append(
         f"file {size // MIB} MiB (page cache), MB = 10^6 bytes; medians; CPU = server process "
-        f"utime+stime per GiB received by the clients (all runs; then 1-stream, {n}-stream only)"
+        f"utime+stime per GiB received by the clients (all runs; then 1-stream, {n}-stream only);\n"
+        "loop stall: a client sending bytes mid-transfer blocks every other connection "
+        "(loop_stall_check)"
     )
     return "\n".join(lines)
 
 
 def git_commit() -> str:
-    p = subprocess.run(
-        ["git", "-C", str(BENCH), "rev-parse", "HEAD"], capture_output=True, text=True
-    )
-    return p.stdout.strip()
+    def git(*args: str) -> str:
+        p = subprocess.run(["git", "-C", str(BENCH), *args], capture_output=True, text=True)
+        return p.stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", Path(__file__).name)
+    return git("rev-parse", "HEAD") + ("+dirty" if dirty else "")
 
 
 def main() -> int:
@@ -554,6 +597,7 @@ def main() -> int:
     p.add_argument("--only", help="comma-separated variants: " + ", ".join(VARIANTS))
     p.add_argument("--workdir", default="/tmp/kernel-paths")
     p.add_argument("--no-verify", action="store_true", help="skip the hashed GET per variant")
+    p.add_argument("--no-stall-check", action="store_true", help="skip loop_stall_check")
     p.add_argument("--quick", action="store_true", help="256 MiB, 1 run each (smoke test)")
     p.add_argument("--out", default=str(BENCH / "results"), help="directory for the JSON")
     a = p.parse_args()
@@ -600,23 +644,31 @@ def main() -> int:
     servers: dict[str, Server] = {}
     try:
         for name in names:
-            servers[name] = Server(name, path, logdir)
-            if a.no_verify:
-                continue
+            server = servers[name] = Server(name, path, logdir)
+            r = results[name]
             try:
-                res = client(servers[name].url, 1, sha256=True)
-                got = res["streams"][0].get("sha256")
-                if not res["ok"] or got != digest:
-                    raise RuntimeError(
-                        f"wrong bytes: {res['streams'][0]} errors={servers[name].errors()[:3]}"
-                    )
+                if not a.no_verify:
+                    res = client(server.url, 1, sha256=True)
+                    got = res["streams"][0].get("sha256")
+                    if not res["ok"] or got != digest:
+                        raise RuntimeError(
+                            f"wrong bytes: {res['streams'][0]} errors={server.errors()[:3]}"
+                        )
+                if not a.no_stall_check:
+                    r["loop_stall"] = loop_stall_check(server.port)
+                    time.sleep(0.5)  # the hung-up transfers log their errors
+                    if r["loop_stall"]["stalled"]:
+                        r["rejected"] = "a client sending bytes mid-transfer stalls the loop"
+                        log(f"{name}: REJECTED ({r['rejected']}); measuring it anyway")
             except Exception as exc:  # noqa: BLE001 - a failing variant is a finding
-                results[name]["rejected"] = f"verify: {exc}"
-                log(f"{name}: REJECTED ({exc})")
+                r["failed"] = f"verify: {exc}"
+                log(f"{name}: FAILED ({exc})")
+            # The stall check's client hangs up mid-transfer: expected errors, not counted.
+            r["check_errors"] = len(server.errors())
         for rnd in range(max(a.runs, a.runs20)):
             for name in names:
                 r = results[name]
-                if r.get("rejected"):
+                if r.get("failed"):
                     continue
                 try:
                     if rnd < a.runs:
@@ -634,10 +686,10 @@ def main() -> int:
                             f"{m['mb_s']:.0f} MB/s, cpu {m['cpu']:.2f} s"
                         )
                 except Exception as exc:  # noqa: BLE001
-                    r["rejected"] = f"{exc}"
-                    log(f"{name}: REJECTED ({exc})")
+                    r["failed"] = f"{exc}"
+                    log(f"{name}: FAILED ({exc})")
         for name in names:
-            results[name]["server_errors"] = servers[name].errors()
+            results[name]["server_errors"] = servers[name].errors()[results[name]["check_errors"] :]
             results[name]["summary"] = summarize(results[name]["runs1"], results[name]["runs20"])
     finally:
         for s in servers.values():
@@ -652,7 +704,7 @@ def main() -> int:
     out = out_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-kernel-paths.json"
     out.write_text(json.dumps({"meta": meta, "results": results, "table": table}, indent=1))
     log(f"wrote {out} ({meta['seconds']} s)")
-    return 1 if any(r.get("rejected") for r in results.values()) else 0
+    return 1 if any(r.get("failed") for r in results.values()) else 0
 
 
 if __name__ == "__main__":
