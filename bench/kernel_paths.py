@@ -239,14 +239,17 @@ def _sendfile_polling(out: int, fd: int, offset: int, end: int, cap: int) -> Non
         offset += sent
 
 
-async def sendfile_thread_blocking(conn: Conn, fd: int, offset: int, count: int) -> None:
-    """One thread per stream (STREAM_POOL) runs the whole transfer: sendfile of 16 MiB on the
-    non-blocking dup, poll(POLLOUT) on EAGAIN, never back to the loop until done."""
+async def sendfile_thread_blocking(
+    conn: Conn, fd: int, offset: int, count: int, cap: int | None
+) -> None:
+    """One thread per stream (STREAM_POOL) runs the whole transfer: sendfile of ``cap`` bytes
+    (None: everything left, as socket.sendfile asks) on the non-blocking dup, poll(POLLOUT)
+    on EAGAIN, never back to the loop until done."""
     await conn.head_flushed()
     out = os.dup(conn.sock_fd)
     try:
         await asyncio.get_running_loop().run_in_executor(
-            STREAM_POOL, _sendfile_polling, out, fd, offset, offset + count, 16 * MIB
+            STREAM_POOL, _sendfile_polling, out, fd, offset, offset + count, cap or count
         )
     finally:
         os.close(out)
@@ -321,7 +324,8 @@ VARIANTS: dict[str, Variant] = {
     "sendfile-loop-16mib": functools.partial(sendfile_loop, cap=16 * MIB),
     "sendfile-thread-4mib": functools.partial(sendfile_thread, cap=4 * MIB),
     "sendfile-thread-16mib": functools.partial(sendfile_thread, cap=16 * MIB),
-    "sendfile-thread-blocking": sendfile_thread_blocking,
+    "sendfile-thread-blocking": functools.partial(sendfile_thread_blocking, cap=16 * MIB),
+    "sendfile-thread-blocking-whole": functools.partial(sendfile_thread_blocking, cap=None),
     "pread-write-1mib": functools.partial(pread_write, n=1 * MIB),
     "pread-write-4mib": functools.partial(pread_write, n=4 * MIB),
     "socket.sendfile": functools.partial(socket_sendfile, blocking=True),
