@@ -174,7 +174,7 @@ def test_verify_finds_a_corrupt_blob_and_repair_makes_the_mirror_refetch_it(
     assert body == good
     assert "sha256:" + hashlib.sha256(body).hexdigest() == layer
     assert [e.path.rsplit("/", 1)[-1] for e in upstream_proxy.blob_gets()] == [layer]
-    assert path.read_bytes() == good  # stored again, correct
+    assert mirror.stored_files()[layer].read_bytes() == good  # stored again, correct
 
 
 # --- warm -----------------------------------------------------------------------------------

@@ -106,8 +106,12 @@ def test_corrupt_blob_fails_the_transfer_and_is_never_stored(
     conn.request("GET", f"/v2/{image.repo}/blobs/{layer}")
     resp = conn.getresponse()
     assert resp.status == 200  # headers went out before the corruption could be known
-    with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+    size = int(resp.getheader("Content-Length", "0"))
+    assert size == image.source.blob_file(layer).stat().st_size
+    with pytest.raises((http.client.IncompleteRead, ConnectionError)) as cut:
         resp.read()
+    if isinstance(cut.value, http.client.IncompleteRead):
+        assert len(cut.value.partial) < size  # never the last byte of unverified bytes
     conn.close()
 
     failed = pull_dir(image.on(mirror.host), tmp_path / "bad", check=False, timeout=60)
