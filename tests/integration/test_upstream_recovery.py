@@ -221,6 +221,37 @@ def test_abandoned_downloads_neither_starve_nor_mark_the_upstream_down(
     assert "every client went away" in mirror.log_text()
 
 
+def test_a_download_stalled_upstream_is_cancelled_as_soon_as_its_only_client_hangs_up(
+    upstream: Registry, mirror_factory, upstream_proxy: RecordingProxy
+) -> None:
+    """The client's reader is waiting for bytes that do not come; its hang-up must still
+    reach the fetch at once (not when the stall window next resumes the download), so the
+    download is cancelled and its slot and temp file freed."""
+    mirror, debug = _debugged(
+        mirror_factory,
+        upstream_proxy,
+        upstream_read_timeout="60s",
+        upstream_stall_timeout="60s",
+        upstream_stall_budget="120s",
+    )
+    repo = "library/stalled-then-left"
+    (blob,) = _push_blobs(upstream, repo, 1, 1024 * KiB)
+    upstream_proxy.stall_body_after = 256 * KiB
+    upstream_proxy.stall_body_seconds = 90.0  # outlasts the test; the proxy's stop ends it
+    with _started_gets(mirror, repo, [blob]):
+        _wait_metric(debug, 'pullthrough_upstream_bytes_total{upstream="docker.io"}', 256 * KiB)
+        assert _metric(debug, "pullthrough_fetches_in_flight") == 1
+    hung_up = time.monotonic()
+    deadline = hung_up + 10
+    while _metric(debug, "pullthrough_fetches_in_flight") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    took = time.monotonic() - hung_up
+    print(f"\nstalled download cancelled {took:.2f}s after its client hung up")
+    assert _metric(debug, "pullthrough_fetches_in_flight") == 0
+    assert "every client went away" in mirror.log_text()
+    assert not [p for p in (mirror.root / "tmp").iterdir() if not p.name.startswith("health")]
+
+
 def test_downloads_beyond_the_cap_get_503_with_retry_after(
     upstream: Registry, mirror_factory, upstream_proxy: RecordingProxy
 ) -> None:

@@ -207,3 +207,37 @@ def test_metrics_count_stalls_and_resumes_per_upstream(
     # At least one more resume: under load a second one happens when the resumed request
     # meets a pooled connection the proxy had just closed (seen once in CI); still no stall.
     assert m[f"pullthrough_upstream_resumes_total{{{HUB}}}"] >= 2
+
+
+def test_bytes_that_arrived_before_a_pause_reach_the_client_during_the_pause(
+    image_factory, mirror_factory, upstream_proxy: RecordingProxy
+) -> None:
+    """The download thread reports what it read in batches; an upstream that pauses must
+    not hold back from the client what the mirror already has (a slow or bursty upstream
+    would otherwise look stalled to the client too)."""
+    image = image_factory("library/pause-early-bytes", layers=(MiB,))
+    mirror = mirror_factory(
+        upstream_proxy.url,
+        config={
+            "mirror": {
+                "upstream_stall_timeout": "60s",
+                "upstream_stall_budget": "120s",
+                "upstream_read_timeout": "60s",
+            }
+        },
+    )
+    upstream_proxy.stall_body_after = 256 * KiB
+    upstream_proxy.stall_body_seconds = FOREVER
+    conn = http.client.HTTPConnection(mirror.host, timeout=5)
+    try:
+        conn.request("GET", f"/v2/{image.repo}/blobs/{_layer(image)}")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        began = time.monotonic()
+        early = resp.read(192 * KiB)  # raises (socket time-out) if the bytes are held back
+        took = time.monotonic() - began
+    finally:
+        conn.close()
+    print(f"\n192 KiB of the 256 KiB sent before the pause reached the client in {took:.2f}s")
+    whole = image.source.blob_file(_layer(image)).read_bytes()
+    assert early == whole[: 192 * KiB]

@@ -113,7 +113,8 @@ def move_body(
     result = Moved()
     start = offset
     reported, read = offset, 0
-    report_by = time.monotonic() + REPORT_SECONDS
+    last_byte_at = time.monotonic()
+    report_by = last_byte_at + REPORT_SECONDS
     buffer = buffers.take()
     filled = 0
 
@@ -145,9 +146,23 @@ def move_body(
                     result.overlong = not stream.response.ended and _more_to_read(stream)
                     break
                 room = min(room, left)
+            # Bytes read but not yet reported wait at most until ``report_by``: an upstream
+            # that pauses must not hold back from the readers what already arrived.
+            now = time.monotonic()
+            quiet = now - last_byte_at
+            wait = timeout - quiet
+            if read:
+                wait = min(wait, max(report_by - now, 0.0))
             try:
-                count = stream.response.readinto(buffer[filled : filled + room], timeout)
+                # (never 0: a zero time-out makes the socket non-blocking)
+                count = stream.response.readinto(buffer[filled : filled + room], max(wait, 0.001))
             except TimeoutError:
+                if read and time.monotonic() - last_byte_at < timeout:
+                    if filled and not flush():
+                        break
+                    report(offset, read)
+                    reported, read = offset, 0
+                    continue
                 result.timed_out = True
                 break
             except Exception as exc:  # the connection broke (or the body framing did)
@@ -158,9 +173,10 @@ def move_body(
                 break
             filled += count
             read += count
+            last_byte_at = time.monotonic()
             if left is not None:
                 left -= count
-            now = time.monotonic()
+            now = last_byte_at
             due = (
                 reported == start  # the first bytes
                 or now >= report_by
