@@ -15,6 +15,7 @@ from pullthrough import __version__
 from pullthrough.commands.offline import IndexUnavailable
 from pullthrough.config import Config, ConfigError, load
 from pullthrough.logs import setup as setup_logging
+from pullthrough.server.disconnects import DISCONNECTS_KEY
 from pullthrough.server.limits import ConnectionGuard
 
 log = logging.getLogger("pullthrough")
@@ -111,7 +112,7 @@ async def _serve(config: Config) -> int:
         await runner.cleanup()
         return 2
     assert runner.server is not None
-    guard = ConnectionGuard(runner.server, config.limits)
+    guard = ConnectionGuard(runner.server, config.limits, app[DISCONNECTS_KEY])
     guard.start()
     site = web.TCPSite(
         runner,

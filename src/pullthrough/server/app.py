@@ -12,6 +12,7 @@ from pullthrough.clientauth.access import AccessRules
 from pullthrough.config import Config
 from pullthrough.mirror.service import Mirror
 from pullthrough.server.auth import build_auth
+from pullthrough.server.disconnects import DISCONNECTS_KEY, Disconnects
 from pullthrough.server.errors import oci_errors
 from pullthrough.server.limits import body_limit
 from pullthrough.server.metrics import count_requests
@@ -32,6 +33,7 @@ def build_app(config: Config) -> web.Application:
     app[MIRROR_KEY] = mirror
     app[AUTH_KEY] = build_auth(config.auth)
     app[ACCESS_KEY] = AccessRules(config.access)
+    app[DISCONNECTS_KEY] = Disconnects()
     app[VERIFY_KEY] = ReadVerification(
         enabled=config.verify_on_read,
         verified=mirror.store.verified,

@@ -5,7 +5,8 @@ request lines and headers, but it lets a new connection take forever to send its
 request (a slowloris) and accepts any number of connections. The guard watches the
 server's connections: a connection that has not sent a whole request within
 ``header_timeout`` of opening is closed, and connections beyond ``max_connections`` are
-closed as they arrive.
+closed as they arrive. A lost connection also ends, at once, any wait its handler is in
+(``server.disconnects``).
 
 A pull sends no body. aiohttp reads an unread body after the response (for up to ten
 seconds) to keep the connection; a body over ``max_body_size`` is instead answered with 413
@@ -26,6 +27,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from pullthrough.config import Limits
 from pullthrough.errors import SizeInvalid
+from pullthrough.server.disconnects import Disconnects
 from pullthrough.server.errors import error_response
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ def body_limit(max_bytes: int) -> Middleware:
 
 
 class ConnectionGuard:
-    def __init__(self, server: web.Server, limits: Limits) -> None:
+    def __init__(self, server: web.Server, limits: Limits, disconnects: Disconnects) -> None:
         self._server = server
         self._limits = limits
         self._waiting: dict[RequestHandler, float] = {}  # opened, no request yet
@@ -77,6 +79,7 @@ class ConnectionGuard:
         def connection_lost(handler: RequestHandler, exc: BaseException | None = None) -> None:
             self._waiting.pop(handler, None)
             lost(handler, exc)
+            disconnects.lost(handler)
 
         def request_factory(*args: Any) -> web.BaseRequest:
             self._waiting.pop(args[2], None)  # (message, payload, protocol, writer, task)

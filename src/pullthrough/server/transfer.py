@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable
-from typing import TypeVar
 
 from aiohttp import web
 
@@ -28,6 +26,7 @@ from pullthrough.mirror.blobs import BlobBody, open_fetch_file
 from pullthrough.mirror.fetch import Fetch
 from pullthrough.mirror.taps import Tap
 from pullthrough.reference import Digest
+from pullthrough.server.disconnects import DISCONNECTS_KEY, ClientGone, Disconnects
 from pullthrough.server.ranges import ByteRange
 from pullthrough.server.sendfile import CHUNK, send_span
 from pullthrough.server.verification import ReadVerification
@@ -36,9 +35,6 @@ from pullthrough.store.identity import FileIdentity, fstat_identity, verify_fd_s
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-# How often a reader waiting for a fetch's next bytes checks that its client is still there.
-CLIENT_CHECK = 0.25
 
 
 async def send_blob(
@@ -165,14 +161,14 @@ async def _send_growing(
     while stop is None or position < stop:
         if fetch.spilled_at is not None and position >= fetch.spilled_at:
             break  # the rest never reaches the disk: _send_tapped takes over
-        readable = await _while_connected(request, fetch.wait_readable(position))
+        readable = await _disconnects(request).wait(request, fetch.wait_readable(position))
         limit = readable if stop is None else min(readable, stop)
         if stop is not None and limit == stop and not fetch.matched:
             # The last byte of a range completes the client's transfer: hold it until the
             # whole blob is verified, so not even a partial answer is served unverified.
             limit = stop - 1
             if limit <= position:
-                await _while_connected(request, fetch.wait_matched())
+                await _disconnects(request).wait(request, fetch.wait_matched())
                 continue
         if limit > position:
             await send_span(request, resp, fd, position, limit - position)
@@ -182,28 +178,8 @@ async def _send_growing(
     return position - start
 
 
-class ClientGone(Exception):
-    """The client hung up while its reader waited for the fetch."""
-
-
-async def _while_connected(request: web.Request, waiting: Awaitable[T]) -> T:
-    """``waiting``'s result; raises ClientGone as soon as the client is gone.
-
-    aiohttp tells a handler nothing when its client hangs up (handler cancellation is
-    off) until it next writes; a reader waiting for a slow upstream would stay attached to
-    the fetch, which then never learns that nobody reads it (``mirror.fetches``). So
-    the wait looks at the connection every ``CLIENT_CHECK`` seconds."""
-    task = asyncio.ensure_future(waiting)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=CLIENT_CHECK)
-            if done:
-                return task.result()
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                raise ClientGone
-    finally:
-        task.cancel()
+def _disconnects(request: web.Request) -> Disconnects:
+    return request.app[DISCONNECTS_KEY]
 
 
 # How a checked send of a stored file ended.
