@@ -493,7 +493,7 @@ class Fetch:
         finally:
             os.close(fd)
         try:
-            self.store.commit_sync(self.temp_path, self.digest)
+            self.store.commit_sync(self.temp_path, self.digest, written)
         except FileNotFoundError:
             # Cluster mode: the replica that took this download over (the same file) has
             # renamed it into place already. Any other missing file is an error.

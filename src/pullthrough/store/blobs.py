@@ -158,26 +158,37 @@ class BlobStore:
             while view:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)
+            written = os.fstat(fd)
         finally:
             os.close(fd)
-        self.commit_sync(temp, digest)
+        self.commit_sync(temp, digest, written)
 
-    def commit_sync(self, temp: Path, digest: Digest) -> None:
+    def commit_sync(self, temp: Path, digest: Digest, written: os.stat_result) -> None:
         """Rename a verified, fsynced temp file into place and make the rename durable;
-        remember the placed file's identity as verified."""
+        remember the placed file's identity as verified. ``written``: the temp file's stat
+        once its verified bytes were written and synced."""
         final = self.path_for(digest)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(temp, final)
-        # Stat after the rename: renaming changes the ctime. Eviction may hold the path
-        # aside for a moment (it moves a file aside to compare it with the one it decided
-        # on, and links a fresh copy like this one back): then nothing is recorded and the
-        # first read hashes the file, rather than failing a verified download.
+        # Stat after the rename: renaming changes the ctime. It is recorded only if it is
+        # still the file that was written (same inode, size and mtime): anything that wrote
+        # to it since the rename would otherwise be trusted as verified. Eviction may hold
+        # the path aside for a moment (it moves a file aside to compare it with the one it
+        # decided on, and links a fresh copy like this one back). In either case nothing is
+        # recorded and the first read hashes the file, rather than failing a verified
+        # download.
         try:
             placed = FileIdentity.of(final.stat())
         except FileNotFoundError:
             pass
         else:
-            self.verified.record(digest, placed)
+            if (placed.dev, placed.ino, placed.size, placed.mtime_ns) == (
+                written.st_dev,
+                written.st_ino,
+                written.st_size,
+                written.st_mtime_ns,
+            ):
+                self.verified.record(digest, placed)
         dir_fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dir_fd)
