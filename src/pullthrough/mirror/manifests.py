@@ -31,7 +31,6 @@ from pullthrough.manifest import (
     NO_CHILDREN,
     Children,
     NotAManifest,
-    acceptable,
     check_manifest,
     children,
     detect_media_type,
@@ -130,7 +129,7 @@ class ManifestService:
         freshness = upstream.config.tag_freshness
         cached: TagRecord | None = None
         if freshness > 0:
-            cached = self._pick(await self.index.tag(upstream.name, repo, tag), accept)
+            cached = _latest(await self.index.tag(upstream.name, repo, tag))
             if cached is not None and time.time() - cached.checked < freshness:
                 local = await self._recorded(upstream.name, repo, cached)
                 if local is not None:
@@ -148,7 +147,9 @@ class ManifestService:
                     f"manifest {repo}:{tag} is unknown to upstream {upstream.name}",
                     detail={"name": repo, "tag": tag},
                 )
-            if local is not None and acceptable(local.media_type, accept):
+            if local is not None:
+                # The upstream was asked with every type the mirror stores, so the manifest
+                # it named is the tag's answer whatever this client's Accept lists.
                 self._count(upstream, "hit")
                 return local
             # Fetch by digest when the HEAD named one: immutable, and verifiable on arrival.
@@ -162,7 +163,7 @@ class ManifestService:
             )
         except _STALE_ERRORS as exc:
             if freshness <= 0:
-                cached = self._pick(await self.index.tag(upstream.name, repo, tag), accept)
+                cached = _latest(await self.index.tag(upstream.name, repo, tag))
             if cached is None:
                 raise
             local = await self._recorded(upstream.name, repo, cached)
@@ -259,7 +260,7 @@ class ManifestService:
                 # Another replica may have stored it since this one looked: by digest, that
                 # copy is the answer (the flight's lock only orders the replicas' GETs).
                 local = await self._local(upstream, repo, str(expected), named=tag is not None)
-                if local is not None and acceptable(local.media_type, accept):
+                if local is not None:
                     if tag is not None:
                         await self.index.set_tag(
                             upstream.name,
@@ -403,12 +404,13 @@ class ManifestService:
             for child in manifest.children.all:
                 self.index.touch(child)
 
-    @staticmethod
-    def _pick(records: list[TagRecord], accept: tuple[str, ...]) -> TagRecord | None:
-        for record in records:
-            if acceptable(record.media_type, accept):
-                return record
-        return None
+
+def _latest(records: list[TagRecord]) -> TagRecord | None:
+    """A tag's latest cached resolution, whatever the client's Accept lists: the upstream
+    is asked with every type the mirror stores (``upstream_accept``), so the freshest record
+    is what the tag names now; an older one of a type the client prefers may be a manifest
+    the tag has since moved away from."""
+    return records[0] if records else None
 
 
 def _flight_name(kind: str, upstream: str, repo: str, ref: str, accept: tuple[str, ...]) -> str:
