@@ -53,6 +53,13 @@ class Outcome:
 
     @property
     def summary(self) -> str:
+        """The program's own counts (``OCI Conformance Result`` block), else the leaves'."""
+        counts = dict(re.findall(r"^  (Pass|FAIL|Skip|Disabled)\.+:\s+(\d+)$", self.output, re.M))
+        if counts:
+            return (
+                f"{self.verdict}: {counts.get('Pass', '?')} passed, {counts.get('FAIL', '?')} "
+                f"failed, {counts.get('Skip', '?')} skipped, {counts.get('Disabled', '?')} disabled"
+            )
         return f"{self.passed} passed, {len(self.failures)} failed"
 
 

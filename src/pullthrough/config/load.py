@@ -23,6 +23,7 @@ from pullthrough.config.model import (
     AuthConfig,
     ClusterConfig,
     Config,
+    HostedConfig,
     Limits,
     StoreLimit,
     UpstreamConfig,
@@ -126,6 +127,7 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
             "can read"
         )
     access = _access(root, auth, upstreams, default, warnings)
+    hosted = _hosted(root, upstreams)
     cluster = _cluster(
         root.mirror.cluster, host, port, https=bool(tls.certificate), warnings=warnings
     )
@@ -161,6 +163,7 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
         outbound_allow=_outbound_allow(root.mirror.outbound.allow),
         adhoc_max=_adhoc_max(root.mirror.adhoc_upstreams.max),
         adhoc_idle=_positive(root.mirror.adhoc_upstreams.idle, "mirror.adhoc_upstreams.idle"),
+        hosted=hosted,
         warnings=tuple(warnings),
     )
 
@@ -220,8 +223,60 @@ def _access(
                 )
             users = tuple(u.strip() for u in entry.users)
             _warn_unknown_users(f"{key}.users", users, auth, warnings)
-        rules.append(AccessRule(tuple(patterns), users))
+        rules.append(AccessRule(tuple(patterns), users, _actions(entry.actions, key)))
     return tuple(rules)
+
+
+_ACTIONS = ("pull", "push", "delete")
+
+
+def _actions(given: list[str] | None, key: str) -> tuple[str, ...]:
+    """A rule's actions: pull unless it says otherwise (push and delete concern hosted
+    repositories only, and are granted only where a rule names them)."""
+    if given is None:
+        return ("pull",)
+    bad = [a for a in given if a not in _ACTIONS]
+    if bad or not given:
+        raise ConfigError(f"{key}.actions: expected some of pull, push, delete, got {given!r}")
+    return tuple(dict.fromkeys(given))
+
+
+def _hosted(root: Root, upstreams: tuple[UpstreamConfig, ...]) -> HostedConfig | None:
+    """``mirror.hosted``: which names are pushed to here rather than mirrored."""
+    section = root.mirror.hosted
+    if not section.repositories:
+        return None
+    names = {u.name for u in upstreams}
+    prefixes = []
+    for i, prefix in enumerate(section.repositories):
+        key = f"mirror.hosted.repositories[{i}]"
+        text = prefix.strip().strip("/") if isinstance(prefix, str) else ""
+        if not text or not _HOSTED_PREFIX.match(text) or len(text) > 200:
+            raise ConfigError(
+                f"{key}: {str(prefix)[:100]!r} is not a repository name prefix (lower-case "
+                "components separated by /, such as acme or team/images)"
+            )
+        first = text.split("/", 1)[0]
+        if first in names or is_registry_component(first):
+            # A name is hosted or mirrored, never both: a prefix that names a registry
+            # would take over (or shadow) what that upstream's clients address.
+            raise ConfigError(
+                f"{key}: {text!r} starts with a registry host name; hosted names must not "
+                "look like a mirrored registry's path prefix"
+            )
+        prefixes.append(text)
+    if section.max_uploads_per_client < 1:
+        raise ConfigError("mirror.hosted.max_uploads_per_client: must be at least 1")
+    return HostedConfig(
+        prefixes=tuple(prefixes),
+        max_manifest_size=parse_size(section.max_manifest_size, "mirror.hosted.max_manifest_size"),
+        upload_idle=_positive(section.upload_idle, "mirror.hosted.upload_idle"),
+        max_uploads_per_client=section.max_uploads_per_client,
+        delete_enabled=root.storage.delete.enabled,
+    )
+
+
+_HOSTED_PREFIX = re.compile(r"^[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*$")
 
 
 def _warn_unknown_users(

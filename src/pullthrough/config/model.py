@@ -93,6 +93,21 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HostedConfig:
+    """``mirror.hosted``: repository names clients push to (kept, never evicted), beside
+    the mirrored ones. A name is hosted when it is one of ``prefixes`` or lies under one."""
+
+    prefixes: tuple[str, ...]
+    max_manifest_size: int = 4 * 1024 * 1024
+    upload_idle: float = 3600.0
+    max_uploads_per_client: int = 100
+    delete_enabled: bool = False  # storage.delete.enabled
+
+    def holds(self, name: str) -> bool:
+        return any(name == p or name.startswith(p + "/") for p in self.prefixes)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything the running mirror needs, typed and validated."""
 
@@ -124,6 +139,7 @@ class Config:
     outbound_allow: tuple[str, ...] = ()  # mirror.outbound.allow: non-public hosts allowed
     adhoc_max: int = 64  # mirror.adhoc_upstreams.max: ad-hoc upstream slots at once
     adhoc_idle: float = 600.0  # mirror.adhoc_upstreams.idle: unused this long, given back
+    hosted: HostedConfig | None = None  # None: every name is mirrored
     warnings: tuple[str, ...] = ()
 
     @property

@@ -29,7 +29,7 @@ _IGNORED_SECTIONS = {
 _IGNORED_KEYS = {
     "log": {"fields", "hooks", "reportcaller"},
     "log.accesslog": set(),
-    "storage": {"cache", "maintenance", "redirect", "tag", "delete"},
+    "storage": {"cache", "maintenance", "redirect", "tag"},
     "http": {
         "secret",
         "headers",
@@ -68,8 +68,13 @@ class _Filesystem(_Section):
     rootdirectory: str = "./data"
 
 
+class _Delete(_Section):
+    enabled: bool = False
+
+
 class _Storage(_Section):
     filesystem: _Filesystem = _Filesystem()
+    delete: _Delete = _Delete()  # hosted repositories: may clients delete blobs/manifests
 
 
 class _TLS(_Section):
@@ -141,6 +146,14 @@ class _Limits(_Section):
 class _AccessRule(_Section):
     repositories: list[str] = []
     users: list[str] | None = None
+    actions: list[str] | None = None  # pull (the default), push, delete
+
+
+class _Hosted(_Section):
+    repositories: list[str] = []  # name prefixes that are hosted (pushed to), not mirrored
+    max_manifest_size: Any = "4MiB"
+    upload_idle: Any = "1h"  # an upload session untouched this long is removed
+    max_uploads_per_client: int = 100  # open upload sessions per client address
 
 
 class _Outbound(_Section):
@@ -175,6 +188,7 @@ class _Mirror(_Section):
     cluster: _Cluster = _Cluster()
     outbound: _Outbound = _Outbound()
     adhoc_upstreams: _AdhocUpstreams = _AdhocUpstreams()
+    hosted: _Hosted = _Hosted()
 
 
 class Root(_Section):

@@ -13,6 +13,8 @@ import logging
 from typing import TYPE_CHECKING, cast
 
 from pullthrough.config import Config
+from pullthrough.hosted.registry import HostedRegistry
+from pullthrough.hosted.uploads import Uploads
 from pullthrough.metrics import Metrics
 from pullthrough.mirror.blobs import BlobService
 from pullthrough.mirror.eviction import Sweeper, SweepReport
@@ -25,6 +27,7 @@ from pullthrough.mirror.scrub import Scrubber
 from pullthrough.mirror.upstreams import Upstreams
 from pullthrough.reference import Digest
 from pullthrough.store.blobs import BlobStore
+from pullthrough.store.hosted_index import HostedIndex
 from pullthrough.store.index import AgedBlob, Index, IndexBackend
 
 if TYPE_CHECKING:
@@ -80,11 +83,26 @@ class Mirror:
             quarantine=self.quarantine,
         )
         self.listing = Listing(index=cast(Index, self.index))
+        # Hosted repositories (mirror.hosted): pushed content, in the same store, kept.
+        self.hosted: HostedRegistry | None = None
+        self.uploads: Uploads | None = None
+        if config.hosted is not None:
+            self.hosted = HostedRegistry(
+                config=config.hosted,
+                store=self.store,
+                index=HostedIndex(config.root / "hosted.db"),
+            )
+            self.uploads = Uploads(
+                root=config.root,
+                store=self.store,
+                idle=config.hosted.upload_idle,
+                per_client=config.hosted.max_uploads_per_client,
+            )
         self.sweeper = Sweeper.for_config(
             config,
             store=self.store,
             index=self.index,
-            busy=self.fetches.busy,
+            busy=self._busy,
             on_removed=self._removed,
             on_swept=self._swept,
             turns=self.cluster.sweep_turns if self.cluster else None,
@@ -118,6 +136,10 @@ class Mirror:
             self._background.append(loop.create_task(self._reclaim_forever()))
         if self.scrubber is not None:
             self._background.append(loop.create_task(self.scrubber.run_forever()))
+        if self.hosted is not None and self.uploads is not None:
+            await asyncio.to_thread(self.uploads.prepare)
+            await self.hosted.start()
+            self._background.append(loop.create_task(self._expire_uploads_forever()))
 
     async def stop(self) -> None:
         for task in self._background:
@@ -127,8 +149,27 @@ class Mirror:
         await self.fetches.wait_all(seconds=5.0)
         await self.upstreams.close()
         await self.index.close()
+        if self.hosted is not None:
+            await self.hosted.index.close()
         if self.cluster is not None:
             await self.cluster.stop()
+
+    def _busy(self, digest: str) -> bool:
+        """Not to be evicted now: a download is under way, or a hosted repository holds
+        it (hosted content is removed only by gc, when nothing references it)."""
+        return self.fetches.busy(digest) or (
+            self.hosted is not None and digest in self.hosted.kept
+        )
+
+    async def _expire_uploads_forever(self) -> None:
+        assert self.uploads is not None
+        interval = min(max(self.uploads.idle / 2, 0.5), 60.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.uploads.expire()
+            except Exception:  # try again next time
+                log.exception("removing idle upload sessions failed")
 
     async def _blob_stored(self, fetch: Fetch) -> None:
         await self.provenance.served(
