@@ -1,0 +1,284 @@
+"""Hosted repositories: pushes beside the cache, checked, kept and refused as a user sees it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import pytest
+
+from tests.integration.conftest import MirrorFactory
+from tests.support import KiB
+from tests.support.images import make_image, pull_dir, push
+from tests.support.mirror import MirrorProcess
+from tests.support.net import http_request
+from tests.support.proxy import RecordingProxy
+
+pytestmark = pytest.mark.integration
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+PUSHERS: dict[str, Any] = {
+    "storage": {"delete": {"enabled": True}},
+    "mirror": {
+        "hosted": {"repositories": ["acme"], "max_uploads_per_client": 5},
+        "access": [
+            {"repositories": ["**"]},
+            {"repositories": ["acme/**"], "actions": ["pull", "push", "delete"]},
+        ],
+    },
+}
+
+
+def _digest(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def _code(resp: Any) -> str:
+    return str(json.loads(resp.body)["errors"][0]["code"])
+
+
+def _session(mirror: MirrorProcess, repo: str) -> str:
+    resp = http_request("POST", f"{mirror.url}/v2/{repo}/blobs/uploads/")
+    assert resp.status == 202, resp.body
+    location = resp.header("Location") or ""
+    return f"{mirror.url}{location}"
+
+
+def _push_blob(
+    mirror: MirrorProcess, repo: str, data: bytes, auth: tuple[str, str] | None = None
+) -> str:
+    digest = _digest(data)
+    resp = http_request(
+        "POST", f"{mirror.url}/v2/{repo}/blobs/uploads/?digest={digest}", data=data, auth=auth
+    )
+    assert resp.status == 201, resp.body
+    return digest
+
+
+def _image_manifest(config: str, config_size: int, layers: list[tuple[str, int]]) -> bytes:
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config,
+            "size": config_size,
+        },
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": n}
+            for d, n in layers
+        ],
+    }
+    return json.dumps(doc).encode()
+
+
+@pytest.fixture
+def hosted(mirror_factory: MirrorFactory, upstream_proxy: RecordingProxy) -> MirrorProcess:
+    return mirror_factory(upstream_proxy.url, config=PUSHERS)
+
+
+def test_anonymous_push_is_refused_unless_a_rule_grants_it(
+    mirror_factory: MirrorFactory, upstream_proxy: RecordingProxy
+) -> None:
+    mirror = mirror_factory(
+        upstream_proxy.url, config={"mirror": {"hosted": {"repositories": ["acme"]}}}
+    )
+    data = b"not welcome"
+    for method, path in (
+        ("POST", f"/v2/acme/app/blobs/uploads/?digest={_digest(data)}"),
+        ("PUT", "/v2/acme/app/manifests/v1"),
+    ):
+        resp = http_request(method, f"{mirror.url}{path}", data=data)
+        assert resp.status == 403 and _code(resp) == "DENIED"
+    assert not (mirror.root / "blobs").exists() or mirror.stored_files() == {}
+    assert upstream_proxy.requests() == []
+
+
+def test_chunks_out_of_order_are_416_and_the_session_keeps_its_bytes(
+    hosted: MirrorProcess,
+) -> None:
+    data = bytes(range(256)) * 64
+    url = _session(hosted, "acme/app")
+    first = http_request("PATCH", url, data=data[:1000], headers={"Content-Range": "0-999"})
+    assert first.status == 202 and first.header("Range") == "0-999"
+    url = f"{hosted.url}{first.header('Location')}"
+    for bad in ("500-1499", "1001-1500"):  # an overlap, a gap
+        resp = http_request("PATCH", url, data=data[1000:2000], headers={"Content-Range": bad})
+        assert resp.status == 416 and _code(resp) == "RANGE_INVALID"
+    status = http_request("GET", url)
+    assert status.status == 204 and status.header("Range") == "0-999"
+    done = http_request(
+        "PUT",
+        f"{url}?digest={_digest(data)}",
+        data=data[1000:],
+        headers={"Content-Range": f"1000-{len(data) - 1}"},
+    )
+    assert done.status == 201
+    got = http_request("GET", f"{hosted.url}/v2/acme/app/blobs/{_digest(data)}")
+    assert got.status == 200 and got.body == data
+
+
+def test_a_digest_that_does_not_match_is_400_and_nothing_is_stored(
+    hosted: MirrorProcess,
+) -> None:
+    data = b"the bytes that arrive"
+    claimed = _digest(b"the bytes the client meant")
+    resp = http_request(
+        "POST", f"{hosted.url}/v2/acme/app/blobs/uploads/?digest={claimed}", data=data
+    )
+    assert resp.status == 400 and _code(resp) == "DIGEST_INVALID"
+    url = _session(hosted, "acme/app")
+    resp = http_request(
+        "PUT", f"{url}&digest={claimed}" if "?" in url else f"{url}?digest={claimed}", data=data
+    )
+    assert resp.status == 400 and _code(resp) == "DIGEST_INVALID"
+    assert hosted.stored_files() == {}
+    assert list((hosted.root / "uploads").iterdir()) == []
+    for digest in (claimed, _digest(data)):
+        assert http_request("HEAD", f"{hosted.url}/v2/acme/app/blobs/{digest}").status == 404
+
+
+def test_manifest_put_is_checked(hosted: MirrorProcess) -> None:
+    config = _push_blob(hosted, "acme/app", b"{}")
+    missing = _digest(b"a layer never pushed")
+    url = f"{hosted.url}/v2/acme/app/manifests/v1"
+    ct = {"Content-Type": OCI_MANIFEST}
+
+    refs_missing = _image_manifest(config, 2, [(missing, 20)])
+    resp = http_request("PUT", url, data=refs_missing, headers=ct)
+    assert resp.status == 400 and _code(resp) == "MANIFEST_BLOB_UNKNOWN"
+
+    odd_type = json.dumps({"schemaVersion": 2, "mediaType": "text/html"}).encode()
+    resp = http_request("PUT", url, data=odd_type, headers={"Content-Type": "text/html"})
+    assert resp.status == 400 and _code(resp) == "MANIFEST_INVALID"
+
+    resp = http_request("PUT", url, data=b"{not json", headers=ct)
+    assert resp.status == 400 and _code(resp) == "MANIFEST_INVALID"
+
+    good = _image_manifest(config, 2, [])
+    resp = http_request(
+        "PUT", f"{hosted.url}/v2/acme/app/manifests/{_digest(b'x')}", data=good, headers=ct
+    )
+    assert resp.status == 400 and _code(resp) == "DIGEST_INVALID"
+
+    huge = good + b" " * (4 * 1024 * 1024)
+    resp = http_request("PUT", url, data=huge, headers=ct, timeout=30)
+    assert resp.status == 413
+
+    # A blob another repository holds is not this one's: pushed content is per repository.
+    other = _push_blob(hosted, "acme/other", b"layer of another repository")
+    resp = http_request("PUT", url, data=_image_manifest(config, 2, [(other, 27)]), headers=ct)
+    assert resp.status == 400 and _code(resp) == "MANIFEST_BLOB_UNKNOWN"
+    assert http_request("GET", f"{hosted.url}/v2/acme/app/blobs/{other}").status == 404
+
+    assert http_request("GET", url).status == 404  # nothing of the above was stored
+    resp = http_request("PUT", url, data=good, headers=ct)
+    assert resp.status == 201 and resp.header("Docker-Content-Digest") == _digest(good)
+    got = http_request("GET", url, headers={"Accept": OCI_MANIFEST})
+    assert got.body == good and got.header("Content-Type") == OCI_MANIFEST
+
+
+def test_deletes_need_storage_delete_enabled(
+    mirror_factory: MirrorFactory, upstream_proxy: RecordingProxy
+) -> None:
+    config = json.loads(json.dumps(PUSHERS))
+    config["storage"]["delete"]["enabled"] = False
+    mirror = mirror_factory(upstream_proxy.url, config=config)
+    blob = _push_blob(mirror, "acme/app", b"kept")
+    resp = http_request("DELETE", f"{mirror.url}/v2/acme/app/blobs/{blob}")
+    assert resp.status == 405 and _code(resp) == "UNSUPPORTED"
+    assert http_request("GET", f"{mirror.url}/v2/acme/app/blobs/{blob}").body == b"kept"
+
+
+def test_mount_needs_the_right_to_read_the_source(
+    mirror_factory: MirrorFactory, upstream_proxy: RecordingProxy, tmp_path: Path
+) -> None:
+    users = tmp_path / "htpasswd"
+    users.write_text(
+        "".join(
+            f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=6)).decode()}\n"
+            for u, p in (("alice", "a-pw"), ("bob", "b-pw"))
+        )
+    )
+    config: dict[str, Any] = {
+        "auth": {"htpasswd": {"realm": "test", "path": str(users)}},
+        "mirror": {
+            "hosted": {"repositories": ["acme", "secret"]},
+            "access": [
+                {"repositories": ["acme/**"], "users": ["*"], "actions": ["pull", "push"]},
+                {"repositories": ["secret/**"], "users": ["alice"], "actions": ["pull", "push"]},
+            ],
+        },
+    }
+    mirror = mirror_factory(upstream_proxy.url, config=config)
+    alice, bob = ("alice", "a-pw"), ("bob", "b-pw")
+    hidden = _push_blob(mirror, "secret/vault", b"do not mount me", auth=alice)
+    shared = _push_blob(mirror, "acme/base", b"mount me", auth=alice)
+    base = f"{mirror.url}/v2/acme/app/blobs"
+    refused = http_request("POST", f"{base}/uploads/?mount={hidden}&from=secret/vault", auth=bob)
+    assert refused.status == 202  # a plain upload session: nothing was linked
+    assert http_request("HEAD", f"{base}/{hidden}", auth=bob).status == 404
+    mounted = http_request("POST", f"{base}/uploads/?mount={shared}&from=acme/base", auth=bob)
+    assert mounted.status == 201
+    assert http_request("GET", f"{base}/{shared}", auth=bob).body == b"mount me"
+    # Alice may read the source: her mount links it.
+    assert (
+        http_request("POST", f"{base}/uploads/?mount={hidden}&from=secret/vault", auth=alice).status
+        == 201
+    )
+
+
+def test_a_chunked_upload_resumes_after_a_restart(hosted: MirrorProcess) -> None:
+    data = b"0123456789" * 1000
+    url = _session(hosted, "acme/app")
+    first = http_request("PATCH", url, data=data[:4000], headers={"Content-Range": "0-3999"})
+    assert first.status == 202
+    hosted.stop()
+    hosted.start()
+    url = f"{hosted.url}{first.header('Location')}"
+    assert http_request("GET", url).header("Range") == "0-3999"
+    done = http_request("PUT", f"{url}?digest={_digest(data)}", data=data[4000:])
+    assert done.status == 201
+    assert http_request("GET", f"{hosted.url}/v2/acme/app/blobs/{_digest(data)}").body == data
+
+
+def test_upload_sessions_per_client_are_capped(hosted: MirrorProcess) -> None:
+    urls = [_session(hosted, "acme/app") for _ in range(5)]
+    over = http_request("POST", f"{hosted.url}/v2/acme/app/blobs/uploads/")
+    assert over.status == 429 and _code(over) == "TOOMANYREQUESTS"
+    assert http_request("DELETE", urls[0]).status == 204
+    assert http_request("GET", urls[0]).status == 404
+    _session(hosted, "acme/app")  # a cancelled session gives its place back
+
+
+def test_hosted_content_is_never_evicted(
+    mirror_factory: MirrorFactory, upstream_proxy: RecordingProxy
+) -> None:
+    config = json.loads(json.dumps(PUSHERS))
+    config["mirror"].update({"maxsize": "1KiB", "gc_interval": "0.2s"})
+    config["proxy"] = {"ttl": "1s"}
+    mirror = mirror_factory(upstream_proxy.url, config=config)
+    data = b"x" * (64 * KiB)
+    blob = _push_blob(mirror, "acme/app", data)
+    mirror.stop()
+    mirror.start()  # the kept set comes from hosted.db
+    import time
+
+    time.sleep(2.5)  # several sweeps over a store 64 times maxsize, past the TTL
+    assert http_request("GET", f"{mirror.url}/v2/acme/app/blobs/{blob}").body == data
+
+
+def test_skopeo_pushes_to_a_hosted_repository_and_pulls_back(
+    hosted: MirrorProcess, upstream_proxy: RecordingProxy, tmp_path: Path
+) -> None:
+    image = make_image(tmp_path / "layout", [200 * KiB, 50 * KiB], "hosted-skopeo", ref="v1")
+    digest = push(image, hosted.host, "acme/app", "v1")
+    assert digest == image.manifest_digest
+    pulled = pull_dir(f"{hosted.host}/acme/app:v1", tmp_path / "pulled")
+    assert pulled is not None
+    tags = http_request("GET", f"{hosted.url}/v2/acme/app/tags/list")
+    assert json.loads(tags.body) == {"name": "acme/app", "tags": ["v1"]}
+    assert upstream_proxy.requests() == []  # a hosted name never reaches the upstream
