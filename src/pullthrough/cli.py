@@ -65,7 +65,15 @@ def main(argv: list[str] | None = None) -> int:
         # How each mirror.access pattern was read (relative ones gain the default registry).
         for i, rule in enumerate(config.access):
             who = "every client" if rule.users is None else ", ".join(rule.users)
-            print(f"mirror.access[{i}]: {who} may pull {', '.join(rule.repositories)}")
+            actions = "/".join(rule.actions)
+            print(f"mirror.access[{i}]: {who} may {actions} {', '.join(rule.repositories)}")
+        if config.hosted is not None:
+            hosted = config.hosted
+            print(
+                f"mirror.hosted: {', '.join(f'{p}/**' for p in hosted.prefixes)} hosted "
+                f"(manifests up to {hosted.max_manifest_size} bytes, deletes "
+                f"{'enabled' if hosted.delete_enabled else 'disabled'})"
+            )
         return 0
     if args.command in commands:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")

@@ -127,6 +127,10 @@ class Mirror:
         else:
             await self.cluster.start()  # the shared temp directory is not emptied
         await self.index.open()
+        if self.hosted is not None and self.uploads is not None:
+            # Before the sweeper's first pass: it must know what is kept.
+            await asyncio.to_thread(self.uploads.prepare)
+            await self.hosted.start()
         loop = asyncio.get_running_loop()
         self._background = [
             loop.create_task(self._flush_forever()),
@@ -136,9 +140,7 @@ class Mirror:
             self._background.append(loop.create_task(self._reclaim_forever()))
         if self.scrubber is not None:
             self._background.append(loop.create_task(self.scrubber.run_forever()))
-        if self.hosted is not None and self.uploads is not None:
-            await asyncio.to_thread(self.uploads.prepare)
-            await self.hosted.start()
+        if self.uploads is not None:
             self._background.append(loop.create_task(self._expire_uploads_forever()))
 
     async def stop(self) -> None:
