@@ -304,3 +304,115 @@ def test_pullthrough_gc_keeps_hosted_content(
     mirror.start()
     got = http_request("GET", f"{mirror.url}/v2/acme/app/blobs/{blob}")
     assert got.body == data, got.body[:300]
+
+
+def test_token_scopes_decide_push_on_the_hosted_name(
+    mirror_factory: MirrorFactory, upstream_proxy: RecordingProxy, tmp_path: Path
+) -> None:
+    from tests.support.tokens import TokenIssuer
+
+    issuer = TokenIssuer(service="pullthrough-mirror", issuer="mirror-issuer", root=tmp_path / "i")
+    issuer.start()
+    try:
+        auth = {
+            "token": {
+                "realm": issuer.url,
+                "service": issuer.service,
+                "issuer": issuer.issuer,
+                "rootcertbundle": str(issuer.cert_path),
+            }
+        }
+        mirror = mirror_factory(
+            upstream_proxy.url,
+            config={"auth": auth, "mirror": {"hosted": {"repositories": ["acme"]}}},
+        )
+        data = b"pushed with a token"
+        url = f"{mirror.url}/v2/acme/app/blobs/uploads/?digest={_digest(data)}"
+
+        def bearer(*scopes: str) -> dict[str, str]:
+            return {"Authorization": f"Bearer {issuer.issue_token(scopes, user='ci')}"}
+
+        pull_only = http_request("POST", url, data=data, headers=bearer("repository:acme/app:pull"))
+        assert pull_only.status == 401
+        challenge = pull_only.header("WWW-Authenticate") or ""
+        assert 'scope="repository:acme/app:pull,push"' in challenge
+        other_repo = bearer("repository:acme/other:pull,push")
+        assert http_request("POST", url, data=data, headers=other_repo).status == 401
+        granted = http_request(
+            "POST", url, data=data, headers=bearer("repository:acme/app:pull,push")
+        )
+        assert granted.status == 201
+        blob = f"{mirror.url}/v2/acme/app/blobs/{_digest(data)}"
+        assert http_request("GET", blob, headers=bearer("repository:acme/app:pull")).body == data
+    finally:
+        issuer.stop()
+
+
+def test_a_corrupted_hosted_manifest_is_never_served(hosted: MirrorProcess) -> None:
+    config = _push_blob(hosted, "acme/app", b"{}")
+    body = _image_manifest(config, 2, [])
+    url = f"{hosted.url}/v2/acme/app/manifests/v1"
+    assert http_request("PUT", url, data=body, headers={"Content-Type": OCI_MANIFEST}).status == 201
+    hosted.stored_files()[_digest(body)].write_bytes(body.replace(b"2", b"3"))
+    resp = http_request("GET", url)
+    assert resp.status == 404 and _code(resp) == "MANIFEST_UNKNOWN"
+
+
+def test_referrers_list_manifests_with_a_subject_filtered_by_artifact_type(
+    hosted: MirrorProcess,
+) -> None:
+    config = _push_blob(hosted, "acme/app", b"{}")
+    image = _image_manifest(config, 2, [])
+    base = f"{hosted.url}/v2/acme/app"
+    ct = {"Content-Type": OCI_MANIFEST}
+    assert http_request("PUT", f"{base}/manifests/v1", data=image, headers=ct).status == 201
+    subject = {"mediaType": OCI_MANIFEST, "digest": _digest(image), "size": len(image)}
+    pushed = {}
+    for kind in ("application/vnd.example.sbom", "application/vnd.example.signature"):
+        doc = json.loads(image)
+        doc.update({"artifactType": kind, "subject": subject, "annotations": {"k": kind}})
+        body = json.dumps(doc).encode()
+        resp = http_request("PUT", f"{base}/manifests/{_digest(body)}", data=body, headers=ct)
+        assert resp.status == 201 and resp.header("OCI-Subject") == _digest(image)
+        pushed[kind] = _digest(body)
+
+    every = http_request("GET", f"{base}/referrers/{_digest(image)}")
+    assert every.status == 200 and every.header("OCI-Filters-Applied") is None
+    listed = json.loads(every.body)
+    assert listed["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    assert {m["digest"] for m in listed["manifests"]} == set(pushed.values())
+    sboms = http_request(
+        "GET", f"{base}/referrers/{_digest(image)}?artifactType=application/vnd.example.sbom"
+    )
+    assert sboms.header("OCI-Filters-Applied") == "artifactType"
+    assert [m["digest"] for m in json.loads(sboms.body)["manifests"]] == [
+        pushed["application/vnd.example.sbom"]
+    ]
+    # Kept up to date on delete (deletes are enabled in PUSHERS).
+    gone = pushed["application/vnd.example.sbom"]
+    assert http_request("DELETE", f"{base}/manifests/{gone}").status == 202
+    after = json.loads(http_request("GET", f"{base}/referrers/{_digest(image)}").body)
+    assert [m["digest"] for m in after["manifests"]] == [
+        pushed["application/vnd.example.signature"]
+    ]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/acme/app/blobs/uploads/..%2F..%2Fhosted.db",
+        "/v2/acme/app/blobs/uploads/../../../etc/passwd",
+        "/v2/acme/app/blobs/uploads/" + "f" * 32,
+        "/v2/acme/app/blobs/uploads/" + "A" * 5000,
+    ],
+)
+def test_an_upload_id_the_registry_did_not_make_is_unknown(
+    hosted: MirrorProcess, path: str
+) -> None:
+    for method in ("GET", "PATCH", "PUT", "DELETE"):
+        resp = http_request(method, f"{hosted.url}{path}", data=b"x" if method != "GET" else None)
+        assert resp.status in (400, 404), (method, resp.status)
+        assert _code(resp) in ("BLOB_UPLOAD_UNKNOWN", "NAME_INVALID", "NOT_FOUND", "DIGEST_INVALID")
+    # Nothing outside the uploads directory was touched, and nothing was left in it.
+    assert (hosted.root / "hosted.db").is_file()
+    assert list((hosted.root / "uploads").iterdir()) == []

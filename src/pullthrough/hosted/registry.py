@@ -34,7 +34,7 @@ from pullthrough.manifest import (
     OCI_MANIFEST,
 )
 from pullthrough.reference import Digest, parse_digest
-from pullthrough.store.blobs import BlobStore
+from pullthrough.store.blobs import BlobStore, DigestMismatch
 from pullthrough.store.hosted_index import HostedIndex, HostedManifest
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,14 @@ class HostedRegistry:
         """The manifest a tag or digest names in ``repo``, read and verified."""
         digest = reference if ":" in reference else await self.index.tag(repo, reference)
         record = await self.index.manifest(repo, digest) if digest else None
-        body = await self.store.read_verified(parse_digest(record.digest)) if record else None
+        body = None
+        if record is not None:
+            try:
+                body = await self.store.read_verified(parse_digest(record.digest))
+            except DigestMismatch:
+                # No upstream to fetch it from again: the push must be repeated. Said in
+                # the log; the client gets an unknown manifest, never the wrong bytes.
+                log.error("hosted manifest %s of %s no longer matches its digest", digest, repo)
         if record is None or body is None:
             raise ManifestUnknown(
                 f"manifest {repo}:{reference} is unknown",
