@@ -67,3 +67,12 @@ def test_push_is_granted_only_where_a_rule_names_it(tmp_path: Path) -> None:
     assert not rules.grants(None, "docker.io", "other/app", "push")
     assert not rules.grants(None, "docker.io", "acme/app", "delete")
     assert not AccessRules(()).grants(None, "docker.io", "acme/app", "push")
+
+
+def test_hosted_repositories_are_refused_in_cluster_mode(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^mirror\.hosted: .*cluster mode"):
+        _load(
+            tmp_path,
+            "mirror:\n  hosted: {repositories: [acme]}\n"
+            "  cluster: {redis: {addr: 127.0.0.1:6379, password: pw}}\n",
+        )
