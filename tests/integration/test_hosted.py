@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -416,3 +418,35 @@ def test_an_upload_id_the_registry_did_not_make_is_unknown(
     # Nothing outside the uploads directory was touched, and nothing was left in it.
     assert (hosted.root / "hosted.db").is_file()
     assert list((hosted.root / "uploads").iterdir()) == []
+
+
+def test_a_full_disk_refuses_the_push_cleanly_and_keeps_nothing_partial(
+    mirror_factory: MirrorFactory, upstream_proxy: RecordingProxy, tmp_path: Path
+) -> None:
+    mountpoint = tmp_path / "small-disk"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-n", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        config = json.loads(json.dumps(PUSHERS))
+        config["storage"]["filesystem"] = {"rootdirectory": str(mountpoint / "data")}
+        mirror = mirror_factory(upstream_proxy.url, config=config)
+        data = os.urandom(12 * 1024 * 1024)  # more than the disk holds
+        resp = http_request(
+            "POST",
+            f"{mirror.url}/v2/acme/app/blobs/uploads/?digest={_digest(data)}",
+            data=data,
+            timeout=30,
+        )
+        assert resp.status == 507 and _code(resp) == "UNAVAILABLE"
+        assert list((mirror.root / "uploads").iterdir()) == []
+        assert mirror.stored_files() == {}
+        small = _push_blob(mirror, "acme/app", b"still works")  # the space was given back
+        assert http_request("GET", f"{mirror.url}/v2/acme/app/blobs/{small}").status == 200
+    finally:
+        subprocess.run(["umount", "-n", "-l", str(mountpoint)], check=False)
