@@ -450,3 +450,34 @@ def test_a_full_disk_refuses_the_push_cleanly_and_keeps_nothing_partial(
         assert http_request("GET", f"{mirror.url}/v2/acme/app/blobs/{small}").status == 200
     finally:
         subprocess.run(["umount", "-n", "-l", str(mountpoint)], check=False)
+
+
+def test_bytes_an_upstream_brought_are_not_a_hosted_repositorys_and_pushed_ones_not_a_mirrors(
+    hosted: MirrorProcess, images: Any, upstream_proxy: RecordingProxy
+) -> None:
+    """Rule (d) of "Who may read a digest": a hosted repository reads only what was pushed
+    to it, however the same file came to be on disk; a mirrored repository never reads
+    what was only pushed."""
+    image = images.oci_small
+    layer = image.source.layer_digests[0]
+    cached = http_request("GET", f"{hosted.url}/v2/{image.repo}/blobs/{layer}")
+    assert cached.status == 200 and _digest(cached.body) == layer  # in the store now
+
+    resp = http_request("GET", f"{hosted.url}/v2/acme/app/blobs/{layer}")
+    assert resp.status == 404 and _code(resp) == "BLOB_UNKNOWN"
+    config = _push_blob(hosted, "acme/app", b"{}")
+    manifest = _image_manifest(config, 2, [(layer, len(cached.body))])
+    resp = http_request(
+        "PUT",
+        f"{hosted.url}/v2/acme/app/manifests/v1",
+        data=manifest,
+        headers={"Content-Type": OCI_MANIFEST},
+    )
+    assert resp.status == 400 and _code(resp) == "MANIFEST_BLOB_UNKNOWN"
+
+    pushed = _push_blob(hosted, "acme/app", b"only ever pushed")
+    upstream_proxy.reset()
+    resp = http_request("GET", f"{hosted.url}/v2/{image.repo}/blobs/{pushed}")
+    assert resp.status == 404 and _code(resp) == "BLOB_UNKNOWN"
+    # Asked of the upstream, which does not have it: the file on disk was not served.
+    assert [e.status for e in upstream_proxy.requests("GET", pushed)] == [404]

@@ -1,9 +1,10 @@
 """Hosted repositories: what clients push is checked, stored and kept, never evicted.
 
-Reads of a hosted repository ask ``HostedIndex`` whether the repository holds the digest
-(rule (d) of "Who may read a digest": pushed to R and verified); bytes are shared with the
-mirror's store by digest, the right to read them is not: a digest another repository or
-an upstream brought is unknown here until it is pushed (or mounted) to this repository.
+Reads of a hosted repository ask ``mirror.provenance`` whether the repository holds the
+digest (rule (d) of "Who may read a digest": pushed to R and verified); bytes are shared
+with the mirror's store by digest, the right to read them is not: a digest another
+repository or an upstream brought is unknown here until it is pushed (or mounted) to this
+repository. ``HostedIndex`` records the facts; the decision is provenance's.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pullthrough.manifest import (
     OCI_INDEX,
     OCI_MANIFEST,
 )
+from pullthrough.mirror.provenance import Provenance
 from pullthrough.reference import Digest, parse_digest
 from pullthrough.store.blobs import BlobStore, DigestMismatch
 from pullthrough.store.hosted_index import HostedIndex, HostedManifest
@@ -66,10 +68,18 @@ class _Parsed:
 
 
 class HostedRegistry:
-    def __init__(self, *, config: HostedConfig, store: BlobStore, index: HostedIndex) -> None:
+    def __init__(
+        self,
+        *,
+        config: HostedConfig,
+        store: BlobStore,
+        index: HostedIndex,
+        provenance: Provenance,
+    ) -> None:
         self.config = config
         self.store = store
         self.index = index
+        self.provenance = provenance
         # Digests hosted repositories hold, for eviction (a sync check per candidate):
         # added on push, dropped only at start-up (a deleted digest stays protected until
         # then; gc decides, not the sweeper).
@@ -86,7 +96,7 @@ class HostedRegistry:
 
     async def blob_size(self, repo: str, digest: Digest) -> int:
         """The size of a blob ``repo`` holds whose file is stored; BLOB_UNKNOWN otherwise."""
-        size = await self.index.blob_size(repo, str(digest))
+        size = await self.provenance.pushed_blob(repo, str(digest))
         if size is None or not await self.store.exists(digest):
             raise BlobUnknown(
                 f"blob {digest} is unknown to repository {repo}", detail={"digest": str(digest)}
@@ -100,7 +110,7 @@ class HostedRegistry:
     async def mount(self, repo: str, digest: Digest, source: str) -> int | None:
         """Link ``source``'s blob into ``repo``; None when ``source`` does not hold it (the
         caller has checked that the pusher may read ``source``)."""
-        size = await self.index.blob_size(source, str(digest))
+        size = await self.provenance.pushed_blob(source, str(digest))
         if size is None or not await self.store.exists(digest):
             return None
         await self.blob_pushed(repo, digest, size)
@@ -130,8 +140,7 @@ class HostedRegistry:
                 detail={"digest": str(expected)},
             )
         parsed = await asyncio.to_thread(_parse, body, content_type)
-        missing = await self.index.missing_blobs(repo, parsed.blobs)
-        missing += await self.index.missing_manifests(repo, parsed.manifests)
+        missing = await self.provenance.not_pushed(repo, parsed.blobs, parsed.manifests)
         if missing:
             raise ManifestBlobUnknown(
                 f"the manifest references {missing[0]}, which repository {repo} does not hold "
@@ -154,7 +163,7 @@ class HostedRegistry:
     async def manifest(self, repo: str, reference: str) -> tuple[HostedManifest, bytes]:
         """The manifest a tag or digest names in ``repo``, read and verified."""
         digest = reference if ":" in reference else await self.index.tag(repo, reference)
-        record = await self.index.manifest(repo, digest) if digest else None
+        record = await self.provenance.pushed_manifest(repo, digest) if digest else None
         body = None
         if record is not None:
             try:

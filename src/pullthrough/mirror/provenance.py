@@ -11,6 +11,14 @@ time, verified against D, and
   (c) U answers a HEAD for D in R's scope (an upstream's word counts only about content it
       has shown it has).
 
+Hosted repositories (``mirror.hosted``) add one source, and for them it is the only one:
+
+  (d) the bytes were pushed to R (or mounted into it from a repository the pusher may
+      read) and verified.
+
+A hosted R reads nothing an upstream or another repository brought until it is pushed
+(or mounted) there, even though the file on disk is the same.
+
 Bytes that only another upstream brought are a miss for U, configured or ad hoc: U must
 serve them (the download is the proof; the file on disk stays one) before anyone reads them
 through U. Otherwise a hostile upstream that answers 200 to every HEAD, or names any digest
@@ -30,6 +38,7 @@ from collections.abc import Iterable
 
 from pullthrough.errors import BlobUnknown, ManifestUnknown, RegistryError
 from pullthrough.manifest import upstream_accept
+from pullthrough.store.hosted_index import HostedIndex, HostedManifest
 from pullthrough.store.index import IndexBackend
 from pullthrough.upstream.client import UpstreamClient
 
@@ -48,8 +57,9 @@ class Provenance:
     """Decides whether (upstream, repository) may read a stored digest, and records the
     facts that decide it."""
 
-    def __init__(self, index: IndexBackend) -> None:
+    def __init__(self, index: IndexBackend, hosted: HostedIndex | None = None) -> None:
         self._index = index
+        self._hosted = hosted
         self._readers: OrderedDict[str, set[tuple[str, str]]] = OrderedDict()
 
     async def readable(
@@ -133,6 +143,31 @@ class Provenance:
         """Rule (b) for a stored manifest ``upstream`` named for ``repo`` (by a tag): what
         it references is ``repo``'s too, once ``upstream`` has served those bytes."""
         await self._index.link(upstream, repo, digest, children=references)
+
+    # --- rule (d): hosted repositories ----------------------------------------------------
+
+    async def pushed_blob(self, repo: str, digest: str) -> int | None:
+        """Rule (d) for a blob: its size if it was pushed to (or mounted into) hosted
+        ``repo``, verified; None otherwise."""
+        if self._hosted is None:
+            return None
+        return await self._hosted.blob_size(repo, digest)
+
+    async def pushed_manifest(self, repo: str, digest: str) -> HostedManifest | None:
+        """Rule (d) for a manifest: its record if it was pushed to hosted ``repo``."""
+        if self._hosted is None:
+            return None
+        return await self._hosted.manifest(repo, digest)
+
+    async def not_pushed(
+        self, repo: str, blobs: Iterable[str], manifests: Iterable[str]
+    ) -> list[str]:
+        """What of ``blobs`` and ``manifests`` (a pushed manifest's references) hosted
+        ``repo`` may not read: a manifest can only name what its repository holds."""
+        if self._hosted is None:
+            return [*blobs, *manifests]
+        missing = await self._hosted.missing_blobs(repo, blobs)
+        return missing + await self._hosted.missing_manifests(repo, manifests)
 
     def forget(self, digest: str) -> None:
         """The digest left the store: nothing remembered about it stands."""

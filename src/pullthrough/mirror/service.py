@@ -56,7 +56,8 @@ class Mirror:
             self.index = self.cluster.index
         self.upstreams = Upstreams(config, self.metrics)
         # Who may read which digest: every read path below asks this one object.
-        self.provenance = Provenance(self.index)
+        hosted_index = HostedIndex(config.root / "hosted.db") if config.hosted else None
+        self.provenance = Provenance(self.index, hosted_index)
         self.fetches = Fetches(
             self.store,
             self._blob_stored,
@@ -90,7 +91,8 @@ class Mirror:
             self.hosted = HostedRegistry(
                 config=config.hosted,
                 store=self.store,
-                index=HostedIndex(config.root / "hosted.db"),
+                index=cast(HostedIndex, hosted_index),
+                provenance=self.provenance,
             )
             self.uploads = Uploads(
                 root=config.root,
