@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, rule in enumerate(config.access):
             who = "every client" if rule.users is None else ", ".join(rule.users)
             print(f"mirror.access[{i}]: {who} may pull {', '.join(rule.repositories)}")
-        return 0
+        return _check_policy(config)
     if args.command in commands:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
         try:
@@ -81,6 +81,26 @@ def main(argv: list[str] | None = None) -> int:
     return _run(config)
 
 
+def _check_policy(config: Config) -> int:
+    """Print ``mirror.policy`` as understood, and flag the rules that can never match."""
+    from pullthrough.mirror.policy import Policy, never_matching
+
+    policy = Policy(config.policy)
+    flagged = dict(
+        (rule.index, reason)
+        for rule, reason in never_matching(
+            policy, [u.name for u in config.upstreams], any_upstream=config.allow_any_upstream
+        )
+    )
+    for rule in policy.rules:
+        print(f"{rule.key}: {rule.describe()}")
+        if rule.index in flagged:
+            print(f"warning: {rule.key} can never match: {flagged[rule.index]}", file=sys.stderr)
+    if policy.active:
+        print("mirror.policy: no rule matches: allow")
+    return 0
+
+
 def _run(config: Config) -> int:
     try:
         import uvloop
@@ -92,6 +112,7 @@ def _run(config: Config) -> int:
 async def _serve(config: Config) -> int:
     from pullthrough.server.app import build_app
     from pullthrough.server.identity import hide_server_software
+    from pullthrough.server.routes import MIRROR_KEY
 
     hide_server_software()
     app = build_app(config)
@@ -138,6 +159,16 @@ async def _serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[bool]] = set()
+    policy_file = app[MIRROR_KEY].policy_file
+    if policy_file is not None:
+
+        def reload_policy() -> None:
+            task = loop.create_task(policy_file.reload())
+            reloads.add(task)  # held until done: the loop keeps only weak references
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload_policy)
     await stop.wait()
     log.info("shutting down")
     if debug_runner is not None:

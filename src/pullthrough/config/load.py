@@ -27,6 +27,7 @@ from pullthrough.config.model import (
     StoreLimit,
     UpstreamConfig,
 )
+from pullthrough.config.policy import policy_rules
 from pullthrough.config.redact import shown, validation_message
 from pullthrough.config.schema import Root, _Cluster, apply_env, unknown_keys
 from pullthrough.config.values import (
@@ -60,10 +61,10 @@ def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None 
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
     env_warnings = apply_env(raw, os.environ if environ is None else environ)
-    return _validate(raw, env_warnings)
+    return _validate(raw, env_warnings, Path(path) if path is not None else None)
 
 
-def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
+def _validate(raw: dict[str, Any], warnings: list[str], path: Path | None = None) -> Config:
     try:
         root = Root.model_validate(raw)
     except ValidationError as exc:
@@ -158,6 +159,8 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
         gc_batch=_batch(root.mirror.gc_batch),
         cluster=cluster,
         access=access,
+        policy=policy_rules(root.mirror.policy),
+        path=path,
         outbound_allow=_outbound_allow(root.mirror.outbound.allow),
         adhoc_max=_adhoc_max(root.mirror.adhoc_upstreams.max),
         adhoc_idle=_positive(root.mirror.adhoc_upstreams.idle, "mirror.adhoc_upstreams.idle"),

@@ -143,6 +143,13 @@ class _AccessRule(_Section):
     users: list[str] | None = None
 
 
+class _PolicyRule(_Section):
+    upstream: str | None = None
+    repositories: list[str] | None = None
+    tags: list[str] | None = None
+    action: str | None = None
+
+
 class _Outbound(_Section):
     allow: list[str] = []  # CIDRs, IP addresses or host names the mirror may connect to
 
@@ -155,6 +162,7 @@ class _AdhocUpstreams(_Section):
 class _Mirror(_Section):
     limits: _Limits = _Limits()
     access: list[_AccessRule] = []
+    policy: list[_PolicyRule] = []
     upstreams: list[_Upstream] = []
     default_upstream: str | None = None
     allow_any_upstream: bool = False

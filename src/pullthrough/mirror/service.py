@@ -20,6 +20,8 @@ from pullthrough.mirror.fetch import Fetch
 from pullthrough.mirror.fetches import Fetches
 from pullthrough.mirror.listing import Listing
 from pullthrough.mirror.manifests import ManifestService
+from pullthrough.mirror.policy import Policy, denied
+from pullthrough.mirror.policy_file import PolicyFile, warn_never_matching
 from pullthrough.mirror.provenance import Provenance
 from pullthrough.mirror.scrub import Scrubber
 from pullthrough.mirror.upstreams import Upstreams
@@ -54,6 +56,18 @@ class Mirror:
         self.upstreams = Upstreams(config, self.metrics)
         # Who may read which digest: every read path below asks this one object.
         self.provenance = Provenance(self.index)
+        # What may be mirrored at all (mirror.policy); replaced whole when re-read.
+        self.policy = Policy(config.policy)
+        self.policy_file = (
+            PolicyFile(
+                config.path,
+                self._set_policy,
+                upstreams=tuple(u.name for u in config.upstreams),
+                any_upstream=config.allow_any_upstream,
+            )
+            if config.path is not None
+            else None
+        )
         self.fetches = Fetches(
             self.store,
             self._blob_stored,
@@ -116,6 +130,13 @@ class Mirror:
         ]
         if self.config.allow_any_upstream:
             self._background.append(loop.create_task(self._reclaim_forever()))
+        if self.policy_file is not None:
+            self._background.append(loop.create_task(self.policy_file.watch()))
+        warn_never_matching(
+            self.policy,
+            tuple(u.name for u in self.config.upstreams),
+            any_upstream=self.config.allow_any_upstream,
+        )
         if self.scrubber is not None:
             self._background.append(loop.create_task(self.scrubber.run_forever()))
 
@@ -129,6 +150,46 @@ class Mirror:
         await self.index.close()
         if self.cluster is not None:
             await self.cluster.stop()
+
+    async def permit(
+        self,
+        upstream: str,
+        repo: str,
+        name: str,
+        *,
+        tag: str | None = None,
+        digest: str | None = None,
+    ) -> None:
+        """Raises Denied when ``mirror.policy`` does not let ``repo`` of ``upstream`` be
+        mirrored (``tag``: a manifest by tag; ``digest``: a manifest by digest, which
+        must have been reached through an allowed tag when tag rules apply). Asked
+        before the store or the upstream is: a denied request costs the upstream nothing."""
+        policy = self.policy
+        if not policy.active:
+            return
+        if tag is not None:
+            policy.check_tag(upstream, repo, tag, name)
+            return
+        policy.check_repository(upstream, repo, name)
+        rule = policy.first_tag_rule(upstream, repo) if digest is not None else None
+        if digest is None or rule is None:
+            return
+        reached = await self.provenance.reached_through(
+            upstream,
+            repo,
+            digest,
+            tag_allowed=lambda t: policy.tag_allowed(upstream, repo, t),
+            listed_by=self.manifests.listed_by,
+        )
+        if not reached:
+            raise denied(
+                f"manifest {digest} of {upstream}/{repo}, not reached through an allowed tag,",
+                rule,
+                name,
+            )
+
+    def _set_policy(self, policy: Policy) -> None:
+        self.policy = policy
 
     async def _blob_stored(self, fetch: Fetch) -> None:
         await self.provenance.served(
