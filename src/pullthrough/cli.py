@@ -27,7 +27,11 @@ COMMANDS = {
     "du": "store size by upstream and repository, and on disk (--json)",
     "verify": "re-hash every stored object; --repair removes corrupt ones",
     "warm": "prefetch images into the cache (directly, or through a running --mirror)",
+    "offline": "switch an upstream off (serve only what is cached) or on: UPSTREAM on|off",
 }
+# Commands whose module is not named after them (commands.offline opens the store for the
+# others: it is about running without the server, not about the offline switch).
+_MODULES = {"offline": "offline_switch"}
 
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs "%{User-Agent}i"'
 
@@ -42,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("config", nargs="?", help="distribution-style config.yml (optional)")
     check = sub.add_parser("check", help="validate a config file without serving")
     check.add_argument("config", help="distribution-style config.yml")
-    commands = {name: importlib.import_module(f"pullthrough.commands.{name}") for name in COMMANDS}
+    commands = {
+        name: importlib.import_module(f"pullthrough.commands.{_MODULES.get(name, name)}")
+        for name in COMMANDS
+    }
     for name, module in commands.items():
         command = sub.add_parser(name, help=COMMANDS[name])
         command.add_argument("config", nargs="?", help="distribution-style config.yml (optional)")

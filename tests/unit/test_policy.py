@@ -159,3 +159,4 @@ def test_check_prints_the_rules_as_understood_and_flags_never_matching_ones(
     assert "warning: mirror.policy[3] can never match: every request it matches is decided " \
         "by mirror.policy[1]" in err
     assert "mirror.policy[0] can never" not in err
+

@@ -12,6 +12,7 @@ Keys (all under ``pullthrough:``; ``U|R`` is an upstream and a repository):
 - ``repos|U`` set of repositories linked on U; ``upstreams`` set of upstream names
 - ``tag|U|R|T`` hash: media type → ``digest checked``; ``tags|U|R`` set of tags;
   ``tagged`` set of ``U|R`` with tags; ``tagsof|D`` set of ``U|R|T`` pointing at D
+- ``offline`` hash: upstream → ``1`` or ``0`` as ``pullthrough offline`` last set it
 
 Writes that must agree with each other (sizes and totals, removal with its links and
 tags) are Lua scripts. When Redis is unreachable the index degrades instead of failing
@@ -130,6 +131,7 @@ class RedisIndex:
         self._links: _Recent[tuple[str, str, str], bool] = _Recent(REMEMBERED)
         self._served: _Recent[tuple[str, str], bool] = _Recent(REMEMBERED)
         self._tags: _Recent[tuple[str, str, str], list[TagRecord]] = _Recent(REMEMBERED)
+        self._offline: dict[str, bool] = {}  # as last read: kept while Redis is away
 
     async def _call(self, operation: Callable[[Any], Awaitable[T]]) -> T:
         return await self._c.call(operation)
@@ -451,6 +453,24 @@ class RedisIndex:
 
     async def integrity_check(self) -> str:
         return "ok" if await self._c.ping() else "redis unreachable"
+
+    # --- operator switches -----------------------------------------------------------
+
+    async def offline_switches(self) -> dict[str, bool]:
+        """``pullthrough offline`` as last set per upstream, for every replica; while Redis
+        is away, as last read (a switch must not flip because Redis is gone)."""
+        found: dict[str, str] | None = await self._soft(
+            "offline switches", lambda r: r.hgetall(key("offline")), None
+        )
+        if found is not None:
+            # Untrusted: anything but "1" or "0" is no switch at all.
+            self._offline = {
+                str(name): value == "1" for name, value in found.items() if value in ("0", "1")
+            }
+        return dict(self._offline)
+
+    async def switch_offline(self, upstream: str, offline: bool) -> None:
+        await self._call(lambda r: r.hset(key("offline"), upstream, "1" if offline else "0"))
 
 
 def _count(text: str) -> int | None:

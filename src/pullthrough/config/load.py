@@ -377,6 +377,7 @@ def _upstreams(root: Root) -> tuple[UpstreamConfig, ...]:
             stall_budget=budget,
             tag_freshness=freshness,
             max_downloads=downloads,
+            offline=proxy.offline,
         )
     ]
     for i, entry in enumerate(mirror.upstreams):
@@ -421,6 +422,7 @@ def _upstreams(root: Root) -> tuple[UpstreamConfig, ...]:
                 max_downloads=downloads
                 if entry.upstream_max_downloads is None
                 else _max_downloads(entry.upstream_max_downloads, f"{key}.upstream_max_downloads"),
+                offline=entry.offline,
             )
         )
     return tuple(found)

@@ -30,6 +30,8 @@ class UpstreamConfig:
     stall_budget: float = 25.0
     tag_freshness: float = 0.0
     max_downloads: int = 64  # blob downloads from it at once; beyond: 503 + Retry-After
+    # Never contacted: only what is cached is served (``pullthrough offline`` flips it).
+    offline: bool = False
 
     @property
     def is_docker_hub(self) -> bool:

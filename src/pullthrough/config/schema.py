@@ -99,6 +99,7 @@ class _Proxy(_Section):
     username: str | None = None
     password: str | None = None
     ttl: Any = None
+    offline: bool = False  # pullthrough's: never contact it, serve only what is cached
 
 
 class _Upstream(_Section):
@@ -113,6 +114,7 @@ class _Upstream(_Section):
     upstream_max_downloads: int | None = None
     upstream_stall_timeout: Any = None
     upstream_stall_budget: Any = None
+    offline: bool = False
 
 
 class _Redis(_Section):

@@ -20,6 +20,7 @@ from pullthrough.mirror.fetch import Fetch
 from pullthrough.mirror.fetches import Fetches
 from pullthrough.mirror.listing import Listing
 from pullthrough.mirror.manifests import ManifestService
+from pullthrough.mirror.offline import OfflineSwitches
 from pullthrough.mirror.policy import Policy, denied
 from pullthrough.mirror.policy_file import PolicyFile, warn_never_matching
 from pullthrough.mirror.provenance import Provenance
@@ -54,6 +55,7 @@ class Mirror:
             )
             self.index = self.cluster.index
         self.upstreams = Upstreams(config, self.metrics)
+        self.offline = OfflineSwitches(index=self.index, upstreams=self.upstreams)
         # Who may read which digest: every read path below asks this one object.
         self.provenance = Provenance(self.index)
         # What may be mirrored at all (mirror.policy); replaced whole when re-read.
@@ -123,8 +125,10 @@ class Mirror:
         else:
             await self.cluster.start()  # the shared temp directory is not emptied
         await self.index.open()
+        await self.offline.apply()  # a switch set while this server was down holds from the start
         loop = asyncio.get_running_loop()
         self._background = [
+            loop.create_task(self.offline.run_forever()),
             loop.create_task(self._flush_forever()),
             loop.create_task(self.sweeper.run_forever(self.config.gc_interval)),
         ]
