@@ -28,10 +28,18 @@ COMMANDS = {
     "verify": "re-hash every stored object; --repair removes corrupt ones",
     "warm": "prefetch images into the cache (directly, or through a running --mirror)",
     "offline": "switch an upstream off (serve only what is cached) or on: UPSTREAM on|off",
+    "pin": "keep IMAGE (tag globs allowed: alpine:3.*) for good: never evicted",
+    "unpin": "stop keeping IMAGE for good (pins made by pullthrough pin)",
+    "pins": "list pinned images (mirror.pins and pullthrough pin)",
 }
 # Commands whose module is not named after them (commands.offline opens the store for the
 # others: it is about running without the server, not about the offline switch).
-_MODULES = {"offline": "offline_switch"}
+_MODULES = {
+    "offline": "offline_switch",
+    "pin": "pinning",
+    "unpin": "pinning",
+    "pins": "pinning",
+}
 
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs "%{User-Agent}i"'
 

@@ -13,6 +13,7 @@ Keys (all under ``pullthrough:``; ``U|R`` is an upstream and a repository):
 - ``tag|U|R|T`` hash: media type → ``digest checked``; ``tags|U|R`` set of tags;
   ``tagged`` set of ``U|R`` with tags; ``tagsof|D`` set of ``U|R|T`` pointing at D
 - ``offline`` hash: upstream → ``1`` or ``0`` as ``pullthrough offline`` last set it
+- ``pins`` set of ``U|R|T`` (T a tag glob) as ``pullthrough pin`` set them
 
 Writes that must agree with each other (sizes and totals, removal with its links and
 tags) are Lua scripts. When Redis is unreachable the index degrades instead of failing
@@ -468,6 +469,26 @@ class RedisIndex:
                 str(name): value == "1" for name, value in found.items() if value in ("0", "1")
             }
         return dict(self._offline)
+
+    async def pins(self) -> list[tuple[str, str, str]]:
+        """``pullthrough pin`` as set. Read strictly (an exception when Redis is away):
+        eviction must not take an unreadable pin list for an empty one."""
+        found: set[str] = await self._call(lambda r: r.smembers(key("pins")))
+        out = []
+        for member in sorted(found):
+            parts = str(member).split("|")
+            if len(parts) == 3 and all(parts):
+                out.append((parts[0], parts[1], parts[2]))
+            else:
+                log.warning("ignoring a malformed pin in redis: %r", str(member)[:200])
+        return out
+
+    async def pin(self, upstream: str, repo: str, tag: str) -> None:
+        await self._call(lambda r: r.sadd(key("pins"), f"{upstream}|{repo}|{tag}"))
+
+    async def unpin(self, upstream: str, repo: str, tag: str) -> bool:
+        removed = await self._call(lambda r: r.srem(key("pins"), f"{upstream}|{repo}|{tag}"))
+        return bool(removed)
 
     async def switch_offline(self, upstream: str, offline: bool) -> None:
         await self._call(lambda r: r.hset(key("offline"), upstream, "1" if offline else "0"))

@@ -27,7 +27,7 @@ from pullthrough.config.model import (
     StoreLimit,
     UpstreamConfig,
 )
-from pullthrough.config.policy import policy_rules
+from pullthrough.config.policy import pins, policy_rules
 from pullthrough.config.redact import shown, validation_message
 from pullthrough.config.schema import Root, _Cluster, apply_env, unknown_keys
 from pullthrough.config.values import (
@@ -160,6 +160,7 @@ def _validate(raw: dict[str, Any], warnings: list[str], path: Path | None = None
         cluster=cluster,
         access=access,
         policy=policy_rules(root.mirror.policy),
+        pins=pins(root.mirror.pins, {u.name for u in upstreams}),
         path=path,
         outbound_allow=_outbound_allow(root.mirror.outbound.allow),
         adhoc_max=_adhoc_max(root.mirror.adhoc_upstreams.max),

@@ -123,6 +123,19 @@ class PolicyRule:
 
 
 @dataclass(frozen=True, slots=True)
+class Pin:
+    """Tags kept for good (``mirror.pins``, or ``pullthrough pin``): the manifests they
+    resolve to and everything those reference are never evicted. ``tag`` is a glob."""
+
+    upstream: str
+    repository: str
+    tag: str
+
+    def __str__(self) -> str:
+        return f"{self.upstream}/{self.repository}:{self.tag}"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything the running mirror needs, typed and validated."""
 
@@ -152,6 +165,7 @@ class Config:
     cluster: ClusterConfig | None = None  # None: one process, SQLite index
     access: tuple[AccessRule, ...] = ()  # mirror.access; empty: no per-repository rules
     policy: tuple[PolicyRule, ...] = ()  # mirror.policy; empty: everything may be mirrored
+    pins: tuple[Pin, ...] = ()  # mirror.pins: one per (upstream, repository, tag glob)
     path: Path | None = None  # the file this was read from (re-read for mirror.policy)
     outbound_allow: tuple[str, ...] = ()  # mirror.outbound.allow: non-public hosts allowed
     adhoc_max: int = 64  # mirror.adhoc_upstreams.max: ad-hoc upstream slots at once

@@ -1,4 +1,5 @@
-"""``mirror.policy``: what may be mirrored, read into PolicyRules with errors naming the key.
+"""``mirror.policy`` (what may be mirrored) and ``mirror.pins`` (what is kept for good), read
+into PolicyRules and Pins with errors naming the key.
 
 Only the shape is checked here (names, globs, actions); which rules can never match is
 ``pullthrough.mirror.policy``'s question, asked by ``pullthrough check`` and at start.
@@ -8,8 +9,8 @@ from __future__ import annotations
 
 import re
 
-from pullthrough.config.model import DOCKER_HUB_NAME, PolicyRule
-from pullthrough.config.schema import _PolicyRule
+from pullthrough.config.model import DOCKER_HUB_NAME, Pin, PolicyRule
+from pullthrough.config.schema import _Pin, _PolicyRule
 from pullthrough.config.values import ConfigError
 
 ACTIONS = ("allow", "deny")
@@ -57,6 +58,38 @@ def _rule(i: int, entry: _PolicyRule) -> PolicyRule:
             )
         tags = tuple(_tag(f"{key}.tags[{j}]", glob) for j, glob in enumerate(entry.tags))
     return PolicyRule(i, upstream, repositories, tags, action)
+
+
+def pins(entries: list[_Pin], upstreams: set[str]) -> tuple[Pin, ...]:
+    """Every ``mirror.pins`` entry, one Pin per tag glob."""
+    found: list[Pin] = []
+    for i, entry in enumerate(entries):
+        key = f"mirror.pins[{i}]"
+        found.extend(pin_entry(key, entry.upstream, entry.repository, entry.tags, upstreams))
+    return tuple(dict.fromkeys(found))
+
+
+def pin_entry(
+    key: str,
+    upstream: str | None,
+    repository: str | None,
+    tags: list[str] | None,
+    upstreams: set[str],
+) -> list[Pin]:
+    """One pin as given (config or ``pullthrough pin``), checked: a configured upstream, a
+    repository name (no globs: a pin names what it keeps), tag globs."""
+    name = (upstream or "").strip().lower()
+    if name not in upstreams:
+        raise ConfigError(
+            f"{key}.upstream: expected a configured upstream ({', '.join(sorted(upstreams))}), "
+            f"got {upstream!r}"
+        )
+    if not repository or "*" in repository:
+        raise ConfigError(f"{key}.repository: required, a repository name such as library/alpine")
+    repo = _repository(f"{key}.repository", repository, hub=name == DOCKER_HUB_NAME)
+    if not tags:
+        raise ConfigError(f'{key}.tags: required, a list of tag patterns such as ["3.*"]')
+    return [Pin(name, repo, _tag(f"{key}.tags[{j}]", t)) for j, t in enumerate(tags)]
 
 
 def _repository(key: str, pattern: str, *, hub: bool) -> str:

@@ -152,6 +152,12 @@ class _PolicyRule(_Section):
     action: str | None = None
 
 
+class _Pin(_Section):
+    upstream: str | None = None
+    repository: str | None = None
+    tags: list[str] | None = None
+
+
 class _Outbound(_Section):
     allow: list[str] = []  # CIDRs, IP addresses or host names the mirror may connect to
 
@@ -165,6 +171,7 @@ class _Mirror(_Section):
     limits: _Limits = _Limits()
     access: list[_AccessRule] = []
     policy: list[_PolicyRule] = []
+    pins: list[_Pin] = []
     upstreams: list[_Upstream] = []
     default_upstream: str | None = None
     allow_any_upstream: bool = False

@@ -224,6 +224,8 @@ class Mirror:
     def _swept(self, report: SweepReport) -> None:
         self.metrics.store_objects.set(report.objects)
         self.metrics.store_bytes.set(report.stored_bytes)
+        self.metrics.pinned_bytes.set(report.pinned_bytes)
+        self.metrics.pins_over_limit.set(int(self.sweeper.pins_over_limit))
 
     async def _reclaim_forever(self) -> None:
         """Give back idle ad-hoc upstream slots and close their connections, also when no
