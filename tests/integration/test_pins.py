@@ -89,8 +89,12 @@ def test_pins_survive_a_maxsize_squeeze_that_evicts_everything_else(
     listed = pullthrough("pins", str(mirror.config_path)).stdout
     assert "docker.io/library/oci-small:v1\tpullthrough pin" in listed
     assert "docker.io/library/multi:v*\tmirror.pins" in listed
+    # Over maxsize with nothing to evict, new content is not kept, pinned content is: once
+    # a sweep has seen the pinned manifest (every second here), its blobs are kept.
     pull_dir(other.on(mirror.host), tmp_path / "again")
-    time.sleep(3)  # three sweeps
+    time.sleep(2)
+    pull_dir(other.on(mirror.host), tmp_path / "twice")
+    time.sleep(2)
     both = everything(pinned) | everything(other)
     assert set(mirror.stored_files()) == both
     assert "pinned content alone" in mirror.log_text()
@@ -115,3 +119,19 @@ def test_pins_survive_the_ttl(
     pull_dir(pinned.on(mirror.host), tmp_path / "pinned", all=True)  # every platform
     pull_dir(other.on(mirror.host), tmp_path / "other")
     assert wait_stored(mirror, everything(pinned)) == everything(pinned)
+
+
+def test_gc_from_the_command_line_keeps_pins(
+    mirror_factory, upstream_proxy: RecordingProxy, images: ImageSet, tmp_path: Path
+) -> None:
+    pinned, other = images.multi, images.oci_small
+    mirror: MirrorProcess = mirror_factory(
+        upstream_proxy.url,
+        # The server does not sweep in this test: only pullthrough gc does.
+        config={"proxy": {"ttl": "1s"}, "mirror": {"gc_interval": "1h", **PIN_MULTI}},
+    )
+    pull_dir(pinned.on(mirror.host), tmp_path / "pinned", all=True)
+    pull_dir(other.on(mirror.host), tmp_path / "other")
+    time.sleep(6)  # past the TTL, and past the server's access-time flush (5 s)
+    pullthrough("gc", str(mirror.config_path))
+    assert set(mirror.stored_files()) == everything(pinned)

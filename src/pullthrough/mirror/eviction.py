@@ -99,6 +99,7 @@ class Sweeper:
         self.on_swept = on_swept
         # Digests never evicted; counted toward the limit all the same.
         self.pinned = pinned
+        self.pinned_now: set[str] = set()  # as the last pass found them
         self.pins_over_limit = False
         self.turns = turns
         self.store = store
@@ -186,6 +187,7 @@ class Sweeper:
         # Read first: a pin list that cannot be read fails the pass (nothing is removed)
         # rather than counting as no pins.
         pinned = await self.pinned() if self.pinned is not None else set()
+        self.pinned_now = pinned
         budget = self.batch
         now = self.clock()
         positive = [t for t in [*self.ttls.values(), self.default_ttl] if t > 0]

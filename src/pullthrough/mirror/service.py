@@ -77,7 +77,8 @@ class Mirror:
             drive=self.cluster.fetches(self.provenance).run if self.cluster else None,
         )
         # Over mirror.maxsize with nothing left to evict: new fetches keep nothing.
-        self.fetches.keep = lambda: not self.sweeper.full
+        # Pinned content is kept all the same: the operator asked for it to be kept for good.
+        self.fetches.keep = lambda d: not self.sweeper.full or str(d) in self.sweeper.pinned_now
         # Listing is annotated with the SQLite Index; it uses only what IndexBackend
         # declares, which the Redis index implements as well.
         self.blobs = BlobService(
