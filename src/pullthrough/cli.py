@@ -81,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         for i, rule in enumerate(config.access):
             who = "every client" if rule.users is None else ", ".join(rule.users)
             print(f"mirror.access[{i}]: {who} may pull {', '.join(rule.repositories)}")
+        for upstream in config.upstreams:
+            if upstream.offline:
+                print(f"upstream {upstream.name} starts offline (pullthrough offline switches it)")
+        for pin in config.pins:
+            print(f"mirror.pins: {pin} is kept for good")
         return _check_policy(config)
     if args.command in commands:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")

@@ -49,3 +49,20 @@ def test_a_bad_pin_is_an_error_naming_its_key(tmp_path: Path, entry: dict, key: 
     with pytest.raises(ConfigError) as err:
         _load(tmp_path, [entry])
     assert str(err.value).startswith(f"{key}:"), str(err.value)
+
+
+def test_check_prints_pins_and_offline_upstreams(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pullthrough.cli import main
+
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump({"version": 0.1, "mirror": {
+        "pins": [{"upstream": "docker.io", "repository": "alpine", "tags": ["3.*"]}],
+        "upstreams": [{"name": "ghcr.io", "remoteurl": "https://ghcr.io", "offline": True}],
+    }}))
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "mirror.pins: docker.io/library/alpine:3.* is kept for good" in out
+    assert "upstream ghcr.io starts offline" in out
+    assert "upstream docker.io starts offline" not in out
