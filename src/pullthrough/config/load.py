@@ -28,6 +28,7 @@ from pullthrough.config.model import (
     StoreLimit,
     UpstreamConfig,
 )
+from pullthrough.config.policy import pins, policy_rules
 from pullthrough.config.redact import shown, validation_message
 from pullthrough.config.schema import Root, _Cluster, apply_env, unknown_keys
 from pullthrough.config.values import (
@@ -61,10 +62,10 @@ def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None 
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
     env_warnings = apply_env(raw, os.environ if environ is None else environ)
-    return _validate(raw, env_warnings)
+    return _validate(raw, env_warnings, Path(path) if path is not None else None)
 
 
-def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
+def _validate(raw: dict[str, Any], warnings: list[str], path: Path | None = None) -> Config:
     try:
         root = Root.model_validate(raw)
     except ValidationError as exc:
@@ -160,6 +161,9 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
         gc_batch=_batch(root.mirror.gc_batch),
         cluster=cluster,
         access=access,
+        policy=policy_rules(root.mirror.policy),
+        pins=pins(root.mirror.pins, {u.name for u in upstreams}),
+        path=path,
         outbound_allow=_outbound_allow(root.mirror.outbound.allow),
         adhoc_max=_adhoc_max(root.mirror.adhoc_upstreams.max),
         adhoc_idle=_positive(root.mirror.adhoc_upstreams.idle, "mirror.adhoc_upstreams.idle"),
@@ -436,6 +440,7 @@ def _upstreams(root: Root) -> tuple[UpstreamConfig, ...]:
             stall_budget=budget,
             tag_freshness=freshness,
             max_downloads=downloads,
+            offline=proxy.offline,
         )
     ]
     for i, entry in enumerate(mirror.upstreams):
@@ -480,6 +485,7 @@ def _upstreams(root: Root) -> tuple[UpstreamConfig, ...]:
                 max_downloads=downloads
                 if entry.upstream_max_downloads is None
                 else _max_downloads(entry.upstream_max_downloads, f"{key}.upstream_max_downloads"),
+                offline=entry.offline,
             )
         )
     return tuple(found)

@@ -104,6 +104,7 @@ class _Proxy(_Section):
     username: str | None = None
     password: str | None = None
     ttl: Any = None
+    offline: bool = False  # pullthrough's: never contact it, serve only what is cached
 
 
 class _Upstream(_Section):
@@ -118,6 +119,7 @@ class _Upstream(_Section):
     upstream_max_downloads: int | None = None
     upstream_stall_timeout: Any = None
     upstream_stall_budget: Any = None
+    offline: bool = False
 
 
 class _Redis(_Section):
@@ -156,6 +158,19 @@ class _Hosted(_Section):
     max_uploads_per_client: int = 100  # open upload sessions per client address
 
 
+class _PolicyRule(_Section):
+    upstream: str | None = None
+    repositories: list[str] | None = None
+    tags: list[str] | None = None
+    action: str | None = None
+
+
+class _Pin(_Section):
+    upstream: str | None = None
+    repository: str | None = None
+    tags: list[str] | None = None
+
+
 class _Outbound(_Section):
     allow: list[str] = []  # CIDRs, IP addresses or host names the mirror may connect to
 
@@ -168,6 +183,8 @@ class _AdhocUpstreams(_Section):
 class _Mirror(_Section):
     limits: _Limits = _Limits()
     access: list[_AccessRule] = []
+    policy: list[_PolicyRule] = []
+    pins: list[_Pin] = []
     upstreams: list[_Upstream] = []
     default_upstream: str | None = None
     allow_any_upstream: bool = False

@@ -28,6 +28,7 @@ from pullthrough.errors import (
     UpstreamUnavailable,
 )
 from pullthrough.manifest import (
+    INDEX_TYPES,
     NO_CHILDREN,
     Children,
     NotAManifest,
@@ -174,6 +175,14 @@ class ManifestService:
             return Manifest(
                 local.digest, local.media_type, local.body, stale=True, children=local.children
             )
+
+    async def listed_by(self, digest: str, media_type: str) -> tuple[str, ...]:
+        """The manifests a stored index (or manifest list) lists in its ``manifests``
+        field; nothing for any other type or when it is no longer stored."""
+        if media_type not in INDEX_TYPES:
+            return ()
+        manifest = await self._stored(digest, media_type)
+        return manifest.children.manifests if manifest is not None else ()
 
     async def _confirm(
         self, upstream: UpstreamClient, repo: str, tag: str, wanted: tuple[str, ...]

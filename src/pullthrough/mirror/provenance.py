@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import enum
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from pullthrough.errors import BlobUnknown, ManifestUnknown, RegistryError
 from pullthrough.manifest import upstream_accept
@@ -168,6 +168,34 @@ class Provenance:
             return [*blobs, *manifests]
         missing = await self._hosted.missing_blobs(repo, blobs)
         return missing + await self._hosted.missing_manifests(repo, manifests)
+
+    async def reached_through(
+        self,
+        upstream: str,
+        repo: str,
+        digest: str,
+        *,
+        tag_allowed: Callable[[str], bool],
+        listed_by: Callable[[str, str], Awaitable[tuple[str, ...]]],
+    ) -> bool:
+        """Whether the index says a tag of ``repo`` that ``tag_allowed`` accepts reached
+        the manifest ``digest``: the tag resolved to it, or to an index (or manifest list)
+        whose ``manifests`` field lists it. ``listed_by(digest, media_type)`` gives the
+        manifests a stored manifest lists (nothing for an image manifest). ``mirror.policy``
+        asks this so that a pull by digest does not get around a tag it denies."""
+        reached: list[tuple[str, str]] = []
+        for tag in await self._index.tags(upstream, repo):
+            if not tag_allowed(tag):
+                continue
+            for record in await self._index.tag(upstream, repo, tag):
+                if record.digest == digest:
+                    return True
+                reached.append((record.digest, record.media_type))
+        # Only then read stored indexes: most digests asked for are a tag's own resolution.
+        for parent, media_type in reached:
+            if digest in await listed_by(parent, media_type):
+                return True
+        return False
 
     def forget(self, digest: str) -> None:
         """The digest left the store: nothing remembered about it stands."""

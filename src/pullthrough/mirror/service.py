@@ -22,6 +22,9 @@ from pullthrough.mirror.fetch import Fetch
 from pullthrough.mirror.fetches import Fetches
 from pullthrough.mirror.listing import Listing
 from pullthrough.mirror.manifests import ManifestService
+from pullthrough.mirror.offline import OfflineSwitches
+from pullthrough.mirror.policy import Policy, denied
+from pullthrough.mirror.policy_file import PolicyFile, warn_never_matching
 from pullthrough.mirror.provenance import Provenance
 from pullthrough.mirror.scrub import Scrubber
 from pullthrough.mirror.upstreams import Upstreams
@@ -55,9 +58,22 @@ class Mirror:
             )
             self.index = self.cluster.index
         self.upstreams = Upstreams(config, self.metrics)
+        self.offline = OfflineSwitches(index=self.index, upstreams=self.upstreams)
         # Who may read which digest: every read path below asks this one object.
         hosted_index = HostedIndex(config.root / "hosted.db") if config.hosted else None
         self.provenance = Provenance(self.index, hosted_index)
+        # What may be mirrored at all (mirror.policy); replaced whole when re-read.
+        self.policy = Policy(config.policy)
+        self.policy_file = (
+            PolicyFile(
+                config.path,
+                self._set_policy,
+                upstreams=tuple(u.name for u in config.upstreams),
+                any_upstream=config.allow_any_upstream,
+            )
+            if config.path is not None
+            else None
+        )
         self.fetches = Fetches(
             self.store,
             self._blob_stored,
@@ -65,7 +81,8 @@ class Mirror:
             drive=self.cluster.fetches(self.provenance).run if self.cluster else None,
         )
         # Over mirror.maxsize with nothing left to evict: new fetches keep nothing.
-        self.fetches.keep = lambda: not self.sweeper.full
+        # Pinned content is kept all the same: the operator asked for it to be kept for good.
+        self.fetches.keep = lambda d: not self.sweeper.full or str(d) in self.sweeper.pinned_now
         # Listing is annotated with the SQLite Index; it uses only what IndexBackend
         # declares, which the Redis index implements as well.
         self.blobs = BlobService(
@@ -133,13 +150,22 @@ class Mirror:
             # Before the sweeper's first pass: it must know what is kept.
             await asyncio.to_thread(self.uploads.prepare)
             await self.hosted.start()
+        await self.offline.apply()  # a switch set while this server was down holds from the start
         loop = asyncio.get_running_loop()
         self._background = [
+            loop.create_task(self.offline.run_forever()),
             loop.create_task(self._flush_forever()),
             loop.create_task(self.sweeper.run_forever(self.config.gc_interval)),
         ]
         if self.config.allow_any_upstream:
             self._background.append(loop.create_task(self._reclaim_forever()))
+        if self.policy_file is not None:
+            self._background.append(loop.create_task(self.policy_file.watch()))
+        warn_never_matching(
+            self.policy,
+            tuple(u.name for u in self.config.upstreams),
+            any_upstream=self.config.allow_any_upstream,
+        )
         if self.scrubber is not None:
             self._background.append(loop.create_task(self.scrubber.run_forever()))
         if self.uploads is not None:
@@ -175,6 +201,46 @@ class Mirror:
             except Exception:  # try again next time
                 log.exception("removing idle upload sessions failed")
 
+    async def permit(
+        self,
+        upstream: str,
+        repo: str,
+        name: str,
+        *,
+        tag: str | None = None,
+        digest: str | None = None,
+    ) -> None:
+        """Raises Denied when ``mirror.policy`` does not let ``repo`` of ``upstream`` be
+        mirrored (``tag``: a manifest by tag; ``digest``: a manifest by digest, which
+        must have been reached through an allowed tag when tag rules apply). Asked
+        before the store or the upstream is: a denied request costs the upstream nothing."""
+        policy = self.policy
+        if not policy.active:
+            return
+        if tag is not None:
+            policy.check_tag(upstream, repo, tag, name)
+            return
+        policy.check_repository(upstream, repo, name)
+        rule = policy.first_tag_rule(upstream, repo) if digest is not None else None
+        if digest is None or rule is None:
+            return
+        reached = await self.provenance.reached_through(
+            upstream,
+            repo,
+            digest,
+            tag_allowed=lambda t: policy.tag_allowed(upstream, repo, t),
+            listed_by=self.manifests.listed_by,
+        )
+        if not reached:
+            raise denied(
+                f"manifest {digest} of {upstream}/{repo}, not reached through an allowed tag,",
+                rule,
+                name,
+            )
+
+    def _set_policy(self, policy: Policy) -> None:
+        self.policy = policy
+
     async def _blob_stored(self, fetch: Fetch) -> None:
         await self.provenance.served(
             fetch.upstream.name, fetch.repo, str(fetch.digest), fetch.written
@@ -204,6 +270,8 @@ class Mirror:
     def _swept(self, report: SweepReport) -> None:
         self.metrics.store_objects.set(report.objects)
         self.metrics.store_bytes.set(report.stored_bytes)
+        self.metrics.pinned_bytes.set(report.pinned_bytes)
+        self.metrics.pins_over_limit.set(int(self.sweeper.pins_over_limit))
 
     async def _reclaim_forever(self) -> None:
         """Give back idle ad-hoc upstream slots and close their connections, also when no

@@ -75,7 +75,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
             )
         request[KIND_KEY] = kind
         params = match.groupdict()
-        request[USER_KEY] = await _authorize(request, kind, params.get("name"))
+        request[USER_KEY] = await _authorize(request, kind, params)
         handler = _HANDLERS[kind]
         return await handler(request, params)
     raise NotFound(f"no such endpoint: {path[:200]}")
@@ -120,13 +120,14 @@ async def _authorize_hosted(
     return user
 
 
-async def _authorize(request: web.Request, kind: str, name: str | None) -> str | None:
+async def _authorize(request: web.Request, kind: str, params: dict[str, str]) -> str | None:
     """Who the client is, once ``auth:`` and ``mirror.access`` let it at the request's
     target. A named request is decided on the resolved (upstream, repository), after
     ``?ns=``, path prefixes and Docker Hub's ``library/``, so that a grant for ``acme/app``
     on the default upstream does not read another upstream's ``acme/app`` through
     ``?ns=``. An ad-hoc upstream's slot is taken only after both said yes."""
     auth = request.app[AUTH_KEY]
+    name = params.get("name")
     if name is None:
         return await auth.authorize(request, kind, None)
     mirror = request.app[MIRROR_KEY]
@@ -144,9 +145,28 @@ async def _authorize(request: web.Request, kind: str, name: str | None) -> str |
             f"{found.upstream.name}/{found.repo} (mirror.access)",
             detail={"name": name},
         )
+    # The operator's mirror.policy, before any slot, store read or upstream request.
+    await _permit(mirror, kind, params, found.upstream.name, found.repo, name)
     # Only now may an ad-hoc upstream take a slot: a client that may not pull never does.
     request[ROUTE_KEY] = route(mirror, found)
     return user
+
+
+async def _permit(
+    mirror: Mirror, kind: str, params: dict[str, str], upstream: str, repo: str, name: str
+) -> None:
+    """Raises Denied when ``mirror.policy`` does not let the request's target be mirrored."""
+    if not mirror.policy.active:
+        return
+    if kind == "manifest":
+        ref = params["ref"]
+        if is_digest(ref):
+            digest = str(parse_digest(ref))
+            await mirror.permit(upstream, repo, name, digest=digest)
+        else:
+            await mirror.permit(upstream, repo, name, tag=validate_tag(ref))
+        return
+    await mirror.permit(upstream, repo, name)
 
 
 async def base(request: web.Request, _: dict[str, str]) -> web.StreamResponse:
