@@ -17,6 +17,7 @@ from pullthrough.config import Config, ConfigError, load
 from pullthrough.logs import setup as setup_logging
 from pullthrough.server.disconnects import DISCONNECTS_KEY
 from pullthrough.server.limits import ConnectionGuard
+from pullthrough.server.reload import reload
 
 log = logging.getLogger("pullthrough")
 
@@ -100,6 +101,8 @@ async def _serve(config: Config) -> int:
         access_log_format=ACCESS_LOG_FORMAT,
         access_log=logging.getLogger("aiohttp.access") if config.accesslog else None,
         handle_signals=False,
+        # SIGTERM: transfers in flight get this long to finish, then they are cut off.
+        shutdown_timeout=config.drain_timeout,
         keepalive_timeout=config.limits.idle_timeout,
         max_line_size=config.limits.max_line_size,
         max_field_size=config.limits.max_field_size,
@@ -114,11 +117,12 @@ async def _serve(config: Config) -> int:
     assert runner.server is not None
     guard = ConnectionGuard(runner.server, config.limits, app[DISCONNECTS_KEY])
     guard.start()
+    tls = config.ssl_context()
     site = web.TCPSite(
         runner,
         host=config.host,
         port=config.port,
-        ssl_context=config.ssl_context(),
+        ssl_context=tls,
         reuse_address=True,
         backlog=1024,
     )
@@ -138,8 +142,16 @@ async def _serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()  # held so a reload is not garbage-collected
+
+    def on_hup() -> None:
+        task = asyncio.ensure_future(reload(config, tls))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
-    log.info("shutting down")
+    log.info("shutting down: draining transfers in flight for up to %gs", config.drain_timeout)
     if debug_runner is not None:
         await debug_runner.cleanup()
     await guard.stop()
