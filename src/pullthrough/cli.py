@@ -27,6 +27,7 @@ COMMANDS = {
     "ls": "list cached repositories and tags: digest, size, last access (--json)",
     "du": "store size by upstream and repository, and on disk (--json)",
     "verify": "re-hash every stored object; --repair removes corrupt ones",
+    "health": "exit 0 if the mirror of this config answers (for HEALTHCHECK)",
     "warm": "prefetch images into the cache (directly, or through a running --mirror)",
 }
 
