@@ -159,6 +159,8 @@ class Mirror:
     def _swept(self, report: SweepReport) -> None:
         self.metrics.store_objects.set(report.objects)
         self.metrics.store_bytes.set(report.stored_bytes)
+        if report.limit is not None:
+            self.metrics.store_limit_bytes.set(report.limit)
 
     async def _reclaim_forever(self) -> None:
         """Give back idle ad-hoc upstream slots and close their connections, also when no
