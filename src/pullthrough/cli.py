@@ -18,6 +18,7 @@ from pullthrough.logs import setup as setup_logging
 from pullthrough.server.disconnects import DISCONNECTS_KEY
 from pullthrough.server.limits import ConnectionGuard
 from pullthrough.server.reload import reload
+from pullthrough.server.shutdown import drain
 
 log = logging.getLogger("pullthrough")
 
@@ -156,8 +157,7 @@ async def _serve(config: Config) -> int:
     if debug_runner is not None:
         await debug_runner.cleanup()
     await guard.stop()
-    await runner.cleanup()
-    return 0
+    return 0 if await drain(runner, config.drain_timeout) else 1
 
 
 async def _start_debug(app: web.Application, config: Config) -> web.AppRunner | None:
