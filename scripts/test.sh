@@ -36,6 +36,11 @@ pip_install=(.venv/bin/pip install -q --disable-pip-version-check -c requirement
 
 .venv/bin/ruff check .
 .venv/bin/mypy
+# The sdist and wheel a user would get (the image installs the same wheel, built from the
+# same pyproject.toml), with metadata the package index would render.
+dist="$(mktemp -d)"
+.venv/bin/python -m build --outdir "$dist" . >"$dist/build.log" 2>&1 || { tail -n 40 "$dist/build.log"; exit 1; }
+.venv/bin/twine check --strict "$dist"/*.whl "$dist"/*.tar.gz
 .venv/bin/python -m pytest "$@"
 # A bounded soak (scripts/soak.py): mixed pulls, hostile requests and upstream faults in turn;
 # a wrong byte, a 500, or RSS/fd growth past its bounds stops the script. SOAK_MINUTES=0 skips.
