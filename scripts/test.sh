@@ -20,6 +20,10 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v unshare >/dev/null || need_apt+=(util-linux)
 # The cluster tests coordinate their replicas through a real Redis (started per test).
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+# The image test builds its own Debian base (no container registry is reachable), and the
+# systemd unit in deploy/ is checked with systemd-analyze verify.
+command -v mmdebstrap >/dev/null || need_apt+=(mmdebstrap)
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
