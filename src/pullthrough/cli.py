@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         command = sub.add_parser(name, help=COMMANDS[name])
         command.add_argument("config", nargs="?", help="distribution-style config.yml (optional)")
         module.add_arguments(command)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0].endswith((".yml", ".yaml")):
+        # registry:2's entrypoint takes a bare config path as "serve it" (`docker run
+        # registry:2 /etc/my.yml`); so does this image's, so that such a line still works.
+        argv = ["serve", *argv]
     args = parser.parse_args(argv)
 
     try:

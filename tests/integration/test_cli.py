@@ -169,3 +169,13 @@ def test_health_asks_the_registry_port_without_a_debug_address(
     down = _pullthrough("health", str(mirror.config_path), "--timeout", "2", cwd=mirror.workdir)
     assert down.returncode == 1
     assert f"unhealthy: 127.0.0.1:{mirror.port}/v2/" in down.stderr
+
+
+def test_a_bare_config_path_is_served_as_registry_2_does(tmp_path: Path) -> None:
+    config = tmp_path / "my.yml"
+    config.write_text('version: 0.1\nhttp: {addr: "nonsense"}\n')
+    bare = _pullthrough(str(config), cwd=tmp_path)
+    served = _pullthrough("serve", str(config), cwd=tmp_path)
+    assert bare.returncode == served.returncode == 2
+    assert bare.stderr == served.stderr
+    assert "http.addr: expected host:port" in bare.stderr
