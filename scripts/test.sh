@@ -20,6 +20,10 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v unshare >/dev/null || need_apt+=(util-linux)
 # The cluster tests coordinate their replicas through a real Redis (started per test).
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+# The image test builds its own Debian base (no container registry is reachable), and the
+# systemd unit in deploy/ is checked with systemd-analyze verify.
+command -v mmdebstrap >/dev/null || need_apt+=(mmdebstrap)
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
@@ -36,6 +40,11 @@ pip_install=(.venv/bin/pip install -q --disable-pip-version-check -c requirement
 
 .venv/bin/ruff check .
 .venv/bin/mypy
+# The sdist and wheel a user would get (the image installs the same wheel, built from the
+# same pyproject.toml), with metadata the package index would render.
+dist="$(mktemp -d)"
+.venv/bin/python -m build --outdir "$dist" . >"$dist/build.log" 2>&1 || { tail -n 40 "$dist/build.log"; exit 1; }
+.venv/bin/twine check --strict "$dist"/*.whl "$dist"/*.tar.gz
 .venv/bin/python -m pytest "$@"
 # A bounded soak (scripts/soak.py): mixed pulls, hostile requests and upstream faults in turn;
 # a wrong byte, a 500, or RSS/fd growth past its bounds stops the script. SOAK_MINUTES=0 skips.

@@ -17,6 +17,8 @@ from pullthrough.config import Config, ConfigError, load
 from pullthrough.logs import setup as setup_logging
 from pullthrough.server.disconnects import DISCONNECTS_KEY
 from pullthrough.server.limits import ConnectionGuard
+from pullthrough.server.reload import reload
+from pullthrough.server.shutdown import drain
 
 log = logging.getLogger("pullthrough")
 
@@ -26,6 +28,7 @@ COMMANDS = {
     "ls": "list cached repositories and tags: digest, size, last access (--json)",
     "du": "store size by upstream and repository, and on disk (--json)",
     "verify": "re-hash every stored object; --repair removes corrupt ones",
+    "health": "exit 0 if the mirror of this config answers (for HEALTHCHECK)",
     "warm": "prefetch images into the cache (directly, or through a running --mirror)",
     "offline": "switch an upstream off (serve only what is cached) or on: UPSTREAM on|off",
     "pin": "keep IMAGE (tag globs allowed: alpine:3.*) for good: never evicted",
@@ -62,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         command = sub.add_parser(name, help=COMMANDS[name])
         command.add_argument("config", nargs="?", help="distribution-style config.yml (optional)")
         module.add_arguments(command)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0].endswith((".yml", ".yaml")):
+        # registry:2's entrypoint takes a bare config path as "serve it" (`docker run
+        # registry:2 /etc/my.yml`); so does this image's, so that such a line still works.
+        argv = ["serve", *argv]
     args = parser.parse_args(argv)
 
     try:
@@ -149,6 +157,8 @@ async def _serve(config: Config) -> int:
         access_log_format=ACCESS_LOG_FORMAT,
         access_log=logging.getLogger("aiohttp.access") if config.accesslog else None,
         handle_signals=False,
+        # SIGTERM: transfers in flight get this long to finish, then they are cut off.
+        shutdown_timeout=config.drain_timeout,
         keepalive_timeout=config.limits.idle_timeout,
         max_line_size=config.limits.max_line_size,
         max_field_size=config.limits.max_field_size,
@@ -163,11 +173,12 @@ async def _serve(config: Config) -> int:
     assert runner.server is not None
     guard = ConnectionGuard(runner.server, config.limits, app[DISCONNECTS_KEY])
     guard.start()
+    tls = config.ssl_context()
     site = web.TCPSite(
         runner,
         host=config.host,
         port=config.port,
-        ssl_context=config.ssl_context(),
+        ssl_context=tls,
         reuse_address=True,
         backlog=1024,
     )
@@ -187,23 +198,20 @@ async def _serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    reloads: set[asyncio.Task[bool]] = set()
-    policy_file = app[MIRROR_KEY].policy_file
-    if policy_file is not None:
+    reloads: set[asyncio.Task[None]] = set()  # held so a reload is not garbage-collected
 
-        def reload_policy() -> None:
-            task = loop.create_task(policy_file.reload())
-            reloads.add(task)  # held until done: the loop keeps only weak references
-            task.add_done_callback(reloads.discard)
+    def on_hup() -> None:
+        task = asyncio.ensure_future(reload(config, tls, app[MIRROR_KEY].policy_file))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
 
-        loop.add_signal_handler(signal.SIGHUP, reload_policy)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
-    log.info("shutting down")
+    log.info("shutting down: draining transfers in flight for up to %gs", config.drain_timeout)
     if debug_runner is not None:
         await debug_runner.cleanup()
     await guard.stop()
-    await runner.cleanup()
-    return 0
+    return 0 if await drain(runner, config.drain_timeout) else 1
 
 
 async def _start_debug(app: web.Application, config: Config) -> web.AppRunner | None:

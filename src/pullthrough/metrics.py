@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
 class Metrics:
@@ -15,6 +15,15 @@ class Metrics:
             "pullthrough_requests",
             "Client requests by method, kind and status.",
             ["method", "kind", "status"],
+            registry=r,
+        )
+        # Up to the handler's return: for a streamed blob that includes the transfer, so the
+        # buckets reach minutes.
+        self.request_duration = Histogram(
+            "pullthrough_request_duration_seconds",
+            "Time to answer a client request, by route kind.",
+            ["kind"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=r,
         )
         self.cache = Counter(
@@ -106,6 +115,11 @@ class Metrics:
         )
         self.store_bytes = Gauge(
             "pullthrough_store_bytes", "Bytes the store holds (at the last sweep).", registry=r
+        )
+        self.store_limit_bytes = Gauge(
+            "pullthrough_store_limit_bytes",
+            "mirror.maxsize in bytes (at the last sweep); absent without a limit.",
+            registry=r,
         )
         self.store_objects = Gauge(
             "pullthrough_store_objects",

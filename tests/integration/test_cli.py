@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import MirrorFactory
 from tests.support.net import clean_env, free_port, http_request
+from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration
 
@@ -154,3 +156,26 @@ def test_unknown_keys_are_warnings_not_errors(tmp_path: Path) -> None:
     result = _pullthrough("check", str(config), cwd=tmp_path)
     assert result.returncode == 0
     assert "proxy.flavour" in result.stderr
+
+
+def test_health_asks_the_registry_port_without_a_debug_address(
+    mirror_factory: MirrorFactory, upstream: Registry
+) -> None:
+    mirror = mirror_factory(upstream.url)
+    healthy = _pullthrough("health", str(mirror.config_path), cwd=mirror.workdir)
+    assert healthy.returncode == 0, healthy.stderr
+    assert f"healthy: 127.0.0.1:{mirror.port}/v2/ answered 200" in healthy.stdout
+    mirror.stop()
+    down = _pullthrough("health", str(mirror.config_path), "--timeout", "2", cwd=mirror.workdir)
+    assert down.returncode == 1
+    assert f"unhealthy: 127.0.0.1:{mirror.port}/v2/" in down.stderr
+
+
+def test_a_bare_config_path_is_served_as_registry_2_does(tmp_path: Path) -> None:
+    config = tmp_path / "my.yml"
+    config.write_text('version: 0.1\nhttp: {addr: "nonsense"}\n')
+    bare = _pullthrough(str(config), cwd=tmp_path)
+    served = _pullthrough("serve", str(config), cwd=tmp_path)
+    assert bare.returncode == served.returncode == 2
+    assert bare.stderr == served.stderr
+    assert "http.addr: expected host:port" in bare.stderr

@@ -260,3 +260,14 @@ def test_outbound_allow_entries_are_checked_and_a_bad_one_names_its_key(tmp_path
         load(write(tmp_path, bad), environ={})
     with pytest.raises(ConfigError, match=r"mirror\.outbound\.allow"):
         load(write(tmp_path, "mirror:\n  outbound:\n    allow: 10.0.0.0/8\n"), environ={})
+
+
+def test_draintimeout_bounds_the_sigterm_drain(tmp_path: Path) -> None:
+    assert load(None, environ={}).drain_timeout == 8.0  # inside Docker's 10 s stop timeout
+    config = load(write(tmp_path, "version: 0.1\nhttp: {draintimeout: 45s}\n"), environ={})
+    assert config.drain_timeout == 45.0
+    assert not config.warnings  # distribution's key, no longer ignored
+    overridden = load(None, environ={"REGISTRY_HTTP_DRAINTIMEOUT": "0s"})
+    assert overridden.drain_timeout == 0.0
+    with pytest.raises(ConfigError, match="http.draintimeout"):
+        load(write(tmp_path, "version: 0.1\nhttp: {draintimeout: soon}\n"), environ={})

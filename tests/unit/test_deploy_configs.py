@@ -81,3 +81,40 @@ def _container(docs: list[dict[str, Any]], app: str) -> dict[str, Any]:
 
 def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_deployments_run_the_image_not_pip_at_start() -> None:
+    services = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
+    for name in ("mirror-1", "mirror-2", "mirror-3"):
+        assert services[name]["build"]["dockerfile"] == "Dockerfile"
+        assert "command" not in services[name]  # the image's own: serve the registry:2 path
+        mounts = services[name]["volumes"]
+        assert "./pullthrough.yml:/etc/docker/registry/config.yml:ro" in mounts
+        assert "store:/var/lib/registry" in mounts
+    container = _container(_kubernetes(), "pullthrough")
+    assert "args" not in container and "command" not in container
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["config"] == "/etc/docker/registry"
+    assert mounts["store"] == "/var/lib/registry"
+
+
+def test_kubernetes_pods_are_locked_down_probed_and_protected_from_drains() -> None:
+    docs = _kubernetes()
+    container = _container(docs, "pullthrough")
+    assert container["readinessProbe"]["httpGet"]["path"] == "/debug/health"
+    assert "livenessProbe" in container
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    deployment = next(d for d in docs if d["metadata"]["name"] == "pullthrough")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    configmap = next(d for d in docs if d["kind"] == "ConfigMap")
+    path_config = yaml.safe_load(configmap["data"]["config.yml"])
+    drain = float(path_config["http"]["draintimeout"].rstrip("s"))
+    assert pod["terminationGracePeriodSeconds"] > drain
+    budget = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
+    assert budget["spec"]["selector"] == deployment["spec"]["selector"]

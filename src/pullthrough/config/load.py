@@ -20,6 +20,7 @@ from pullthrough.clientauth.tokens import TokenVerifier
 from pullthrough.config.model import (
     DEFAULT_TTL,
     DOCKER_HUB_NAME,
+    DRAIN_TIMEOUT,
     AuthConfig,
     ClusterConfig,
     Config,
@@ -158,6 +159,7 @@ def _validate(raw: dict[str, Any], warnings: list[str], path: Path | None = None
         debug_addr=parse_addr(debug.addr, "http.debug.addr") if debug.addr else None,
         metrics_path=_metrics_path(debug.prometheus.path) if debug.prometheus.enabled else None,
         gc_interval=_positive(root.mirror.gc_interval, "mirror.gc_interval"),
+        drain_timeout=_drain_timeout(root.http.draintimeout),
         gc_batch=_batch(root.mirror.gc_batch),
         cluster=cluster,
         access=access,
@@ -390,6 +392,13 @@ def _redis_tls(value: Any) -> tuple[bool, str | None]:
         "mirror.cluster.redis.tls: expected true, false or {ca: /path/to/ca.pem}, "
         f"got {shown(value)}"
     )
+
+
+def _drain_timeout(value: Any) -> float:
+    """``http.draintimeout`` in seconds; unset keeps the default (``0s`` cuts transfers off)."""
+    if value is None:
+        return DRAIN_TIMEOUT
+    return parse_duration(value, "http.draintimeout")
 
 
 def _metrics_path(path: str) -> str:

@@ -13,6 +13,10 @@ DOCKER_HUB_NAME = "docker.io"
 DEFAULT_TTL = 168 * 3600.0
 
 
+# http.draintimeout: how long SIGTERM lets transfers in flight finish. The default fits
+# inside Docker's 10 s stop timeout, so a plain `docker stop` still ends in a drain.
+DRAIN_TIMEOUT = 8.0
+
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     """One remote registry the mirror pulls from."""
@@ -176,6 +180,7 @@ class Config:
     scrub_rate: int = 20 * 1000**2  # bytes/s the background scrub re-hashes at most; 0 = off
     limits: Limits = Limits()
     gc_interval: float = 60.0
+    drain_timeout: float = DRAIN_TIMEOUT  # http.draintimeout
     gc_batch: int = 1000
     cluster: ClusterConfig | None = None  # None: one process, SQLite index
     access: tuple[AccessRule, ...] = ()  # mirror.access; empty: no per-repository rules

@@ -33,7 +33,6 @@ _IGNORED_KEYS = {
     "http": {
         "secret",
         "headers",
-        "draintimeout",
         "host",
         "relativeurls",
         "prefix",
@@ -95,6 +94,7 @@ class _Debug(_Section):
 
 class _HTTP(_Section):
     addr: str = ":5000"
+    draintimeout: Any = None
     tls: _TLS = _TLS()
     debug: _Debug = _Debug()
 

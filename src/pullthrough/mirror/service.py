@@ -272,6 +272,8 @@ class Mirror:
         self.metrics.store_bytes.set(report.stored_bytes)
         self.metrics.pinned_bytes.set(report.pinned_bytes)
         self.metrics.pins_over_limit.set(int(self.sweeper.pins_over_limit))
+        if report.limit is not None:
+            self.metrics.store_limit_bytes.set(report.limit)
 
     async def _reclaim_forever(self) -> None:
         """Give back idle ad-hoc upstream slots and close their connections, also when no

@@ -1,6 +1,8 @@
-"""Counting every client request by method, route kind and status."""
+"""Counting every client request by method, route kind and status, and timing it."""
 
 from __future__ import annotations
+
+import time
 
 from aiohttp import web
 
@@ -12,6 +14,7 @@ from pullthrough.server.routes import KIND_KEY, MIRROR_KEY
 async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Outermost middleware: it sees the status of every answer, errors included."""
     status = 500
+    start = time.monotonic()
     try:
         response = await handler(request)
         status = response.status
@@ -20,6 +23,7 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
         status = exc.status
         raise
     finally:
-        request.app[MIRROR_KEY].metrics.requests.labels(
-            request.method, request.get(KIND_KEY, "other"), str(status)
-        ).inc()
+        metrics = request.app[MIRROR_KEY].metrics
+        kind = request.get(KIND_KEY, "other")
+        metrics.requests.labels(request.method, kind, str(status)).inc()
+        metrics.request_duration.labels(kind).observe(time.monotonic() - start)

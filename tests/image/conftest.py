@@ -1,0 +1,240 @@
+"""The image, built from the repository's Dockerfile once per session, and podman to run it.
+
+No container registry is reachable from the test machines, so the base is made here: a
+minimal Debian root filesystem with Debian's python3 (``mmdebstrap``, from the machine's own
+apt sources), imported with ``podman import`` and given to the build as ``BASE``. The build
+stage's ``pip wheel`` reaches the Python package index with the host network and CA bundle.
+Everything lives in a private vfs store in a temp dir, removed at the end of the session;
+containers are removed by name when each test ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.clients import BUILDAH, PODMAN, require, require_root
+from tests.support.net import clean_env
+
+REPO = Path(__file__).resolve().parents[2]
+MMDEBSTRAP = "/usr/bin/mmdebstrap"
+UID = 10001  # the Dockerfile's default
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+# podman run fails to set the machine's own rlimits ("error setting rlimit type 7");
+# explicit limits within them work (docs/containers.md).
+ULIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1000:1000"]
+
+
+def _suite() -> str:
+    """The machine's Debian release, so mmdebstrap can use its apt sources unchanged."""
+    for line in Path("/etc/os-release").read_text().splitlines():
+        if line.startswith("VERSION_CODENAME="):
+            return line.partition("=")[2].strip('"')
+    return "bookworm"
+
+
+class Containers:
+    """``podman`` and ``buildah`` on one private store (root, runroot, tmp, config)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        # podman refuses a runroot longer than 50 characters; pytest's tmp dirs are longer.
+        self.runroot = Path(tempfile.mkdtemp(prefix="pt-img-", dir="/tmp"))
+        for sub in ("root", "tmp", "net"):
+            (workdir / sub).mkdir(parents=True, exist_ok=True)
+        (workdir / "storage.conf").write_text(
+            f'[storage]\ndriver = "vfs"\ngraphroot = "{workdir / "root"}"\n'
+            f'runroot = "{self.runroot}"\n'
+        )
+        (workdir / "containers.conf").write_text(
+            "[network]\n"
+            'network_backend = "cni"\n'
+            f'network_config_dir = "{workdir / "net"}"\n'
+            "[engine]\n"
+            'cgroup_manager = "cgroupfs"\n'
+            'events_logger = "file"\n'
+            'lock_type = "file"\n'
+            f'tmp_dir = "{workdir / "tmp"}"\n'
+            f'static_dir = "{workdir / "root" / "libpod"}"\n'
+            f'volume_path = "{workdir / "root" / "volumes"}"\n'
+        )
+        self.env = clean_env(
+            {
+                "CONTAINERS_STORAGE_CONF": str(workdir / "storage.conf"),
+                "CONTAINERS_CONF": str(workdir / "containers.conf"),
+                "TMPDIR": str(workdir / "tmp"),
+            }
+        )
+        self.store = [
+            "--root", str(workdir / "root"),
+            "--runroot", str(self.runroot),
+            "--storage-driver", "vfs",
+        ]  # fmt: skip
+
+    def podman(
+        self, args: Sequence[str], *, timeout: float = 120.0, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [PODMAN, *self.store, "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
+        return self._run([*cmd, *args], timeout, check)
+
+    def buildah(self, args: Sequence[str], *, timeout: float = 600.0) -> str:
+        return self._run([BUILDAH, *self.store, *args], timeout, True).stdout
+
+    def _run(
+        self, cmd: Sequence[str], timeout: float, check: bool
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            list(cmd), env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"exit {proc.returncode}: {' '.join(cmd)}\n{proc.stdout[-3000:]}"
+                f"\n{proc.stderr[-3000:]}"
+            )
+        return proc
+
+    def close(self) -> None:
+        shutil.rmtree(self.runroot, ignore_errors=True)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    ref: str
+    containers: Containers
+    size_bytes: int
+    packages: int
+    base_seconds: float
+    build_seconds: float
+
+
+@pytest.fixture(scope="session")
+def built_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltImage]:
+    """``localhost/pullthrough:test``, built from the Dockerfile on a fresh Debian base."""
+    require_root()
+    require(PODMAN, BUILDAH, MMDEBSTRAP)
+    containers = Containers(tmp_path_factory.mktemp("image"))
+    try:
+        start = time.monotonic()
+        rootfs = containers.workdir / "rootfs.tar"
+        # Docs, man pages and translations are of no use in a server image.
+        excludes = [
+            f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("man", "doc", "locale", "info")
+        ]
+        subprocess.run(
+            [
+                MMDEBSTRAP,
+                "--quiet",
+                "--variant=minbase",
+                "--include=python3,python3-venv,ca-certificates",
+                *excludes,
+                _suite(),
+                str(rootfs),
+            ],  # fmt: skip
+            check=True,
+            timeout=300,
+            env=clean_env({"TMPDIR": str(containers.workdir / "tmp")}),
+        )
+        containers.podman(["import", str(rootfs), "localhost/pullthrough-base:test"])
+        rootfs.unlink()
+        base_seconds = time.monotonic() - start
+        start = time.monotonic()
+        containers.buildah(
+            [
+                "bud",
+                "--isolation",
+                "chroot",
+                "--format",
+                "docker",
+                "--network",
+                "host",
+                # pip in the build stage needs the machine's CA bundle to reach the index.
+                "-v",
+                f"{CA_BUNDLE}:{CA_BUNDLE}:ro",
+                "--build-arg",
+                "BASE=localhost/pullthrough-base:test",
+                "-t",
+                "localhost/pullthrough:test",
+                str(REPO),
+            ]  # fmt: skip
+        )
+        build_seconds = time.monotonic() - start
+        ref = "localhost/pullthrough:test"
+        size = int(containers.podman(["image", "inspect", "--format", "{{.Size}}", ref]).stdout)
+        packages = containers.podman(
+            [
+                "run",
+                "--rm",
+                *ULIMITS,
+                "--network",
+                "none",
+                "--entrypoint",
+                "dpkg-query",
+                ref,
+                "-f",
+                "${Package}\\n",
+                "-W",
+            ]  # fmt: skip
+        ).stdout.split()
+        built = BuiltImage(ref, containers, size, len(packages), base_seconds, build_seconds)
+        print(
+            f"\nimage: {size / 1e6:.0f} MB, {len(packages)} Debian packages; base rootfs "
+            f"{base_seconds:.0f} s, build {build_seconds:.0f} s"
+        )
+        yield built
+    finally:
+        containers.close()
+
+
+class Container:
+    """One ``podman run -d`` of the image, removed by name at the end."""
+
+    def __init__(self, image: BuiltImage, name: str, args: Sequence[str]) -> None:
+        self.image = image
+        self.name = name
+        self.started = time.monotonic()
+        image.containers.podman(["run", "-d", "--name", name, *ULIMITS, *args, image.ref])
+
+    def podman(self, args: Sequence[str], **kw: float | bool) -> subprocess.CompletedProcess[str]:
+        return self.image.containers.podman(args, **kw)  # type: ignore[arg-type]
+
+    def logs(self) -> str:
+        proc = self.podman(["logs", self.name], check=False)
+        return proc.stdout + proc.stderr
+
+    def state(self, field: str) -> str:
+        return self.podman(["inspect", "--format", f"{{{{{field}}}}}", self.name]).stdout.strip()
+
+    def wait_exit(self, timeout: float) -> int:
+        return int(self.podman(["wait", self.name], timeout=timeout).stdout.strip())
+
+    def remove(self) -> None:
+        self.podman(["rm", "-f", "-t", "0", self.name], check=False)
+
+
+@pytest.fixture
+def run_container(built_image: BuiltImage) -> Iterator[object]:
+    """``run_container(*podman_run_args) -> Container``; each is removed (by name) after
+    the test, its log printed."""
+    made: list[Container] = []
+
+    def factory(*args: str) -> Container:
+        name = f"pt-test-{os.getpid()}-{len(made)}"
+        container = Container(built_image, name, args)
+        made.append(container)
+        return container
+
+    yield factory
+    for container in made:
+        with contextlib.suppress(Exception):
+            print(f"--- {container.name}\n{container.logs()[-4000:]}")
+        container.remove()
