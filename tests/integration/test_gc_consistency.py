@@ -62,11 +62,34 @@ def variant(
     return path
 
 
+def _wait_for_index_lock(path: Path, timeout: float = 5.0) -> None:
+    """Wait until nobody holds the index's write lock (then let go of it at once)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        db = sqlite3.connect(path, timeout=0.05)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() >= deadline:
+                raise
+        finally:
+            db.close()
+        time.sleep(0.02)
+
+
 @contextmanager
 def suspended(mirror: MirrorProcess) -> Iterator[None]:
     """The server stopped as a shell's Ctrl-Z stops it (SIGSTOP), then continued: its
-    memory outlives whatever is done to the store meanwhile."""
+    memory outlives whatever is done to the store meanwhile. Stopped once its downloads
+    have settled and the index is free: a client has its last byte before the file is
+    renamed and indexed, and a server stopped inside its index write would hold the lock
+    that gc then waits for in vain (a user's Ctrl-Z can do that too; the test is about
+    what gc does to a server's memory, not about that)."""
     assert mirror.proc is not None
+    mirror.stored_files()
+    _wait_for_index_lock(mirror.root / "index.db")
     os.kill(mirror.proc.pid, signal.SIGSTOP)
     try:
         yield
