@@ -161,6 +161,7 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
         outbound_allow=_outbound_allow(root.mirror.outbound.allow),
         adhoc_max=_adhoc_max(root.mirror.adhoc_upstreams.max),
         adhoc_idle=_positive(root.mirror.adhoc_upstreams.idle, "mirror.adhoc_upstreams.idle"),
+        ui_enabled=root.mirror.ui.enabled,
         warnings=tuple(warnings),
     )
 

@@ -152,6 +152,10 @@ class _AdhocUpstreams(_Section):
     idle: Any = "10m"  # a slot unused this long is given back
 
 
+class _UI(_Section):
+    enabled: bool = True  # the status page and its JSON API under /ui/
+
+
 class _Mirror(_Section):
     limits: _Limits = _Limits()
     access: list[_AccessRule] = []
@@ -175,6 +179,7 @@ class _Mirror(_Section):
     cluster: _Cluster = _Cluster()
     outbound: _Outbound = _Outbound()
     adhoc_upstreams: _AdhocUpstreams = _AdhocUpstreams()
+    ui: _UI = _UI()
 
 
 class Root(_Section):

@@ -1,0 +1,223 @@
+"""The status page's JSON API (``/ui/api/``) against a live mirror after real pulls: its
+figures equal ``/metrics``, its content rows equal ``pullthrough ls``, and a viewer sees only
+the repositories they may pull."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import pytest
+
+from tests.support.images import pull_dir
+from tests.support.mirror import MirrorProcess
+from tests.support.net import clean_env, free_port, http_request, metrics_of
+from tests.support.proxy import RecordingProxy
+from tests.support.regclient import fetch_token
+from tests.support.tokens import TokenIssuer
+
+pytestmark = pytest.mark.integration
+
+ALICE = ("alice", "alice-secret-1")
+BOB = ("bob", "bob-secret-2")
+
+
+def api(mirror: MirrorProcess, path: str, auth: tuple[str, str] | None = None) -> Any:
+    got = http_request("GET", f"{mirror.url}/ui/api/{path}", auth=auth)
+    assert got.status == 200, got.body[:300]
+    assert got.headers["Content-Type"].startswith("application/json")
+    assert got.headers["Cache-Control"] == "no-store"
+    return json.loads(got.body)
+
+
+def ls_rows(mirror: MirrorProcess) -> list[dict[str, Any]]:
+    result = subprocess.run(
+        [sys.executable, "-m", "pullthrough", "ls", str(mirror.config_path), "--json"],
+        capture_output=True, text=True, timeout=120, env=clean_env(),
+    )
+    assert result.returncode == 0, result.stderr
+    return list(json.loads(result.stdout)["images"])
+
+
+def names(doc: dict[str, Any]) -> list[str]:
+    return [f"{r['upstream']}/{r['repository']}" for r in doc["repositories"]]
+
+
+@pytest.fixture
+def observed(mirror_factory, upstream_proxy: RecordingProxy) -> tuple[MirrorProcess, str]:
+    port = free_port()
+    mirror = mirror_factory(
+        upstream_proxy.url,
+        config={"http": {"debug": {"addr": f"127.0.0.1:{port}", "prometheus": {"enabled": True}}}},
+    )
+    return mirror, f"http://127.0.0.1:{port}"
+
+
+def test_figures_equal_metrics_and_rows_equal_ls_after_known_pulls(
+    observed, images, tmp_path: Path
+) -> None:
+    mirror, debug = observed
+    pull_dir(images.oci_small.on(mirror.host), tmp_path / "a")
+    pull_dir(images.oci_small.on(mirror.host), tmp_path / "b")  # every blob a hit now
+    pull_dir(images.multi.on(mirror.host), tmp_path / "c", all=True)
+
+    overview = api(mirror, "overview")
+    m = metrics_of(debug)  # after: the overview request itself is counted by then
+
+    def summed(prefix: str, *labels: str) -> int:
+        return int(sum(v for k, v in m.items()
+                       if k.startswith(prefix + "{") and all(x in k for x in labels)))
+
+    hits, misses, stale = (summed("pullthrough_cache_total", f'result="{r}"')
+                           for r in ("hit", "miss", "stale"))
+    assert overview["cache"] == {
+        "hits": hits, "misses": misses, "stale": stale,
+        "hit_ratio": (hits + stale) / (hits + misses + stale),
+    }
+    assert hits >= len(images.oci_small.blob_digests) and misses > 0
+    assert overview["requests"] + 1 == summed("pullthrough_requests_total")
+    served = summed("pullthrough_served_bytes_total")
+    fetched = summed("pullthrough_upstream_bytes_total")
+    assert overview["bytes"]["served"] == served
+    assert overview["bytes"]["served_from_store"] == summed(
+        "pullthrough_served_bytes_total", 'source="cache"')
+    assert overview["bytes"]["fetched_from_upstreams"] == fetched
+    assert overview["bytes"]["saved"] == served - fetched
+    # oci-small's blobs were sent twice and fetched once: the second pull saved them all.
+    small = sum(images.oci_small.source.blob_file(d).stat().st_size
+                for d in images.oci_small.blob_digests)
+    assert overview["bytes"]["saved"] == small
+    assert overview["store"]["objects"] == int(m["pullthrough_store_objects"])
+    assert overview["store"]["bytes"] == int(m["pullthrough_store_bytes"])
+
+    # Every tag row is the row ``pullthrough ls`` prints for that tag.
+    listed = api(mirror, "repositories")
+    assert listed["total"] == 2 and names(listed) == [
+        "docker.io/library/multi", "docker.io/library/oci-small"]
+    assert [r["name"] for r in listed["repositories"]] == ["library/multi", "library/oci-small"]
+    ours = {
+        (r["upstream"], r["repository"], t["tag"]): t
+        for r in listed["repositories"] for t in r["tags"]
+    }
+    theirs = {(r["upstream"], r["repository"], r["tag"]): r
+              for r in ls_rows(mirror) if r["tag"] is not None}
+    assert ours.keys() == theirs.keys()
+    for key, row in ours.items():
+        ls_row = theirs[key]
+        assert (row["digest"], row["size"], row["objects"], row["missing"],
+                row["media_type"], row["last_access"]) == (
+            ls_row["digest"], ls_row["size"], ls_row["objects"], ls_row["missing"],
+            ls_row["media_type"], ls_row["last_access"]), key
+
+    (upstream,) = api(mirror, "upstreams")["upstreams"]
+    assert upstream["name"] == "docker.io" and upstream["default"] is True
+    assert upstream["circuit"] == "closed" and upstream["reachable"] is True
+    assert upstream["last_ok"] is not None and upstream["last_error"] is None
+    assert upstream["max_downloads"] == 64
+    assert api(mirror, "fetches") == {"fetches": []}
+
+
+def test_repositories_are_searched_and_paged(mirror: MirrorProcess, images, tmp_path) -> None:
+    for i, image in enumerate(images.all()):
+        pull_dir(image.on(mirror.host), tmp_path / str(i), all=image.is_index)
+    everything = names(api(mirror, "repositories"))
+    assert everything == ["docker.io/library/multi", "docker.io/library/oci-small",
+                          "docker.io/library/schema2"]
+    pages = [api(mirror, f"repositories?per_page=2&page={p}") for p in (1, 2, 3)]
+    assert [names(p) for p in pages] == [everything[:2], everything[2:], []]
+    assert all(p["total"] == 3 for p in pages)
+    assert names(api(mirror, "repositories?q=OCI-S")) == ["docker.io/library/oci-small"]
+    assert names(api(mirror, "repositories?q=docker.io/library/m")) == [
+        "docker.io/library/multi"]
+    for bad in ("page=0", "per_page=201", "per_page=x", "page=-1", "q=" + "a" * 201):
+        got = http_request("GET", f"{mirror.url}/ui/api/repositories?{bad}")
+        assert got.status == 400, bad
+        assert json.loads(got.body)["errors"][0]["code"] == "PAGINATION_NUMBER_INVALID"
+
+
+def test_a_viewer_sees_only_the_repositories_they_may_pull(
+    mirror_factory, upstream_proxy: RecordingProxy, images, tmp_path: Path
+) -> None:
+    users = tmp_path / "htpasswd"
+    users.write_text("".join(
+        f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=6)).decode()}\n"
+        for u, p in (ALICE, BOB)
+    ))
+    mirror = mirror_factory(upstream_proxy.url, config={
+        "auth": {"htpasswd": {"realm": "pullthrough-test", "path": str(users)}},
+        "mirror": {"access": [
+            {"repositories": ["oci-small"]},
+            {"repositories": ["library/schema2", "library/multi"], "users": ["alice"]},
+        ]},
+    })
+    pull_dir(images.oci_small.on(mirror.host), tmp_path / "a", creds=ALICE)
+    pull_dir(images.schema2.on(mirror.host), tmp_path / "b", creds=ALICE)
+
+    assert names(api(mirror, "repositories", ALICE)) == [
+        "docker.io/library/oci-small", "docker.io/library/schema2"]
+    bobs = api(mirror, "repositories", BOB)
+    assert names(bobs) == ["docker.io/library/oci-small"] and bobs["total"] == 1
+    assert api(mirror, "repositories?q=schema2", BOB)["total"] == 0
+    # The same client authentication as pulls: no or wrong credentials is 401 everywhere.
+    for path in ("overview", "upstreams", "fetches", "repositories"):
+        for auth in (None, ("bob", "wrong")):
+            got = http_request("GET", f"{mirror.url}/ui/api/{path}", auth=auth)
+            assert got.status == 401, (path, auth)
+            assert got.headers["WWW-Authenticate"].startswith("Basic ")
+
+
+@pytest.fixture
+def client_issuer(tmp_path: Path) -> Iterator[TokenIssuer]:
+    issuer = TokenIssuer(
+        service="pullthrough-mirror",
+        issuer="mirror-token-issuer",
+        users=dict([ALICE]),
+        private={"library/schema2"},
+        root=tmp_path / "client-issuer",
+    )
+    issuer.start()
+    yield issuer
+    issuer.stop()
+
+
+def test_with_token_auth_a_viewer_sees_what_the_token_grants_pull_on(
+    client_issuer: TokenIssuer, mirror_factory, upstream_proxy, images, tmp_path: Path
+) -> None:
+    mirror = mirror_factory(upstream_proxy.url, config={"auth": {"token": {
+        "realm": client_issuer.url,
+        "service": client_issuer.service,
+        "issuer": client_issuer.issuer,
+        "rootcertbundle": str(client_issuer.cert_path),
+    }}})
+    pull_dir(images.oci_small.on(mirror.host), tmp_path / "a")
+    pull_dir(images.schema2.on(mirror.host), tmp_path / "b", creds=ALICE)
+
+    def listed(*repos: str) -> list[str]:
+        token = fetch_token(client_issuer.url, service=client_issuer.service,
+                            scopes=[f"repository:{r}:pull" for r in repos], creds=ALICE)
+        got = http_request("GET", f"{mirror.url}/ui/api/repositories",
+                           headers={"Authorization": f"Bearer {token}"})
+        assert got.status == 200, got.body[:300]
+        return names(json.loads(got.body))
+
+    assert listed("library/oci-small") == ["docker.io/library/oci-small"]
+    assert listed("library/oci-small", "library/schema2") == [
+        "docker.io/library/oci-small", "docker.io/library/schema2"]
+    assert listed() == []
+    got = http_request("GET", f"{mirror.url}/ui/api/repositories")
+    assert got.status == 401
+    assert got.headers["WWW-Authenticate"].startswith(f'Bearer realm="{client_issuer.url}"')
+
+
+def test_the_status_api_can_be_turned_off(
+    mirror_factory, upstream_proxy: RecordingProxy
+) -> None:
+    mirror = mirror_factory(upstream_proxy.url, config={"mirror": {"ui": {"enabled": False}}})
+    got = http_request("GET", f"{mirror.url}/ui/api/overview")
+    assert got.status == 404
+    assert json.loads(got.body)["errors"][0]["code"] == "NOT_FOUND"
