@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pullthrough.commands.inventory import Walker, iso, stored_objects
+from pullthrough.commands.inventory import MAX_DEPTH, Walker, iso
 from pullthrough.mirror.service import Mirror
+from pullthrough.store.index import AgedBlob
 
 
 @dataclass(slots=True)
@@ -60,9 +61,28 @@ async def repositories(
     page = ordered[offset : offset + limit]
     if not page:
         return ContentPage(len(ordered), [])
-    walker = Walker(mirror.store, await stored_objects(mirror.index))
+    roots = {d for repo in page for digests in repo.tags.values() for d in digests}
+    walker = await _walker_for(mirror, roots)
     rows = [await _row(mirror, walker, repo) for repo in page]
     return ContentPage(len(ordered), rows)
+
+
+async def _walker_for(mirror: Mirror, roots: set[str]) -> Walker:
+    """A ``Walker`` that knows every stored object the images at ``roots`` reach, and no
+    other: what it totals for them is what ``ls`` (which knows every object) totals, at
+    the cost of a page's objects instead of the whole index's."""
+    objects: dict[str, AgedBlob] = {}
+    walker = Walker(mirror.store, objects)  # reads ``objects`` as it grows
+    frontier, depth = set(roots), 0
+    while frontier and depth <= MAX_DEPTH:
+        found = await mirror.index.objects(frontier)
+        objects.update(found)
+        reached: set[str] = set()
+        for digest, record in found.items():
+            if digest in roots or record.is_manifest:
+                reached |= await walker.referenced(digest)
+        frontier, depth = reached - objects.keys(), depth + 1
+    return walker
 
 
 async def _row(mirror: Mirror, walker: Walker, repo: Repository) -> dict[str, Any]:
