@@ -250,3 +250,36 @@ def test_the_api_answers_quickly_with_10000_repositories(
             assert doc["total"] == 10
     print("\n" + "\n".join(f"GET /ui/api/{p}: {t * 1000:.0f} ms" for p, t in timings.items()))
     assert max(timings.values()) < 2.0, timings
+
+
+def test_history_is_sampled_and_survives_a_restart(
+    mirror_factory, upstream_proxy: RecordingProxy, images, tmp_path: Path
+) -> None:
+    mirror = mirror_factory(upstream_proxy.url,
+                            config={"mirror": {"ui": {"history_interval": "0.2s"}}})
+    pull_dir(images.oci_small.on(mirror.host), tmp_path / "a")
+    pull_dir(images.oci_small.on(mirror.host), tmp_path / "b")
+    overview = api(mirror, "overview")
+
+    def summed(doc: dict[str, Any], key: str) -> int:
+        return sum(p[key] for p in doc["points"])
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the next sample takes the pulls in
+        hour = api(mirror, "history?range=hour")
+        if summed(hour, "served") == overview["bytes"]["served"]:
+            break
+        time.sleep(0.2)
+    assert hour["bucket_seconds"] == 60
+    assert summed(hour, "served") == overview["bytes"]["served"]
+    assert summed(hour, "fetched") == overview["bytes"]["fetched_from_upstreams"]
+    assert summed(hour, "hits") == overview["cache"]["hits"] + overview["cache"]["stale"]
+    assert summed(hour, "misses") == overview["cache"]["misses"]
+    mirror.stop()
+    mirror.start()
+    for name, seconds in (("hour", 60), ("day", 900), ("week", 7200)):
+        after = api(mirror, f"history?range={name}")
+        assert after["bucket_seconds"] == seconds
+        assert summed(after, "served") == overview["bytes"]["served"], name
+    got = http_request("GET", f"{mirror.url}/ui/api/history?range=year")
+    assert got.status == 400

@@ -162,6 +162,9 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
         adhoc_max=_adhoc_max(root.mirror.adhoc_upstreams.max),
         adhoc_idle=_positive(root.mirror.adhoc_upstreams.idle, "mirror.adhoc_upstreams.idle"),
         ui_enabled=root.mirror.ui.enabled,
+        ui_history_interval=_positive(
+            root.mirror.ui.history_interval, "mirror.ui.history_interval"
+        ),
         warnings=tuple(warnings),
     )
 

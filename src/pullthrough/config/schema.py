@@ -154,6 +154,7 @@ class _AdhocUpstreams(_Section):
 
 class _UI(_Section):
     enabled: bool = True  # the status page and its JSON API under /ui/
+    history_interval: Any = "1m"  # how often the charts' history is sampled
 
 
 class _Mirror(_Section):

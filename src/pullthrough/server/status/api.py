@@ -17,7 +17,9 @@ from aiohttp import web
 from pullthrough.errors import PaginationInvalid
 from pullthrough.server.routes import MIRROR_KEY
 from pullthrough.server.status import content, figures, inflight
+from pullthrough.server.status.recorder import HISTORY_KEY, recording
 from pullthrough.server.status.viewer import viewer
+from pullthrough.store.history import RESOLUTIONS
 
 STARTED_KEY = web.AppKey("status_started", float)
 
@@ -32,10 +34,12 @@ HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 def add_routes(app: web.Application) -> None:
     """Register the API; call before the registry's catch-all route."""
     app[STARTED_KEY] = time.time()
+    app.cleanup_ctx.append(recording)  # after the mirror's: its index directory exists
     app.router.add_get("/ui/api/overview", overview)
     app.router.add_get("/ui/api/upstreams", upstreams)
     app.router.add_get("/ui/api/fetches", fetches)
     app.router.add_get("/ui/api/repositories", repositories)
+    app.router.add_get("/ui/api/history", history)
 
 
 async def overview(request: web.Request) -> web.StreamResponse:
@@ -82,6 +86,37 @@ async def repositories(request: web.Request) -> web.StreamResponse:
             "page": page,
             "per_page": per_page,
             "repositories": found.rows,
+        }
+    )
+
+
+async def history(request: web.Request) -> web.StreamResponse:
+    """The charts' buckets over ``range`` (hour: 1-minute buckets, day: 15-minute, week:
+    2-hour), oldest first; buckets without a sample are left out."""
+    await viewer(request)
+    name = request.query.get("range", "hour")
+    if name not in RESOLUTIONS:
+        raise PaginationInvalid(f"range must be one of {', '.join(RESOLUTIONS)}")
+    seconds, points = await request.app[HISTORY_KEY].points(name, time.time())
+    return _json(
+        {
+            "range": name,
+            "bucket_seconds": seconds,
+            "points": [
+                {
+                    "start": p.start,
+                    "requests": p.requests,
+                    "hits": p.hits,
+                    "misses": p.misses,
+                    "hit_ratio": p.hits / (p.hits + p.misses) if p.hits + p.misses else None,
+                    "served": p.served,
+                    "fetched": p.fetched,
+                    "saved": max(0, p.served - p.fetched),
+                    "evicted": p.evicted,
+                    "store_bytes": p.store_bytes,
+                }
+                for p in points
+            ],
         }
     )
 
