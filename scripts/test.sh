@@ -20,6 +20,9 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v unshare >/dev/null || need_apt+=(util-linux)
 # The cluster tests coordinate their replicas through a real Redis (started per test).
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+# The status page's tests drive Debian's headless browser through chromedriver (selenium).
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"

@@ -25,15 +25,23 @@ def _put(root: Path, body: bytes) -> str:
     return f"sha256:{hexdigest}"
 
 
-def seed_store(root: Path, n: int, *, upstream: str = "docker.io") -> list[str]:
-    """Write ``n`` repositories (``seeded/repo-00000`` ...) into the store under ``root``
-    and its index (``root/index.db``); returns their names."""
+def seed_store(
+    root: Path,
+    n: int,
+    *,
+    upstream: str = "docker.io",
+    names: list[str] | None = None,
+    tag: str = "v1",
+) -> list[str]:
+    """Write ``n`` repositories (``seeded/repo-00000`` ..., or ``names``, written as they
+    are, as a hostile index record could hold them) with tag ``tag`` into the store under
+    ``root`` and its index (``root/index.db``); returns their names."""
     config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
     layer = b"seeded layer\n" * 64
     config_digest, layer_digest = _put(root, config), _put(root, layer)
     asyncio.run(_create_index(root / "index.db"))
     now = time.time()
-    names = [f"seeded/repo-{i:05d}" for i in range(n)]
+    names = names if names is not None else [f"seeded/repo-{i:05d}" for i in range(n)]
     shared = ((config_digest, config), (layer_digest, layer))
     blobs = [(d, len(b), None, now, now) for d, b in shared]
     links, served, tags = [], [(upstream, config_digest), (upstream, layer_digest)], []
@@ -51,7 +59,7 @@ def seed_store(root: Path, n: int, *, upstream: str = "docker.io") -> list[str]:
         blobs.append((digest, len(manifest), OCI_MANIFEST, now, now))
         served.append((upstream, digest))
         links += [(upstream, name, d) for d in (digest, config_digest, layer_digest)]
-        tags.append((upstream, name, "v1", OCI_MANIFEST, digest, now))
+        tags.append((upstream, name, tag, OCI_MANIFEST, digest, now))
     db = sqlite3.connect(root / "index.db")
     with db:
         db.executemany("INSERT INTO blobs VALUES (?,?,?,?,?)", blobs)

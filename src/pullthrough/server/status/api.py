@@ -17,11 +17,11 @@ from aiohttp import web
 from pullthrough.errors import PaginationInvalid
 from pullthrough.server.routes import MIRROR_KEY
 from pullthrough.server.status import content, figures, inflight
+from pullthrough.server.status.figures import STARTED_KEY
+from pullthrough.server.status.page import add_page_routes
 from pullthrough.server.status.recorder import HISTORY_KEY, recording
 from pullthrough.server.status.viewer import viewer
 from pullthrough.store.history import RESOLUTIONS
-
-STARTED_KEY = web.AppKey("status_started", float)
 
 PER_PAGE = 50
 MAX_PER_PAGE = 200
@@ -40,6 +40,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/ui/api/fetches", fetches)
     app.router.add_get("/ui/api/repositories", repositories)
     app.router.add_get("/ui/api/history", history)
+    add_page_routes(app)
 
 
 async def overview(request: web.Request) -> web.StreamResponse:

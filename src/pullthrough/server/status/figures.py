@@ -13,10 +13,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from aiohttp import web
 from prometheus_client.metrics import MetricWrapperBase
 
 from pullthrough.mirror.service import Mirror
 from pullthrough.upstream.client import UpstreamClient
+
+# When the status API started (the overview's uptime).
+STARTED_KEY = web.AppKey("status_started", float)
 
 
 def total(metric: MetricWrapperBase, **labels: str) -> float:
