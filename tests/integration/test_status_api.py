@@ -235,6 +235,7 @@ def test_the_api_answers_quickly_with_10000_repositories(
         "storage": {"filesystem": {"rootdirectory": str(root)}},
     })
     timings: dict[str, float] = {}
+    firsts: dict[str, float] = {}
     for path in ("overview", "upstreams", "fetches", "repositories",
                  "repositories?page=200", "repositories?q=repo-0999"):
         best = math.inf
@@ -242,13 +243,15 @@ def test_the_api_answers_quickly_with_10000_repositories(
             began = time.perf_counter()
             doc = api(mirror, path)
             best = min(best, time.perf_counter() - began)
+            firsts.setdefault(path, time.perf_counter() - began)
         timings[path] = best
         if path == "repositories":
             assert doc["total"] == 10_000
             assert [r["repository"] for r in doc["repositories"]] == seeded[:50]
         if path == "repositories?q=repo-0999":
             assert doc["total"] == 10
-    print("\n" + "\n".join(f"GET /ui/api/{p}: {t * 1000:.0f} ms" for p, t in timings.items()))
+    print("\n" + "\n".join(f"GET /ui/api/{p}: {t * 1000:.0f} ms (first {firsts[p] * 1000:.0f} ms)"
+                            for p, t in timings.items()))
     assert max(timings.values()) < 2.0, timings
 
 
