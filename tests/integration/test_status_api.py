@@ -217,13 +217,26 @@ def test_with_token_auth_a_viewer_sees_what_the_token_grants_pull_on(
     assert got.headers["WWW-Authenticate"].startswith(f'Bearer realm="{client_issuer.url}"')
 
 
+def test_a_browser_at_the_root_is_sent_to_the_page(mirror: MirrorProcess) -> None:
+    got = http_request("GET", f"{mirror.url}/", headers={"Accept": "text/html,*/*"})
+    assert got.status == 302 and got.headers["Location"] == "/ui/"
+    assert http_request("GET", f"{mirror.url}/").status == 404  # a script: the registry's 404
+    page = http_request("GET", f"{mirror.url}/ui/")
+    assert page.status == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    assert http_request("GET", f"{mirror.url}/ui/static/../index.db").status == 404
+    assert http_request("GET", f"{mirror.url}/ui/static/index.db").status == 404
+
+
 def test_the_status_api_can_be_turned_off(
     mirror_factory, upstream_proxy: RecordingProxy
 ) -> None:
     mirror = mirror_factory(upstream_proxy.url, config={"mirror": {"ui": {"enabled": False}}})
-    got = http_request("GET", f"{mirror.url}/ui/api/overview")
-    assert got.status == 404
-    assert json.loads(got.body)["errors"][0]["code"] == "NOT_FOUND"
+    for path in ("/ui/api/overview", "/ui/", "/ui/static/status.js"):
+        got = http_request("GET", f"{mirror.url}{path}")
+        assert got.status == 404, path
+        assert json.loads(got.body)["errors"][0]["code"] == "NOT_FOUND"
+    assert http_request("GET", f"{mirror.url}/", headers={"Accept": "text/html"}).status == 404
 
 
 def test_the_api_answers_quickly_with_10000_repositories(

@@ -64,9 +64,18 @@ def add_page_routes(app: web.Application) -> None:
     app[TEMPLATES_KEY] = env
     files = resources.files("pullthrough.server.status") / "static"
     app[STATIC_KEY] = {name: (files / name).read_bytes() for name in STATIC_TYPES}
+    app.router.add_get("/", root)
     app.router.add_get("/ui", to_page)
     app.router.add_get("/ui/", page)
     app.router.add_get("/ui/static/{name}", static)
+
+
+async def root(request: web.Request) -> web.StreamResponse:
+    """A browser opening the mirror's address is sent to the page; anything else gets the
+    registry's answer for an unknown path."""
+    if "text/html" in request.headers.get("Accept", ""):
+        raise web.HTTPFound("/ui/")
+    raise NotFound("no such endpoint: /")
 
 
 async def to_page(request: web.Request) -> web.StreamResponse:
