@@ -30,3 +30,26 @@ def test_access_rules_apply_to_the_viewer_as_to_a_pull() -> None:
     assert alice.may_pull("ghcr.io", "acme/app/x") and alice.may_pull("docker.io", "library/a")
     assert anonymous.may_pull("docker.io", "library/a")
     assert not anonymous.may_pull("ghcr.io", "acme/app")
+
+
+def test_fetches_in_flight_are_listed_only_for_repositories_the_viewer_may_pull() -> None:
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from pullthrough.server.status.inflight import fetches
+
+    def fetch(upstream: str, repo: str, digest: str) -> SimpleNamespace:
+        return SimpleNamespace(
+            upstream=SimpleNamespace(name=upstream), repo=repo, digest=digest, written=10,
+            size=100, readers=2, rate=lambda: 5.0,
+        )
+
+    running = [fetch("docker.io", "acme/secret", "sha256:" + "a" * 64),
+               fetch("docker.io", "library/alpine", "sha256:" + "b" * 64)]
+    mirror = cast(Any, SimpleNamespace(fetches=SimpleNamespace(running=lambda: running)))
+    rules = AccessRules((AccessRule(("docker.io/library/*",)),))
+    who = Viewer(user=None, access=rules, grant=None, default_upstream="docker.io")
+    assert fetches(mirror, may_pull=who.may_pull) == [{
+        "upstream": "docker.io", "repository": "library/alpine", "digest": "sha256:" + "b" * 64,
+        "bytes": 10, "size": 100, "bytes_per_second": 5, "clients": 2,
+    }]
