@@ -27,6 +27,18 @@ COMMANDS = {
     "du": "store size by upstream and repository, and on disk (--json)",
     "verify": "re-hash every stored object; --repair removes corrupt ones",
     "warm": "prefetch images into the cache (directly, or through a running --mirror)",
+    "offline": "switch an upstream off (serve only what is cached) or on: UPSTREAM on|off",
+    "pin": "keep IMAGE (tag globs allowed: alpine:3.*) for good: never evicted",
+    "unpin": "stop keeping IMAGE for good (pins made by pullthrough pin)",
+    "pins": "list pinned images (mirror.pins and pullthrough pin)",
+}
+# Commands whose module is not named after them (commands.offline opens the store for the
+# others: it is about running without the server, not about the offline switch).
+_MODULES = {
+    "offline": "offline_switch",
+    "pin": "pinning",
+    "unpin": "pinning",
+    "pins": "pinning",
 }
 
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs "%{User-Agent}i"'
@@ -42,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("config", nargs="?", help="distribution-style config.yml (optional)")
     check = sub.add_parser("check", help="validate a config file without serving")
     check.add_argument("config", help="distribution-style config.yml")
-    commands = {name: importlib.import_module(f"pullthrough.commands.{name}") for name in COMMANDS}
+    commands = {
+        name: importlib.import_module(f"pullthrough.commands.{_MODULES.get(name, name)}")
+        for name in COMMANDS
+    }
     for name, module in commands.items():
         command = sub.add_parser(name, help=COMMANDS[name])
         command.add_argument("config", nargs="?", help="distribution-style config.yml (optional)")
@@ -65,8 +80,21 @@ def main(argv: list[str] | None = None) -> int:
         # How each mirror.access pattern was read (relative ones gain the default registry).
         for i, rule in enumerate(config.access):
             who = "every client" if rule.users is None else ", ".join(rule.users)
-            print(f"mirror.access[{i}]: {who} may pull {', '.join(rule.repositories)}")
-        return 0
+            actions = "/".join(rule.actions)
+            print(f"mirror.access[{i}]: {who} may {actions} {', '.join(rule.repositories)}")
+        if config.hosted is not None:
+            hosted = config.hosted
+            print(
+                f"mirror.hosted: {', '.join(f'{p}/**' for p in hosted.prefixes)} hosted "
+                f"(manifests up to {hosted.max_manifest_size} bytes, deletes "
+                f"{'enabled' if hosted.delete_enabled else 'disabled'})"
+            )
+        for upstream in config.upstreams:
+            if upstream.offline:
+                print(f"upstream {upstream.name} starts offline (pullthrough offline switches it)")
+        for pin in config.pins:
+            print(f"mirror.pins: {pin} is kept for good")
+        return _check_policy(config)
     if args.command in commands:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
         try:
@@ -81,6 +109,26 @@ def main(argv: list[str] | None = None) -> int:
     return _run(config)
 
 
+def _check_policy(config: Config) -> int:
+    """Print ``mirror.policy`` as understood, and flag the rules that can never match."""
+    from pullthrough.mirror.policy import Policy, never_matching
+
+    policy = Policy(config.policy)
+    flagged = dict(
+        (rule.index, reason)
+        for rule, reason in never_matching(
+            policy, [u.name for u in config.upstreams], any_upstream=config.allow_any_upstream
+        )
+    )
+    for rule in policy.rules:
+        print(f"{rule.key}: {rule.describe()}")
+        if rule.index in flagged:
+            print(f"warning: {rule.key} can never match: {flagged[rule.index]}", file=sys.stderr)
+    if policy.active:
+        print("mirror.policy: no rule matches: allow")
+    return 0
+
+
 def _run(config: Config) -> int:
     try:
         import uvloop
@@ -92,6 +140,7 @@ def _run(config: Config) -> int:
 async def _serve(config: Config) -> int:
     from pullthrough.server.app import build_app
     from pullthrough.server.identity import hide_server_software
+    from pullthrough.server.routes import MIRROR_KEY
 
     hide_server_software()
     app = build_app(config)
@@ -138,6 +187,16 @@ async def _serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[bool]] = set()
+    policy_file = app[MIRROR_KEY].policy_file
+    if policy_file is not None:
+
+        def reload_policy() -> None:
+            task = loop.create_task(policy_file.reload())
+            reloads.add(task)  # held until done: the loop keeps only weak references
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload_policy)
     await stop.wait()
     log.info("shutting down")
     if debug_runner is not None:

@@ -120,3 +120,33 @@ class StoredBlobCorrupt(RegistryError):
     removed; asking the mirror again fetches it)."""
 
     code, status = "UNAVAILABLE", 503
+
+
+# --- hosted repositories (the push side) -------------------------------------------------
+
+
+class BlobUploadUnknown(RegistryError):
+    code, status = "BLOB_UPLOAD_UNKNOWN", 404
+
+
+class BlobUploadInvalid(RegistryError):
+    code, status = "BLOB_UPLOAD_INVALID", 400
+
+
+class ManifestRejected(RegistryError):
+    """A pushed manifest that cannot be stored (``ManifestInvalid`` is an upstream's bad
+    manifest: 502)."""
+
+    code, status = "MANIFEST_INVALID", 400
+
+
+class ManifestBlobUnknown(RegistryError):
+    """A pushed manifest references a blob or manifest the repository does not hold."""
+
+    code, status = "MANIFEST_BLOB_UNKNOWN", 400
+
+
+class StorageFull(RegistryError):
+    """The store's disk is full: nothing of the request was kept."""
+
+    code, status = "UNAVAILABLE", 507

@@ -41,9 +41,14 @@ def parse_accept(header_values: Iterable[str]) -> tuple[str, ...]:
 
 
 def upstream_accept(client_accept: tuple[str, ...]) -> tuple[str, ...]:
-    """What to ask the upstream for: the client's types, or every type we know."""
-    wanted = tuple(t for t in client_accept if t not in ("*/*",))
-    return wanted or KNOWN_TYPES
+    """What to ask the upstream for: every type the mirror can store, after any others the
+    client named (an old client's schema 1, say).
+
+    Never the client's list alone: an upstream holding a Docker schema 2 manifest answers 404
+    to an Accept of OCI types only, though the tag exists and the mirror can serve it. The
+    mirror negotiates with its client itself (``preferred``)."""
+    extra = tuple(t for t in client_accept if t != "*/*" and t not in KNOWN_TYPES)
+    return (*extra, *KNOWN_TYPES)
 
 
 def acceptable(media_type: str, client_accept: tuple[str, ...]) -> bool:

@@ -112,6 +112,16 @@ class Metrics:
             "Objects the store holds (at the last sweep).",
             registry=r,
         )
+        self.pinned_bytes = Gauge(
+            "pullthrough_pinned_bytes",
+            "Bytes kept for good by pins (at the last sweep with mirror.maxsize).",
+            registry=r,
+        )
+        self.pins_over_limit = Gauge(
+            "pullthrough_pins_over_limit",
+            "1 when pinned content alone is over mirror.maxsize (only unpinned is evicted).",
+            registry=r,
+        )
         self.ratelimit_remaining = Gauge(
             "pullthrough_upstream_ratelimit_remaining",
             "Pulls the upstream says remain (ratelimit-remaining), where it says.",

@@ -65,6 +65,18 @@ async def _story(index: IndexBackend) -> list[Any]:
     seen.append([b.digest for b in await index.least_recent(1, accessed_before=10.0)])
     await index.drop_tag("docker.io", "library/x", "v2")
     seen.append(await index.tags("docker.io", "library/x"))
+    # Operator switches: pins and the offline switch.
+    await index.pin("docker.io", "library/x", "3.*")
+    await index.pin("docker.io", "library/x", "3.*")  # once is enough
+    await index.pin("ghcr.io", "org/y", "v1")
+    seen.append(await index.pins())
+    seen.append([await index.unpin("ghcr.io", "org/y", "v1"),
+                 await index.unpin("ghcr.io", "org/y", "v1")])
+    seen.append(await index.pins())
+    await index.switch_offline("ghcr.io", True)
+    await index.switch_offline("docker.io", True)
+    await index.switch_offline("docker.io", False)
+    seen.append(await index.offline_switches())
     return seen
 
 

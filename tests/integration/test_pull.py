@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.images import (
+    ImageFactory,
     ImageSet,
     PushedImage,
     blob_digests_in_dir,
@@ -125,6 +126,38 @@ def test_docker_style_accept_lines_get_the_manifest_type_the_upstream_holds(
     assert resp.getheader("Docker-Content-Digest") == images.schema2.digest
     assert body == images.schema2.raw_manifest
     conn.close()
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_schema2_tag_answers_a_client_that_accepts_only_oci_types(
+    images: ImageSet, mirror: MirrorProcess, upstream_proxy: RecordingProxy, method: str
+) -> None:
+    """The upstream is asked with every type the mirror stores (it would 404 an Accept of
+    OCI types alone for a Docker schema 2 manifest); the tag's one manifest is the answer."""
+    oci_only = ", ".join(
+        ["application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json"]
+    )
+    url = f"{mirror.url}/v2/{images.schema2.repo}/manifests/{images.schema2.tag}"
+    for _ in ("cold", "warm"):
+        resp = http_request(method, url, headers={"Accept": oci_only})
+        assert resp.status == 200
+        assert resp.header("Content-Type") == "application/vnd.docker.distribution.manifest.v2+json"
+        assert resp.header("Docker-Content-Digest") == images.schema2.digest
+        assert resp.body == (images.schema2.raw_manifest if method == "GET" else b"")
+    manifest_requests = upstream_proxy.requests(path_contains="/manifests/")
+    asked = [r.request_header("Accept") for r in manifest_requests]
+    assert asked and all(
+        "application/vnd.docker.distribution.manifest.v2+json" in ", ".join(a) for a in asked
+    )
+
+
+def test_tag_list_last_is_exclusive(image_factory: ImageFactory, mirror: MirrorProcess) -> None:
+    for tag in ("a", "b", "multi", "v1"):
+        image_factory("library/paged", tag=tag, seed="paged")
+    url = f"{mirror.url}/v2/library/paged/tags/list"
+    assert json.loads(http_request("GET", f"{url}?last=multi").body)["tags"] == ["v1"]
+    assert json.loads(http_request("GET", f"{url}?n=1&last=a").body)["tags"] == ["b"]
+    assert json.loads(http_request("GET", f"{url}?n=2&last=v1").body)["tags"] == []
 
 
 def test_manifest_and_blob_heads_carry_length_and_digest(

@@ -5,6 +5,7 @@ import json
 from pullthrough.manifest import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
+    DOCKER_SCHEMA1,
     KNOWN_TYPES,
     OCI_INDEX,
     OCI_MANIFEST,
@@ -34,10 +35,12 @@ def test_accept_reads_every_header_line_like_docker_sends_them() -> None:
     )
 
 
-def test_no_accept_asks_upstream_for_every_type() -> None:
+def test_upstream_is_asked_for_every_type_the_mirror_stores() -> None:
     assert upstream_accept(()) == KNOWN_TYPES
     assert upstream_accept(("*/*",)) == KNOWN_TYPES
-    assert upstream_accept((OCI_MANIFEST,)) == (OCI_MANIFEST,)
+    # Never the client's list alone: the upstream would refuse a tag of another type.
+    assert upstream_accept((OCI_MANIFEST,)) == KNOWN_TYPES
+    assert upstream_accept((DOCKER_SCHEMA1, OCI_MANIFEST)) == (DOCKER_SCHEMA1, *KNOWN_TYPES)
 
 
 def test_acceptable() -> None:

@@ -80,12 +80,14 @@ class AccessRule:
 
     repositories: tuple[str, ...]
     users: tuple[str, ...] | None = None  # None: everyone, anonymous included; "*": any user
+    actions: tuple[str, ...] = ("pull",)  # push and delete: hosted repositories only
 
 
 class AccessRules:
     def __init__(self, rules: Iterable[AccessRule]) -> None:
         self._rules = [
-            (tuple(compile_pattern(p) for p in rule.repositories), rule.users) for rule in rules
+            (tuple(compile_pattern(p) for p in rule.repositories), rule.users, rule.actions)
+            for rule in rules
         ]
 
     @property
@@ -98,8 +100,22 @@ class AccessRules:
             return True
         name = f"{registry}/{repo}"
         return any(
-            self._for(user, users) and any(p.fullmatch(name) for p in patterns)
-            for patterns, users in self._rules
+            "pull" in actions
+            and self._for(user, users)
+            and any(p.fullmatch(name) for p in patterns)
+            for patterns, users, actions in self._rules
+        )
+
+    def grants(self, user: str | None, registry: str, repo: str, action: str) -> bool:
+        """Does a rule explicitly grant ``action`` (push, delete) on ``repo`` to ``user``?
+        Unlike pulls, writes are never allowed by the absence of rules: anonymous push
+        needs a rule without ``users`` that names it."""
+        name = f"{registry}/{repo}"
+        return any(
+            action in actions
+            and self._for(user, users)
+            and any(p.fullmatch(name) for p in patterns)
+            for patterns, users, actions in self._rules
         )
 
     @staticmethod

@@ -12,6 +12,8 @@ Keys (all under ``pullthrough:``; ``U|R`` is an upstream and a repository):
 - ``repos|U`` set of repositories linked on U; ``upstreams`` set of upstream names
 - ``tag|U|R|T`` hash: media type → ``digest checked``; ``tags|U|R`` set of tags;
   ``tagged`` set of ``U|R`` with tags; ``tagsof|D`` set of ``U|R|T`` pointing at D
+- ``offline`` hash: upstream → ``1`` or ``0`` as ``pullthrough offline`` last set it
+- ``pins`` set of ``U|R|T`` (T a tag glob) as ``pullthrough pin`` set them
 
 Writes that must agree with each other (sizes and totals, removal with its links and
 tags) are Lua scripts. When Redis is unreachable the index degrades instead of failing
@@ -130,6 +132,7 @@ class RedisIndex:
         self._links: _Recent[tuple[str, str, str], bool] = _Recent(REMEMBERED)
         self._served: _Recent[tuple[str, str], bool] = _Recent(REMEMBERED)
         self._tags: _Recent[tuple[str, str, str], list[TagRecord]] = _Recent(REMEMBERED)
+        self._offline: dict[str, bool] = {}  # as last read: kept while Redis is away
 
     async def _call(self, operation: Callable[[Any], Awaitable[T]]) -> T:
         return await self._c.call(operation)
@@ -476,6 +479,44 @@ class RedisIndex:
 
     async def integrity_check(self) -> str:
         return "ok" if await self._c.ping() else "redis unreachable"
+
+    # --- operator switches -----------------------------------------------------------
+
+    async def offline_switches(self) -> dict[str, bool]:
+        """``pullthrough offline`` as last set per upstream, for every replica; while Redis
+        is away, as last read (a switch must not flip because Redis is gone)."""
+        found: dict[str, str] | None = await self._soft(
+            "offline switches", lambda r: r.hgetall(key("offline")), None
+        )
+        if found is not None:
+            # Untrusted: anything but "1" or "0" is no switch at all.
+            self._offline = {
+                str(name): value == "1" for name, value in found.items() if value in ("0", "1")
+            }
+        return dict(self._offline)
+
+    async def pins(self) -> list[tuple[str, str, str]]:
+        """``pullthrough pin`` as set. Read strictly (an exception when Redis is away):
+        eviction must not take an unreadable pin list for an empty one."""
+        found: set[str] = await self._call(lambda r: r.smembers(key("pins")))
+        out = []
+        for member in sorted(found):
+            parts = str(member).split("|")
+            if len(parts) == 3 and all(parts):
+                out.append((parts[0], parts[1], parts[2]))
+            else:
+                log.warning("ignoring a malformed pin in redis: %r", str(member)[:200])
+        return out
+
+    async def pin(self, upstream: str, repo: str, tag: str) -> None:
+        await self._call(lambda r: r.sadd(key("pins"), f"{upstream}|{repo}|{tag}"))
+
+    async def unpin(self, upstream: str, repo: str, tag: str) -> bool:
+        removed = await self._call(lambda r: r.srem(key("pins"), f"{upstream}|{repo}|{tag}"))
+        return bool(removed)
+
+    async def switch_offline(self, upstream: str, offline: bool) -> None:
+        await self._call(lambda r: r.hset(key("offline"), upstream, "1" if offline else "0"))
 
 
 def _count(text: str) -> int | None:

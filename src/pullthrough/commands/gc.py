@@ -11,6 +11,7 @@ from pullthrough.commands.offline import open_store
 from pullthrough.config import Config
 from pullthrough.mirror.eviction import Sweeper, SweepReport
 from pullthrough.store.blobs import BlobStore
+from pullthrough.store.hosted_index import hosted_digests
 
 if TYPE_CHECKING:
     from pullthrough.cluster.connection import Coordination
@@ -39,7 +40,16 @@ async def _gc(config: Config, *, dry_run: bool) -> int:
                     file=sys.stderr,
                 )
                 return 1
-        sweeper = Sweeper.for_config(config, store=opened.store, index=opened.index)
+        # What hosted repositories hold is never evicted (their files are in the same
+        # store, and reconciling may index them as cache entries).
+        kept = (
+            await asyncio.to_thread(hosted_digests, config.root / "hosted.db")
+            if config.hosted is not None
+            else set()
+        )
+        sweeper = Sweeper.for_config(
+            config, store=opened.store, index=opened.index, busy=kept.__contains__
+        )
         if not dry_run:
             adopted, forgotten = await sweeper.reconcile()
             if adopted or forgotten:

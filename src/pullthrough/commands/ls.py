@@ -4,7 +4,8 @@ Each tag line gives the manifest digest the tag points at, the size of the image
 (the manifest plus every stored object it references: for an index, its platform manifests
 and their blobs too; a layer shared by two platforms counts once), how many of the objects
 it references are stored (an index warmed for one platform is partial), and when any of
-them was last read. Manifests of a repository that no tag reaches (pulled by digest, or a
+them was last read, and whether a pin keeps it (``mirror.pins``, ``pullthrough pin``).
+Manifests of a repository that no tag reaches (pulled by digest, or a
 tag's earlier target) are listed with tag ``<none>``; a repository that holds blobs but no
 manifest at all gets one line with digest ``-``.
 """
@@ -26,6 +27,7 @@ from pullthrough.commands.inventory import (
 from pullthrough.commands.offline import has_index, open_store
 from pullthrough.commands.progress import human
 from pullthrough.config import Config
+from pullthrough.mirror.pins import all_pins, pinned_digests
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Row:
     last_access: float
     # The same tag resolved to other manifests for clients accepting other media types.
     other_digests: list[str] = field(default_factory=list)
+    pinned: bool = False  # kept for good: eviction never removes it
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +57,7 @@ class Row:
             "missing": self.missing,
             "last_access": iso(self.last_access),
             "other_digests": self.other_digests,
+            "pinned": self.pinned,
         }
 
 
@@ -69,7 +73,9 @@ def run(config: Config, args: argparse.Namespace) -> int:
     if not rows:
         print(f"nothing cached in {config.root}")
         return 0
-    lines = [["UPSTREAM", "REPOSITORY", "TAG", "DIGEST", "SIZE", "OBJECTS", "LAST ACCESS"]]
+    lines = [
+        ["UPSTREAM", "REPOSITORY", "TAG", "DIGEST", "SIZE", "OBJECTS", "LAST ACCESS", "PINNED"]
+    ]
     for row in rows:
         lines.append(
             [
@@ -80,6 +86,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
                 human(row.size),
                 f"{row.stored}/{row.stored + row.missing}",
                 iso(row.last_access) or "-",
+                "pinned" if row.pinned else "",
             ]
         )
     print("\n".join(table(lines)))
@@ -168,5 +175,10 @@ async def collect(config: Config) -> list[Row]:
                         max(objects[d].last_access for d in linked),
                     )
                 )
+        pins = await all_pins(config.pins, index)
+        if pins:
+            kept = await pinned_digests(pins, index=index, store=opened.store)
+            for row in rows:
+                row.pinned = row.digest in kept
     rows.sort(key=lambda r: (r.upstream, r.repository, r.tag is None, r.tag or "", r.digest or ""))
     return rows

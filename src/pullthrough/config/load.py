@@ -23,10 +23,12 @@ from pullthrough.config.model import (
     AuthConfig,
     ClusterConfig,
     Config,
+    HostedConfig,
     Limits,
     StoreLimit,
     UpstreamConfig,
 )
+from pullthrough.config.policy import pins, policy_rules
 from pullthrough.config.redact import shown, validation_message
 from pullthrough.config.schema import Root, _Cluster, apply_env, unknown_keys
 from pullthrough.config.values import (
@@ -60,10 +62,10 @@ def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None 
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
     env_warnings = apply_env(raw, os.environ if environ is None else environ)
-    return _validate(raw, env_warnings)
+    return _validate(raw, env_warnings, Path(path) if path is not None else None)
 
 
-def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
+def _validate(raw: dict[str, Any], warnings: list[str], path: Path | None = None) -> Config:
     try:
         root = Root.model_validate(raw)
     except ValidationError as exc:
@@ -126,6 +128,7 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
             "can read"
         )
     access = _access(root, auth, upstreams, default, warnings)
+    hosted = _hosted(root, upstreams)
     cluster = _cluster(
         root.mirror.cluster, host, port, https=bool(tls.certificate), warnings=warnings
     )
@@ -158,6 +161,9 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
         gc_batch=_batch(root.mirror.gc_batch),
         cluster=cluster,
         access=access,
+        policy=policy_rules(root.mirror.policy),
+        pins=pins(root.mirror.pins, {u.name for u in upstreams}),
+        path=path,
         outbound_allow=_outbound_allow(root.mirror.outbound.allow),
         adhoc_max=_adhoc_max(root.mirror.adhoc_upstreams.max),
         adhoc_idle=_positive(root.mirror.adhoc_upstreams.idle, "mirror.adhoc_upstreams.idle"),
@@ -165,6 +171,7 @@ def _validate(raw: dict[str, Any], warnings: list[str]) -> Config:
         ui_history_interval=_positive(
             root.mirror.ui.history_interval, "mirror.ui.history_interval"
         ),
+        hosted=hosted,
         warnings=tuple(warnings),
     )
 
@@ -224,8 +231,67 @@ def _access(
                 )
             users = tuple(u.strip() for u in entry.users)
             _warn_unknown_users(f"{key}.users", users, auth, warnings)
-        rules.append(AccessRule(tuple(patterns), users))
+        rules.append(AccessRule(tuple(patterns), users, _actions(entry.actions, key)))
     return tuple(rules)
+
+
+_ACTIONS = ("pull", "push", "delete")
+
+
+def _actions(given: list[str] | None, key: str) -> tuple[str, ...]:
+    """A rule's actions: pull unless it says otherwise (push and delete concern hosted
+    repositories only, and are granted only where a rule names them)."""
+    if given is None:
+        return ("pull",)
+    bad = [a for a in given if a not in _ACTIONS]
+    if bad or not given:
+        raise ConfigError(f"{key}.actions: expected some of pull, push, delete, got {given!r}")
+    return tuple(dict.fromkeys(given))
+
+
+def _hosted(root: Root, upstreams: tuple[UpstreamConfig, ...]) -> HostedConfig | None:
+    """``mirror.hosted``: which names are pushed to here rather than mirrored."""
+    section = root.mirror.hosted
+    if not section.repositories:
+        return None
+    if root.mirror.cluster.redis.addr:
+        # hosted.db is one SQLite file: replicas sharing it over a network filesystem
+        # would corrupt it, and pushes would not be visible through the other replicas.
+        raise ConfigError(
+            "mirror.hosted: hosted repositories are not supported in cluster mode "
+            "(mirror.cluster) yet; run them on a single pullthrough"
+        )
+    names = {u.name for u in upstreams}
+    prefixes = []
+    for i, prefix in enumerate(section.repositories):
+        key = f"mirror.hosted.repositories[{i}]"
+        text = prefix.strip().strip("/") if isinstance(prefix, str) else ""
+        if not text or not _HOSTED_PREFIX.match(text) or len(text) > 200:
+            raise ConfigError(
+                f"{key}: {str(prefix)[:100]!r} is not a repository name prefix (lower-case "
+                "components separated by /, such as acme or team/images)"
+            )
+        first = text.split("/", 1)[0]
+        if first in names or is_registry_component(first):
+            # A name is hosted or mirrored, never both: a prefix that names a registry
+            # would take over (or shadow) what that upstream's clients address.
+            raise ConfigError(
+                f"{key}: {text!r} starts with a registry host name; hosted names must not "
+                "look like a mirrored registry's path prefix"
+            )
+        prefixes.append(text)
+    if section.max_uploads_per_client < 1:
+        raise ConfigError("mirror.hosted.max_uploads_per_client: must be at least 1")
+    return HostedConfig(
+        prefixes=tuple(prefixes),
+        max_manifest_size=parse_size(section.max_manifest_size, "mirror.hosted.max_manifest_size"),
+        upload_idle=_positive(section.upload_idle, "mirror.hosted.upload_idle"),
+        max_uploads_per_client=section.max_uploads_per_client,
+        delete_enabled=root.storage.delete.enabled,
+    )
+
+
+_HOSTED_PREFIX = re.compile(r"^[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*$")
 
 
 def _warn_unknown_users(
@@ -378,6 +444,7 @@ def _upstreams(root: Root) -> tuple[UpstreamConfig, ...]:
             stall_budget=budget,
             tag_freshness=freshness,
             max_downloads=downloads,
+            offline=proxy.offline,
         )
     ]
     for i, entry in enumerate(mirror.upstreams):
@@ -422,6 +489,7 @@ def _upstreams(root: Root) -> tuple[UpstreamConfig, ...]:
                 max_downloads=downloads
                 if entry.upstream_max_downloads is None
                 else _max_downloads(entry.upstream_max_downloads, f"{key}.upstream_max_downloads"),
+                offline=entry.offline,
             )
         )
     return tuple(found)

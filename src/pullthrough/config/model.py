@@ -30,6 +30,8 @@ class UpstreamConfig:
     stall_budget: float = 25.0
     tag_freshness: float = 0.0
     max_downloads: int = 64  # blob downloads from it at once; beyond: 503 + Retry-After
+    # Never contacted: only what is cached is served (``pullthrough offline`` flips it).
+    offline: bool = False
 
     @property
     def is_docker_hub(self) -> bool:
@@ -93,6 +95,62 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HostedConfig:
+    """``mirror.hosted``: repository names clients push to (kept, never evicted), beside
+    the mirrored ones. A name is hosted when it is one of ``prefixes`` or lies under one."""
+
+    prefixes: tuple[str, ...]
+    max_manifest_size: int = 4 * 1024 * 1024
+    upload_idle: float = 3600.0
+    max_uploads_per_client: int = 100
+    delete_enabled: bool = False  # storage.delete.enabled
+
+    def holds(self, name: str) -> bool:
+        return any(name == p or name.startswith(p + "/") for p in self.prefixes)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRule:
+    """One ``mirror.policy`` entry as validated: what it matches and what it decides.
+
+    ``repositories`` are patterns relative to the upstream (``*`` one path component,
+    ``**`` any number), already in the form requests are resolved to (on Docker Hub a
+    one-component pattern is under ``library/``). ``tags`` None: the rule is about the
+    whole repository; otherwise tag globs."""
+
+    index: int  # its position in mirror.policy, which names it in errors and logs
+    upstream: str  # an upstream name, or a glob over names ("*")
+    repositories: tuple[str, ...]
+    tags: tuple[str, ...] | None
+    action: str  # "allow" or "deny"
+
+    @property
+    def key(self) -> str:
+        return f"mirror.policy[{self.index}]"
+
+    def describe(self) -> str:
+        """The rule as ``pullthrough check`` prints it and a DENIED message names it."""
+        tags = f" tags {', '.join(self.tags)}" if self.tags is not None else ""
+        return (
+            f"{self.action} upstream {self.upstream} repositories "
+            f"{', '.join(self.repositories)}{tags}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """Tags kept for good (``mirror.pins``, or ``pullthrough pin``): the manifests they
+    resolve to and everything those reference are never evicted. ``tag`` is a glob."""
+
+    upstream: str
+    repository: str
+    tag: str
+
+    def __str__(self) -> str:
+        return f"{self.upstream}/{self.repository}:{self.tag}"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything the running mirror needs, typed and validated."""
 
@@ -121,11 +179,15 @@ class Config:
     gc_batch: int = 1000
     cluster: ClusterConfig | None = None  # None: one process, SQLite index
     access: tuple[AccessRule, ...] = ()  # mirror.access; empty: no per-repository rules
+    policy: tuple[PolicyRule, ...] = ()  # mirror.policy; empty: everything may be mirrored
+    pins: tuple[Pin, ...] = ()  # mirror.pins: one per (upstream, repository, tag glob)
+    path: Path | None = None  # the file this was read from (re-read for mirror.policy)
     outbound_allow: tuple[str, ...] = ()  # mirror.outbound.allow: non-public hosts allowed
     adhoc_max: int = 64  # mirror.adhoc_upstreams.max: ad-hoc upstream slots at once
     adhoc_idle: float = 600.0  # mirror.adhoc_upstreams.idle: unused this long, given back
     ui_enabled: bool = True  # mirror.ui.enabled: the status page and its API under /ui/
     ui_history_interval: float = 60.0  # mirror.ui.history_interval: charts sampled this often
+    hosted: HostedConfig | None = None  # None: every name is mirrored
     warnings: tuple[str, ...] = ()
 
     @property

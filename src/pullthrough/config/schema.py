@@ -29,7 +29,7 @@ _IGNORED_SECTIONS = {
 _IGNORED_KEYS = {
     "log": {"fields", "hooks", "reportcaller"},
     "log.accesslog": set(),
-    "storage": {"cache", "maintenance", "redirect", "tag", "delete"},
+    "storage": {"cache", "maintenance", "redirect", "tag"},
     "http": {
         "secret",
         "headers",
@@ -68,8 +68,13 @@ class _Filesystem(_Section):
     rootdirectory: str = "./data"
 
 
+class _Delete(_Section):
+    enabled: bool = False
+
+
 class _Storage(_Section):
     filesystem: _Filesystem = _Filesystem()
+    delete: _Delete = _Delete()  # hosted repositories: may clients delete blobs/manifests
 
 
 class _TLS(_Section):
@@ -99,6 +104,7 @@ class _Proxy(_Section):
     username: str | None = None
     password: str | None = None
     ttl: Any = None
+    offline: bool = False  # pullthrough's: never contact it, serve only what is cached
 
 
 class _Upstream(_Section):
@@ -113,6 +119,7 @@ class _Upstream(_Section):
     upstream_max_downloads: int | None = None
     upstream_stall_timeout: Any = None
     upstream_stall_budget: Any = None
+    offline: bool = False
 
 
 class _Redis(_Section):
@@ -141,6 +148,27 @@ class _Limits(_Section):
 class _AccessRule(_Section):
     repositories: list[str] = []
     users: list[str] | None = None
+    actions: list[str] | None = None  # pull (the default), push, delete
+
+
+class _Hosted(_Section):
+    repositories: list[str] = []  # name prefixes that are hosted (pushed to), not mirrored
+    max_manifest_size: Any = "4MiB"
+    upload_idle: Any = "1h"  # an upload session untouched this long is removed
+    max_uploads_per_client: int = 100  # open upload sessions per client address
+
+
+class _PolicyRule(_Section):
+    upstream: str | None = None
+    repositories: list[str] | None = None
+    tags: list[str] | None = None
+    action: str | None = None
+
+
+class _Pin(_Section):
+    upstream: str | None = None
+    repository: str | None = None
+    tags: list[str] | None = None
 
 
 class _Outbound(_Section):
@@ -160,6 +188,8 @@ class _UI(_Section):
 class _Mirror(_Section):
     limits: _Limits = _Limits()
     access: list[_AccessRule] = []
+    policy: list[_PolicyRule] = []
+    pins: list[_Pin] = []
     upstreams: list[_Upstream] = []
     default_upstream: str | None = None
     allow_any_upstream: bool = False
@@ -181,6 +211,7 @@ class _Mirror(_Section):
     outbound: _Outbound = _Outbound()
     adhoc_upstreams: _AdhocUpstreams = _AdhocUpstreams()
     ui: _UI = _UI()
+    hosted: _Hosted = _Hosted()
 
 
 class Root(_Section):

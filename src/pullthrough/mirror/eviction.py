@@ -23,11 +23,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from pullthrough.config import Config, StoreLimit
+from pullthrough.mirror.pins import all_pins, pinned_digests
 from pullthrough.reference import parse_digest
 from pullthrough.store.blobs import BlobStore
 from pullthrough.store.index import AgedBlob, IndexBackend
@@ -49,6 +50,8 @@ class SweepReport:
     stored_bytes: int = 0
     limit: int | None = None
     full: bool = False  # still over the limit after the pass
+    pinned: int = 0  # objects kept for good (mirror.pins, pullthrough pin)
+    pinned_bytes: int = 0
 
     @property
     def removed(self) -> list[AgedBlob]:
@@ -91,8 +94,13 @@ class Sweeper:
         on_removed: Callable[[AgedBlob, str], None] | None = None,
         on_swept: Callable[[SweepReport], None] | None = None,
         turns: SweepTurns | None = None,
+        pinned: Callable[[], Awaitable[set[str]]] | None = None,
     ) -> None:
         self.on_swept = on_swept
+        # Digests never evicted; counted toward the limit all the same.
+        self.pinned = pinned
+        self.pinned_now: set[str] = set()  # as the last pass found them
+        self.pins_over_limit = False
         self.turns = turns
         self.store = store
         self.index = index
@@ -117,7 +125,14 @@ class Sweeper:
         cls, config: Config, *, store: BlobStore, index: IndexBackend, **hooks: Any
     ) -> Sweeper:
         """A sweeper with the TTLs, limit and batch ``config`` gives (server and gc alike);
-        ``hooks`` are the optional keyword arguments (busy, on_removed, ...)."""
+        ``hooks`` are the optional keyword arguments (busy, on_removed, ...). Pinned
+        content (``mirror.pins`` and ``pullthrough pin``) is never removed."""
+
+        async def pinned() -> set[str]:
+            pins = await all_pins(config.pins, index)
+            return await pinned_digests(pins, index=index, store=store) if pins else set()
+
+        hooks.setdefault("pinned", pinned)
         return cls(
             store=store,
             index=index,
@@ -169,14 +184,22 @@ class Sweeper:
         the store is over its limit."""
         await self.index.flush_access()
         report = SweepReport()
+        # Read first: a pin list that cannot be read fails the pass (nothing is removed)
+        # rather than counting as no pins.
+        pinned = await self.pinned() if self.pinned is not None else set()
+        self.pinned_now = pinned
         budget = self.batch
         now = self.clock()
         positive = [t for t in [*self.ttls.values(), self.default_ttl] if t > 0]
         if positive:
-            candidates = await self.index.least_recent(budget, accessed_before=now - min(positive))
+            candidates = await self.index.least_recent(
+                budget + len(pinned), accessed_before=now - min(positive)
+            )
             for blob in candidates:
                 ttl = self.ttl_of(blob)
                 if ttl is None or blob.last_access >= now - ttl or self.busy(blob.digest):
+                    continue
+                if blob.digest in pinned or budget <= 0:
                     continue
                 report.expired.append(blob)
                 budget -= 1
@@ -188,8 +211,10 @@ class Sweeper:
         if self.limit is not None:
             capacity = await asyncio.to_thread(self.store.capacity)
             report.limit = self.limit.resolve(capacity)
+            if pinned:
+                await self._count_pinned(report, pinned)
             if report.stored_bytes > report.limit and budget > 0:
-                await self._evict_for_size(report, budget)
+                await self._evict_for_size(report, budget, pinned)
             report.full = report.stored_bytes > report.limit
         if not dry_run:
             await self._remove(report)
@@ -200,6 +225,16 @@ class Sweeper:
                 report.stored_bytes,
                 report.limit,
             )
+        over = report.limit is not None and report.pinned_bytes > report.limit
+        if over and not self.pins_over_limit:
+            log.warning(
+                "pinned content alone (%d objects, %d bytes) is over mirror.maxsize (%d "
+                "bytes): only unpinned content is evicted",
+                report.pinned,
+                report.pinned_bytes,
+                report.limit,
+            )
+        self.pins_over_limit = over
         self.full = report.full
         self.last = report
         if self.on_swept is not None and not dry_run:
@@ -216,17 +251,24 @@ class Sweeper:
             )
         return report
 
-    async def _evict_for_size(self, report: SweepReport, budget: int) -> None:
+    async def _count_pinned(self, report: SweepReport, pinned: set[str]) -> None:
+        for digest in pinned:
+            record = await self.index.blob(digest)
+            if record is not None:
+                report.pinned += 1
+                report.pinned_bytes += record.size
+
+    async def _evict_for_size(self, report: SweepReport, budget: int, pinned: set[str]) -> None:
         assert report.limit is not None
         target = int(report.limit * LOW_WATER)
         removed = {b.digest for b in report.expired}
         candidates = await self.index.least_recent(
-            budget + len(removed), accessed_before=float("inf")
+            budget + len(removed) + len(pinned), accessed_before=float("inf")
         )
         for blob in candidates:
             if report.stored_bytes <= target or budget <= 0:
                 break
-            if blob.digest in removed or self.busy(blob.digest):
+            if blob.digest in removed or blob.digest in pinned or self.busy(blob.digest):
                 continue
             report.evicted.append(blob)
             report.stored_bytes -= blob.size

@@ -63,7 +63,8 @@ class Fetches:
         self._tasks: set[asyncio.Task[None]] = set()
         self._task_of: dict[Fetch, asyncio.Task[None]] = {}
         self._abandoned: set[Fetch] = set()  # cancelled here, their tasks still ending
-        self.keep: Callable[[], bool] = lambda: True  # False: new fetches keep nothing
+        # False for a digest: a new fetch of it keeps nothing (the store is over its limit).
+        self.keep: Callable[[Digest], bool] = lambda digest: True
         self._warned_at = 0.0
         self._full_until = 0.0
 
@@ -90,7 +91,7 @@ class Fetches:
             store=self._store,
             on_stored=self._on_stored,
             metrics=self._metrics,
-            keep=self.keep() and time.monotonic() >= self._full_until,
+            keep=self.keep(digest) and time.monotonic() >= self._full_until,
             on_spill=self._spilled,
         )
         if self._drive is None:

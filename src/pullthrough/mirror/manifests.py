@@ -28,10 +28,10 @@ from pullthrough.errors import (
     UpstreamUnavailable,
 )
 from pullthrough.manifest import (
+    INDEX_TYPES,
     NO_CHILDREN,
     Children,
     NotAManifest,
-    acceptable,
     check_manifest,
     children,
     detect_media_type,
@@ -130,7 +130,7 @@ class ManifestService:
         freshness = upstream.config.tag_freshness
         cached: TagRecord | None = None
         if freshness > 0:
-            cached = self._pick(await self.index.tag(upstream.name, repo, tag), accept)
+            cached = _latest(await self.index.tag(upstream.name, repo, tag))
             if cached is not None and time.time() - cached.checked < freshness:
                 local = await self._recorded(upstream.name, repo, cached)
                 if local is not None:
@@ -148,7 +148,9 @@ class ManifestService:
                     f"manifest {repo}:{tag} is unknown to upstream {upstream.name}",
                     detail={"name": repo, "tag": tag},
                 )
-            if local is not None and acceptable(local.media_type, accept):
+            if local is not None:
+                # The upstream was asked with every type the mirror stores, so the manifest
+                # it named is the tag's answer whatever this client's Accept lists.
                 self._count(upstream, "hit")
                 return local
             # Fetch by digest when the HEAD named one: immutable, and verifiable on arrival.
@@ -162,7 +164,7 @@ class ManifestService:
             )
         except _STALE_ERRORS as exc:
             if freshness <= 0:
-                cached = self._pick(await self.index.tag(upstream.name, repo, tag), accept)
+                cached = _latest(await self.index.tag(upstream.name, repo, tag))
             if cached is None:
                 raise
             local = await self._recorded(upstream.name, repo, cached)
@@ -173,6 +175,14 @@ class ManifestService:
             return Manifest(
                 local.digest, local.media_type, local.body, stale=True, children=local.children
             )
+
+    async def listed_by(self, digest: str, media_type: str) -> tuple[str, ...]:
+        """The manifests a stored index (or manifest list) lists in its ``manifests``
+        field; nothing for any other type or when it is no longer stored."""
+        if media_type not in INDEX_TYPES:
+            return ()
+        manifest = await self._stored(digest, media_type)
+        return manifest.children.manifests if manifest is not None else ()
 
     async def _confirm(
         self, upstream: UpstreamClient, repo: str, tag: str, wanted: tuple[str, ...]
@@ -259,7 +269,7 @@ class ManifestService:
                 # Another replica may have stored it since this one looked: by digest, that
                 # copy is the answer (the flight's lock only orders the replicas' GETs).
                 local = await self._local(upstream, repo, str(expected), named=tag is not None)
-                if local is not None and acceptable(local.media_type, accept):
+                if local is not None:
                     if tag is not None:
                         await self.index.set_tag(
                             upstream.name,
@@ -403,12 +413,13 @@ class ManifestService:
             for child in manifest.children.all:
                 self.index.touch(child)
 
-    @staticmethod
-    def _pick(records: list[TagRecord], accept: tuple[str, ...]) -> TagRecord | None:
-        for record in records:
-            if acceptable(record.media_type, accept):
-                return record
-        return None
+
+def _latest(records: list[TagRecord]) -> TagRecord | None:
+    """A tag's latest cached resolution, whatever the client's Accept lists: the upstream
+    is asked with every type the mirror stores (``upstream_accept``), so the freshest record
+    is what the tag names now; an older one of a type the client prefers may be a manifest
+    the tag has since moved away from."""
+    return records[0] if records else None
 
 
 def _flight_name(kind: str, upstream: str, repo: str, ref: str, accept: tuple[str, ...]) -> str:

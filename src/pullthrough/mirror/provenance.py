@@ -11,6 +11,14 @@ time, verified against D, and
   (c) U answers a HEAD for D in R's scope (an upstream's word counts only about content it
       has shown it has).
 
+Hosted repositories (``mirror.hosted``) add one source, and for them it is the only one:
+
+  (d) the bytes were pushed to R (or mounted into it from a repository the pusher may
+      read) and verified.
+
+A hosted R reads nothing an upstream or another repository brought until it is pushed
+(or mounted) there, even though the file on disk is the same.
+
 Bytes that only another upstream brought are a miss for U, configured or ad hoc: U must
 serve them (the download is the proof; the file on disk stays one) before anyone reads them
 through U. Otherwise a hostile upstream that answers 200 to every HEAD, or names any digest
@@ -26,10 +34,11 @@ from __future__ import annotations
 
 import enum
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from pullthrough.errors import BlobUnknown, ManifestUnknown, RegistryError
 from pullthrough.manifest import upstream_accept
+from pullthrough.store.hosted_index import HostedIndex, HostedManifest
 from pullthrough.store.index import IndexBackend
 from pullthrough.upstream.client import UpstreamClient
 
@@ -48,8 +57,9 @@ class Provenance:
     """Decides whether (upstream, repository) may read a stored digest, and records the
     facts that decide it."""
 
-    def __init__(self, index: IndexBackend) -> None:
+    def __init__(self, index: IndexBackend, hosted: HostedIndex | None = None) -> None:
         self._index = index
+        self._hosted = hosted
         self._readers: OrderedDict[str, set[tuple[str, str]]] = OrderedDict()
 
     async def readable(
@@ -133,6 +143,59 @@ class Provenance:
         """Rule (b) for a stored manifest ``upstream`` named for ``repo`` (by a tag): what
         it references is ``repo``'s too, once ``upstream`` has served those bytes."""
         await self._index.link(upstream, repo, digest, children=references)
+
+    # --- rule (d): hosted repositories ----------------------------------------------------
+
+    async def pushed_blob(self, repo: str, digest: str) -> int | None:
+        """Rule (d) for a blob: its size if it was pushed to (or mounted into) hosted
+        ``repo``, verified; None otherwise."""
+        if self._hosted is None:
+            return None
+        return await self._hosted.blob_size(repo, digest)
+
+    async def pushed_manifest(self, repo: str, digest: str) -> HostedManifest | None:
+        """Rule (d) for a manifest: its record if it was pushed to hosted ``repo``."""
+        if self._hosted is None:
+            return None
+        return await self._hosted.manifest(repo, digest)
+
+    async def not_pushed(
+        self, repo: str, blobs: Iterable[str], manifests: Iterable[str]
+    ) -> list[str]:
+        """What of ``blobs`` and ``manifests`` (a pushed manifest's references) hosted
+        ``repo`` may not read: a manifest can only name what its repository holds."""
+        if self._hosted is None:
+            return [*blobs, *manifests]
+        missing = await self._hosted.missing_blobs(repo, blobs)
+        return missing + await self._hosted.missing_manifests(repo, manifests)
+
+    async def reached_through(
+        self,
+        upstream: str,
+        repo: str,
+        digest: str,
+        *,
+        tag_allowed: Callable[[str], bool],
+        listed_by: Callable[[str, str], Awaitable[tuple[str, ...]]],
+    ) -> bool:
+        """Whether the index says a tag of ``repo`` that ``tag_allowed`` accepts reached
+        the manifest ``digest``: the tag resolved to it, or to an index (or manifest list)
+        whose ``manifests`` field lists it. ``listed_by(digest, media_type)`` gives the
+        manifests a stored manifest lists (nothing for an image manifest). ``mirror.policy``
+        asks this so that a pull by digest does not get around a tag it denies."""
+        reached: list[tuple[str, str]] = []
+        for tag in await self._index.tags(upstream, repo):
+            if not tag_allowed(tag):
+                continue
+            for record in await self._index.tag(upstream, repo, tag):
+                if record.digest == digest:
+                    return True
+                reached.append((record.digest, record.media_type))
+        # Only then read stored indexes: most digests asked for are a tag's own resolution.
+        for parent, media_type in reached:
+            if digest in await listed_by(parent, media_type):
+                return True
+        return False
 
     def forget(self, digest: str) -> None:
         """The digest left the store: nothing remembered about it stands."""

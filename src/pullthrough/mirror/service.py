@@ -13,6 +13,8 @@ import logging
 from typing import TYPE_CHECKING, cast
 
 from pullthrough.config import Config
+from pullthrough.hosted.registry import HostedRegistry
+from pullthrough.hosted.uploads import Uploads
 from pullthrough.metrics import Metrics
 from pullthrough.mirror.blobs import BlobService
 from pullthrough.mirror.eviction import Sweeper, SweepReport
@@ -20,11 +22,15 @@ from pullthrough.mirror.fetch import Fetch
 from pullthrough.mirror.fetches import Fetches
 from pullthrough.mirror.listing import Listing
 from pullthrough.mirror.manifests import ManifestService
+from pullthrough.mirror.offline import OfflineSwitches
+from pullthrough.mirror.policy import Policy, denied
+from pullthrough.mirror.policy_file import PolicyFile, warn_never_matching
 from pullthrough.mirror.provenance import Provenance
 from pullthrough.mirror.scrub import Scrubber
 from pullthrough.mirror.upstreams import Upstreams
 from pullthrough.reference import Digest
 from pullthrough.store.blobs import BlobStore
+from pullthrough.store.hosted_index import HostedIndex
 from pullthrough.store.index import AgedBlob, Index, IndexBackend
 
 if TYPE_CHECKING:
@@ -52,8 +58,22 @@ class Mirror:
             )
             self.index = self.cluster.index
         self.upstreams = Upstreams(config, self.metrics)
+        self.offline = OfflineSwitches(index=self.index, upstreams=self.upstreams)
         # Who may read which digest: every read path below asks this one object.
-        self.provenance = Provenance(self.index)
+        hosted_index = HostedIndex(config.root / "hosted.db") if config.hosted else None
+        self.provenance = Provenance(self.index, hosted_index)
+        # What may be mirrored at all (mirror.policy); replaced whole when re-read.
+        self.policy = Policy(config.policy)
+        self.policy_file = (
+            PolicyFile(
+                config.path,
+                self._set_policy,
+                upstreams=tuple(u.name for u in config.upstreams),
+                any_upstream=config.allow_any_upstream,
+            )
+            if config.path is not None
+            else None
+        )
         self.fetches = Fetches(
             self.store,
             self._blob_stored,
@@ -61,7 +81,8 @@ class Mirror:
             drive=self.cluster.fetches(self.provenance).run if self.cluster else None,
         )
         # Over mirror.maxsize with nothing left to evict: new fetches keep nothing.
-        self.fetches.keep = lambda: not self.sweeper.full
+        # Pinned content is kept all the same: the operator asked for it to be kept for good.
+        self.fetches.keep = lambda d: not self.sweeper.full or str(d) in self.sweeper.pinned_now
         # Listing is annotated with the SQLite Index; it uses only what IndexBackend
         # declares, which the Redis index implements as well.
         self.blobs = BlobService(
@@ -80,11 +101,27 @@ class Mirror:
             quarantine=self.quarantine,
         )
         self.listing = Listing(index=cast(Index, self.index))
+        # Hosted repositories (mirror.hosted): pushed content, in the same store, kept.
+        self.hosted: HostedRegistry | None = None
+        self.uploads: Uploads | None = None
+        if config.hosted is not None:
+            self.hosted = HostedRegistry(
+                config=config.hosted,
+                store=self.store,
+                index=cast(HostedIndex, hosted_index),
+                provenance=self.provenance,
+            )
+            self.uploads = Uploads(
+                root=config.root,
+                store=self.store,
+                idle=config.hosted.upload_idle,
+                per_client=config.hosted.max_uploads_per_client,
+            )
         self.sweeper = Sweeper.for_config(
             config,
             store=self.store,
             index=self.index,
-            busy=self.fetches.busy,
+            busy=self._busy,
             on_removed=self._removed,
             on_swept=self._swept,
             turns=self.cluster.sweep_turns if self.cluster else None,
@@ -109,15 +146,30 @@ class Mirror:
         else:
             await self.cluster.start()  # the shared temp directory is not emptied
         await self.index.open()
+        if self.hosted is not None and self.uploads is not None:
+            # Before the sweeper's first pass: it must know what is kept.
+            await asyncio.to_thread(self.uploads.prepare)
+            await self.hosted.start()
+        await self.offline.apply()  # a switch set while this server was down holds from the start
         loop = asyncio.get_running_loop()
         self._background = [
+            loop.create_task(self.offline.run_forever()),
             loop.create_task(self._flush_forever()),
             loop.create_task(self.sweeper.run_forever(self.config.gc_interval)),
         ]
         if self.config.allow_any_upstream:
             self._background.append(loop.create_task(self._reclaim_forever()))
+        if self.policy_file is not None:
+            self._background.append(loop.create_task(self.policy_file.watch()))
+        warn_never_matching(
+            self.policy,
+            tuple(u.name for u in self.config.upstreams),
+            any_upstream=self.config.allow_any_upstream,
+        )
         if self.scrubber is not None:
             self._background.append(loop.create_task(self.scrubber.run_forever()))
+        if self.uploads is not None:
+            self._background.append(loop.create_task(self._expire_uploads_forever()))
 
     async def stop(self) -> None:
         for task in self._background:
@@ -127,8 +179,67 @@ class Mirror:
         await self.fetches.wait_all(seconds=5.0)
         await self.upstreams.close()
         await self.index.close()
+        if self.hosted is not None:
+            await self.hosted.index.close()
         if self.cluster is not None:
             await self.cluster.stop()
+
+    def _busy(self, digest: str) -> bool:
+        """Not to be evicted now: a download is under way, or a hosted repository holds
+        it (hosted content is removed only by gc, when nothing references it)."""
+        return self.fetches.busy(digest) or (
+            self.hosted is not None and digest in self.hosted.kept
+        )
+
+    async def _expire_uploads_forever(self) -> None:
+        assert self.uploads is not None
+        interval = min(max(self.uploads.idle / 2, 0.5), 60.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.uploads.expire()
+            except Exception:  # try again next time
+                log.exception("removing idle upload sessions failed")
+
+    async def permit(
+        self,
+        upstream: str,
+        repo: str,
+        name: str,
+        *,
+        tag: str | None = None,
+        digest: str | None = None,
+    ) -> None:
+        """Raises Denied when ``mirror.policy`` does not let ``repo`` of ``upstream`` be
+        mirrored (``tag``: a manifest by tag; ``digest``: a manifest by digest, which
+        must have been reached through an allowed tag when tag rules apply). Asked
+        before the store or the upstream is: a denied request costs the upstream nothing."""
+        policy = self.policy
+        if not policy.active:
+            return
+        if tag is not None:
+            policy.check_tag(upstream, repo, tag, name)
+            return
+        policy.check_repository(upstream, repo, name)
+        rule = policy.first_tag_rule(upstream, repo) if digest is not None else None
+        if digest is None or rule is None:
+            return
+        reached = await self.provenance.reached_through(
+            upstream,
+            repo,
+            digest,
+            tag_allowed=lambda t: policy.tag_allowed(upstream, repo, t),
+            listed_by=self.manifests.listed_by,
+        )
+        if not reached:
+            raise denied(
+                f"manifest {digest} of {upstream}/{repo}, not reached through an allowed tag,",
+                rule,
+                name,
+            )
+
+    def _set_policy(self, policy: Policy) -> None:
+        self.policy = policy
 
     async def _blob_stored(self, fetch: Fetch) -> None:
         await self.provenance.served(
@@ -159,6 +270,8 @@ class Mirror:
     def _swept(self, report: SweepReport) -> None:
         self.metrics.store_objects.set(report.objects)
         self.metrics.store_bytes.set(report.stored_bytes)
+        self.metrics.pinned_bytes.set(report.pinned_bytes)
+        self.metrics.pins_over_limit.set(int(self.sweeper.pins_over_limit))
 
     async def _reclaim_forever(self) -> None:
         """Give back idle ad-hoc upstream slots and close their connections, also when no

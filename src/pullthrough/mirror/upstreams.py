@@ -67,6 +67,10 @@ class Upstreams:
         adhoc = [client for client, _ in self._adhoc.values()]
         return iter([*self._by_name.values(), *adhoc])
 
+    def configured(self) -> list[UpstreamClient]:
+        """The configured upstreams' clients (no ad-hoc ones)."""
+        return list(self._by_name.values())
+
     @property
     def adhoc_count(self) -> int:
         """Ad-hoc slots held now."""

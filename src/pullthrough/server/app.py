@@ -14,6 +14,7 @@ from pullthrough.mirror.service import Mirror
 from pullthrough.server.auth import build_auth
 from pullthrough.server.disconnects import DISCONNECTS_KEY, Disconnects
 from pullthrough.server.errors import oci_errors
+from pullthrough.server.hosted_routes import HOSTED_KEY, UPLOADS_KEY, is_hosted_write
 from pullthrough.server.limits import body_limit
 from pullthrough.server.metrics import count_requests
 from pullthrough.server.routes import ACCESS_KEY, AUTH_KEY, MIRROR_KEY, VERIFY_KEY, dispatch
@@ -26,11 +27,19 @@ log = logging.getLogger(__name__)
 def build_app(config: Config) -> web.Application:
     """A ready-to-run application for ``config``; the mirror starts with the app."""
     limits = config.limits
+    mirror = Mirror(config)
+    hosted = mirror.hosted
+
+    def pushes(request: web.Request) -> bool:
+        return hosted is not None and is_hosted_write(request, hosted)
+
     app = web.Application(
-        middlewares=[count_requests, oci_errors, body_limit(limits.max_body_size)],
+        middlewares=[count_requests, oci_errors, body_limit(limits.max_body_size, exempt=pushes)],
         client_max_size=limits.max_body_size,
     )
-    mirror = Mirror(config)
+    if mirror.hosted is not None and mirror.uploads is not None:
+        app[HOSTED_KEY] = mirror.hosted
+        app[UPLOADS_KEY] = mirror.uploads
     app[MIRROR_KEY] = mirror
     app[AUTH_KEY] = build_auth(config.auth)
     app[ACCESS_KEY] = AccessRules(config.access)
@@ -48,6 +57,8 @@ def build_app(config: Config) -> web.Application:
             default = " (default)" if upstream.name == config.default_upstream else ""
             log.info("mirroring %s%s from %s", upstream.name, default, upstream.url)
         log.info("storing into %s", config.root)
+        if config.hosted is not None:
+            log.info("hosting %s", ", ".join(f"{p}/**" for p in config.hosted.prefixes))
         yield
         await mirror.stop()
 

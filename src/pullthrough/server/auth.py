@@ -29,13 +29,26 @@ GRANT_KEY = "pullthrough.grant"
 
 
 class ClientAuth(Protocol):
-    async def authorize(self, request: web.Request, kind: str, name: str | None) -> str | None:
+    async def authorize(
+        self,
+        request: web.Request,
+        kind: str,
+        name: str | None,
+        actions: tuple[str, ...] = ("pull",),
+    ) -> str | None:
         """Return who the client is (None: not authenticated) if the request may proceed;
-        raise Unauthorized otherwise."""
+        raise Unauthorized otherwise. ``actions`` on ``name``: pull, unless the request
+        pushes or deletes (hosted repositories)."""
 
 
 class Anonymous:
-    async def authorize(self, request: web.Request, kind: str, name: str | None) -> str | None:
+    async def authorize(
+        self,
+        request: web.Request,
+        kind: str,
+        name: str | None,
+        actions: tuple[str, ...] = ("pull",),
+    ) -> str | None:
         return None
 
 
@@ -44,7 +57,13 @@ class BasicAuth:
         self.realm = realm
         self.htpasswd = Htpasswd(path)
 
-    async def authorize(self, request: web.Request, kind: str, name: str | None) -> str | None:
+    async def authorize(
+        self,
+        request: web.Request,
+        kind: str,
+        name: str | None,
+        actions: tuple[str, ...] = ("pull",),
+    ) -> str | None:
         creds = basic_credentials(request.headers.get("Authorization"))
         # containers/image sends "Basic Og==" (empty user and password) when it has none:
         # that is no login attempt, and must not count as a failed one.
@@ -69,11 +88,17 @@ class BearerAuth:
         self.service = service
         self.verifier = verifier
 
-    async def authorize(self, request: web.Request, kind: str, name: str | None) -> str | None:
+    async def authorize(
+        self,
+        request: web.Request,
+        kind: str,
+        name: str | None,
+        actions: tuple[str, ...] = ("pull",),
+    ) -> str | None:
         if kind == "catalog":
             scope: tuple[str, str, str] | None = ("registry", "catalog", "*")
         elif name is not None:
-            scope = ("repository", name, "pull")
+            scope = ("repository", name, ",".join(actions))
         else:
             scope = None
         header = request.headers.get("Authorization", "")
@@ -83,7 +108,9 @@ class BearerAuth:
             grant = self.verifier.verify(header[7:].strip())
         except TokenRejected as exc:
             raise self._challenge(scope, "invalid_token", str(exc)) from None
-        if scope is not None and not grant.allows(*scope):
+        if scope is not None and not all(
+            grant.allows(scope[0], scope[1], action) for action in scope[2].split(",")
+        ):
             raise self._challenge(
                 scope, "insufficient_scope", f"the token does not grant {':'.join(scope)}"
             )

@@ -55,6 +55,8 @@ async def health(request: web.Request) -> web.Response:
             # closed: asked as usual; open: believed down (uncached requests fail at once,
             # the next one probes); half-open: a probe is under way.
             "circuit": upstream.breaker.state.value,
+            # offline: switched off by the operator (config or ``pullthrough offline``).
+            "offline": upstream.offline,
             "downloads": upstream.downloads.in_use,
             "max_downloads": upstream.downloads.size,
         }

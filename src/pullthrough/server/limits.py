@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -35,11 +36,16 @@ log = logging.getLogger(__name__)
 WARN_INTERVAL = 60.0
 
 
-def body_limit(max_bytes: int) -> Middleware:
-    """Middleware refusing request bodies over ``max_bytes`` (or of unannounced length)."""
+def body_limit(
+    max_bytes: int, *, exempt: Callable[[web.Request], bool] = lambda request: False
+) -> Middleware:
+    """Middleware refusing request bodies over ``max_bytes`` (or of unannounced length),
+    except on requests ``exempt`` names (pushes to hosted repositories)."""
 
     @web.middleware
     async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if exempt(request):
+            return await handler(request)
         length = request.content_length
         chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
         if not chunked and (length is None or length <= max_bytes):

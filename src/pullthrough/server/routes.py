@@ -26,6 +26,7 @@ from pullthrough.manifest import parse_accept
 from pullthrough.mirror.listing import Page
 from pullthrough.mirror.service import Mirror
 from pullthrough.reference import Digest, is_digest, parse_digest, validate_tag
+from pullthrough.server import hosted_routes
 from pullthrough.server.auth import ClientAuth
 from pullthrough.server.ranges import parse_range
 from pullthrough.server.routing import Route, route, target
@@ -52,6 +53,7 @@ _ROUTES = [
     ("manifest", re.compile(r"^/v2/(?P<name>.+)/manifests/(?P<ref>[^/]*)$")),
     ("blob", re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>[^/]*)$")),
     ("tags", re.compile(r"^/v2/(?P<name>.+)/tags/list/?$")),
+    ("referrers", re.compile(r"^/v2/(?P<name>.+)/referrers/(?P<digest>[^/]*)$")),
 ]
 
 
@@ -62,6 +64,10 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         match = pattern.match(path)
         if match is None:
             continue
+        name = match.groupdict().get("name")
+        if name is not None and _hosted(request, name):
+            request[KIND_KEY] = kind
+            return await hosted_routes.dispatch(request, kind, name, _authorize_hosted)
         if request.method not in READ_METHODS or kind == "upload":
             raise Unsupported(
                 f"{request.method} is not supported: pullthrough is a read-only mirror",
@@ -69,19 +75,59 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
             )
         request[KIND_KEY] = kind
         params = match.groupdict()
-        request[USER_KEY] = await _authorize(request, kind, params.get("name"))
+        request[USER_KEY] = await _authorize(request, kind, params)
         handler = _HANDLERS[kind]
         return await handler(request, params)
     raise NotFound(f"no such endpoint: {path[:200]}")
 
 
-async def _authorize(request: web.Request, kind: str, name: str | None) -> str | None:
+def _hosted(request: web.Request, name: str) -> bool:
+    """Whether ``name`` is a hosted repository's: listed in ``mirror.hosted`` and not
+    addressed to another registry with ``?ns=`` (a name is hosted or mirrored, never
+    both)."""
+    hosted = request.app[MIRROR_KEY].hosted
+    if hosted is None or not hosted.holds(name):
+        return False
+    ns = request.query.get("ns")
+    return ns is None or ns == request.app[MIRROR_KEY].config.default_upstream
+
+
+async def _authorize_hosted(
+    request: web.Request, kind: str, repo: str, actions: tuple[str, ...]
+) -> str | None:
+    """Who the client is, once ``auth:`` and ``mirror.access`` let it do ``actions`` on
+    the hosted ``repo``. With ``auth.token`` the token's scope decides; otherwise pulls
+    follow ``mirror.access`` as for mirrored names, and a push or delete needs a rule that
+    names it (never granted by the absence of rules)."""
+    mirror = request.app[MIRROR_KEY]
+    user = await request.app[AUTH_KEY].authorize(request, kind, repo, actions)
+    request[USER_KEY] = user
+    if mirror.config.auth is not None and mirror.config.auth.kind == "token":
+        return user
+    access, registry = request.app[ACCESS_KEY], mirror.config.default_upstream
+    for action in actions:
+        if action == "pull":
+            allowed = access.allows(user, registry, repo)
+        else:
+            allowed = access.grants(user, registry, repo, action)
+        if not allowed:
+            who = f"user {user}" if user is not None else "an anonymous client"
+            raise Denied(
+                f"requested access to the resource is denied: {who} may not {action} {repo} "
+                "(mirror.access)",
+                detail={"name": repo},
+            )
+    return user
+
+
+async def _authorize(request: web.Request, kind: str, params: dict[str, str]) -> str | None:
     """Who the client is, once ``auth:`` and ``mirror.access`` let it at the request's
     target. A named request is decided on the resolved (upstream, repository), after
     ``?ns=``, path prefixes and Docker Hub's ``library/``, so that a grant for ``acme/app``
     on the default upstream does not read another upstream's ``acme/app`` through
     ``?ns=``. An ad-hoc upstream's slot is taken only after both said yes."""
     auth = request.app[AUTH_KEY]
+    name = params.get("name")
     if name is None:
         return await auth.authorize(request, kind, None)
     mirror = request.app[MIRROR_KEY]
@@ -99,9 +145,28 @@ async def _authorize(request: web.Request, kind: str, name: str | None) -> str |
             f"{found.upstream.name}/{found.repo} (mirror.access)",
             detail={"name": name},
         )
+    # The operator's mirror.policy, before any slot, store read or upstream request.
+    await _permit(mirror, kind, params, found.upstream.name, found.repo, name)
     # Only now may an ad-hoc upstream take a slot: a client that may not pull never does.
     request[ROUTE_KEY] = route(mirror, found)
     return user
+
+
+async def _permit(
+    mirror: Mirror, kind: str, params: dict[str, str], upstream: str, repo: str, name: str
+) -> None:
+    """Raises Denied when ``mirror.policy`` does not let the request's target be mirrored."""
+    if not mirror.policy.active:
+        return
+    if kind == "manifest":
+        ref = params["ref"]
+        if is_digest(ref):
+            digest = str(parse_digest(ref))
+            await mirror.permit(upstream, repo, name, digest=digest)
+        else:
+            await mirror.permit(upstream, repo, name, tag=validate_tag(ref))
+        return
+    await mirror.permit(upstream, repo, name)
 
 
 async def base(request: web.Request, _: dict[str, str]) -> web.StreamResponse:
@@ -247,8 +312,15 @@ def _page_response(
     )
 
 
+async def referrers(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
+    # Mirrored repositories: not passed through yet. A 404 makes clients fall back to the
+    # referrers tag scheme (sha256-<hex> tags), which the mirror serves like any tag.
+    raise NotFound("the referrers API is served for hosted repositories only")
+
+
 _HANDLERS = {
     "base": base,
+    "referrers": referrers,
     "catalog": catalog,
     "manifest": manifest,
     "blob": blob,

@@ -52,6 +52,17 @@ CREATE TABLE IF NOT EXISTS tags (
     checked REAL NOT NULL,
     PRIMARY KEY (upstream, repo, tag, media_type)
 );
+CREATE TABLE IF NOT EXISTS pins (
+    upstream TEXT NOT NULL,
+    repo TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    PRIMARY KEY (upstream, repo, tag)
+);
+CREATE TABLE IF NOT EXISTS offline (
+    upstream TEXT PRIMARY KEY,
+    offline INTEGER NOT NULL,
+    changed REAL NOT NULL
+);
 """
 
 
@@ -122,6 +133,11 @@ class IndexBackend(Protocol):
     async def usage_by_repository(self) -> list[tuple[str, str, int, int]]: ...
     async def repository_links(self) -> dict[tuple[str, str], set[str]]: ...
     async def integrity_check(self) -> str: ...
+    async def offline_switches(self) -> dict[str, bool]: ...
+    async def switch_offline(self, upstream: str, offline: bool) -> None: ...
+    async def pins(self) -> list[tuple[str, str, str]]: ...
+    async def pin(self, upstream: str, repo: str, tag: str) -> None: ...
+    async def unpin(self, upstream: str, repo: str, tag: str) -> bool: ...
 
 
 class Index:
@@ -454,6 +470,50 @@ class Index:
     async def integrity_check(self) -> str:
         row = await self._run(lambda: self._db.execute("PRAGMA integrity_check").fetchone())
         return str(row[0])
+
+    # --- operator switches -----------------------------------------------------------
+
+    async def offline_switches(self) -> dict[str, bool]:
+        """``pullthrough offline`` as last set per upstream (an upstream not in it follows
+        its config's ``offline``)."""
+        rows = await self._run(
+            lambda: self._db.execute("SELECT upstream, offline FROM offline").fetchall()
+        )
+        return {str(upstream): bool(offline) for upstream, offline in rows}
+
+    async def pins(self) -> list[tuple[str, str, str]]:
+        """``pullthrough pin`` as set: (upstream, repository, tag glob)."""
+        rows = await self._run(
+            lambda: self._db.execute(
+                "SELECT upstream, repo, tag FROM pins ORDER BY upstream, repo, tag"
+            ).fetchall()
+        )
+        return [(str(u), str(r), str(t)) for u, r, t in rows]
+
+    async def pin(self, upstream: str, repo: str, tag: str) -> None:
+        await self._write(
+            "INSERT OR IGNORE INTO pins (upstream, repo, tag) VALUES (?,?,?)", (upstream, repo, tag)
+        )
+
+    async def unpin(self, upstream: str, repo: str, tag: str) -> bool:
+        def work() -> bool:
+            cursor = self._db.execute(
+                "DELETE FROM pins WHERE upstream=? AND repo=? AND tag=?", (upstream, repo, tag)
+            )
+            try:
+                return cursor.rowcount > 0
+            finally:
+                cursor.close()
+
+        return await self._run(work)
+
+    async def switch_offline(self, upstream: str, offline: bool) -> None:
+        await self._write(
+            "INSERT INTO offline (upstream, offline, changed) VALUES (?,?,?) "
+            "ON CONFLICT(upstream) DO UPDATE SET "
+            "offline=excluded.offline, changed=excluded.changed",
+            (upstream, int(offline), time.time()),
+        )
 
 
 def _served_from_links(db: sqlite3.Connection) -> None:

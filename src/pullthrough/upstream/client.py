@@ -178,6 +178,8 @@ class UpstreamClient:
         self.metrics.upstream_downloads.labels(config.name).set_function(
             lambda: self.downloads.in_use
         )
+        # Switched off by the operator (``offline``): no request leaves for it at all.
+        self.offline = config.offline
         self.in_use = 0  # requests (and the downloads they stream) under way now
         self.last_active = clock()  # when the last of them ended (``clock``'s time)
 
@@ -417,6 +419,13 @@ class UpstreamClient:
         headers: dict[str, str],
         params: dict[str, str] | None,
     ) -> A:
+        if self.offline:
+            # Before the breaker and the token cache: an offline upstream is not down, and
+            # nothing (not even a token request) may reach it.
+            raise UpstreamUnavailable(
+                f"upstream {self.name} is offline (switched off by the operator): only "
+                "content cached before is served, and this is not cached"
+            )
         self._check_not_throttled()
         ticket = await self._admit()
         try:

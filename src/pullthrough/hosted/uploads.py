@@ -1,0 +1,261 @@
+"""Blob upload sessions: each one a file under ``<root>/uploads/`` that grows chunk by chunk.
+
+A session is its data file (``<id>.data``, the bytes received so far, in order) and a
+small file naming its repository (``<id>.repo``); nothing else is kept, so a session
+survives a restart of the server and a chunked upload resumes afterwards. Ids are 32 hex
+digits made here; any other id is unknown, so a client-chosen id never names a path.
+Bodies are streamed to the file in bounded chunks (the memory a push costs does not grow
+with its size). A session untouched for ``idle`` seconds is removed by ``expire``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pullthrough.errors import (
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    RangeInvalid,
+    StorageFull,
+    TooManyRequests,
+)
+from pullthrough.reference import Digest
+from pullthrough.store.blobs import BlobStore
+
+log = logging.getLogger(__name__)
+
+_ID = re.compile(r"^[0-9a-f]{32}$")
+WRITE_CHUNK = 1024 * 1024
+HASH_CHUNK = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    id: str
+    repo: str
+    size: int  # bytes received so far
+
+
+class Uploads:
+    """Upload sessions of hosted repositories, on disk."""
+
+    def __init__(self, *, root: Path, store: BlobStore, idle: float, per_client: int) -> None:
+        self.dir = root / "uploads"
+        self.store = store
+        self.idle = idle
+        self.per_client = per_client
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._owners: dict[str, str] = {}  # session id -> client address (this process)
+
+    def prepare(self) -> None:
+        """Create the directory (blocking; at start-up). Sessions found there are kept."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    async def start(self, repo: str, client: str) -> Session:
+        """A new, empty session for ``repo``; 429 when ``client`` holds too many open ones
+        (each holds a file and, while a chunk arrives, a lock)."""
+        if sum(1 for owner in self._owners.values() if owner == client) >= self.per_client:
+            raise TooManyRequests(
+                f"too many open upload sessions from this client (at most {self.per_client}; "
+                "finish or cancel some; mirror.hosted.max_uploads_per_client)",
+                headers={"Retry-After": "5"},
+            )
+        session_id = uuid.uuid4().hex
+
+        def work() -> None:
+            self._data(session_id).touch(exist_ok=False)
+            self._repo(session_id).write_text(repo)
+
+        await asyncio.to_thread(work)
+        self._owners[session_id] = client
+        return Session(session_id, repo, 0)
+
+    async def get(self, repo: str, session_id: str) -> Session:
+        """The session ``session_id`` of ``repo``; BLOB_UPLOAD_UNKNOWN for anything else."""
+        if not _ID.match(session_id):
+            raise _unknown(session_id)
+
+        def work() -> Session | None:
+            try:
+                owner = self._repo(session_id).read_text()
+                size = self._data(session_id).stat().st_size
+            except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+                return None
+            return Session(session_id, owner, size) if owner == repo else None
+
+        found = await asyncio.to_thread(work)
+        if found is None:
+            raise _unknown(session_id)
+        return found
+
+    def lock(self, session_id: str) -> asyncio.Lock:
+        """Chunks of one session are written one at a time."""
+        lock = self._locks.get(session_id)
+        if lock is None:
+            lock = self._locks[session_id] = asyncio.Lock()
+        return lock
+
+    async def append(
+        self,
+        session: Session,
+        body: AsyncIterator[bytes],
+        *,
+        start: int | None = None,
+        length: int | None = None,
+    ) -> Session:
+        """Append ``body`` to the session. ``start`` (from ``Content-Range``) must be where
+        the session ends (416 otherwise: a gap or an overlap); ``length`` (the request's
+        Content-Length), when given, must be what arrives (400 otherwise, and the session
+        is left as it was)."""
+        if start is not None and start != session.size:
+            raise RangeInvalid(
+                f"chunk starts at {start}, but the upload has {session.size} bytes: chunks "
+                "must arrive in order, without gaps or overlaps",
+                headers=self.progress_headers(session),
+            )
+        path = self._data(session.id)
+        fd = await asyncio.to_thread(os.open, path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        received = 0
+        try:
+            buffered: list[bytes] = []
+            pending = 0
+            async for chunk in body:
+                buffered.append(chunk)
+                pending += len(chunk)
+                received += len(chunk)
+                if pending >= WRITE_CHUNK:
+                    await asyncio.to_thread(_write_all, fd, b"".join(buffered))
+                    buffered, pending = [], 0
+            if buffered:
+                await asyncio.to_thread(_write_all, fd, b"".join(buffered))
+            if length is not None and received != length:
+                raise BlobUploadInvalid(
+                    f"the chunk announced {length} bytes but {received} arrived; discarded"
+                )
+        except BaseException as exc:
+            # Whatever arrived of a failed chunk is cut off: the session stays as it was,
+            # and the client may send the chunk again.
+            await asyncio.to_thread(os.ftruncate, fd, session.size)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull("the registry's disk is full; the chunk was not kept") from None
+            raise
+        finally:
+            await asyncio.to_thread(os.close, fd)
+        return Session(session.id, session.repo, session.size + received)
+
+    async def finish(self, session: Session, digest: Digest) -> int:
+        """Verify the session's bytes against ``digest``, then fsync and rename them into
+        the store; returns the size. On a mismatch the session is removed and nothing is
+        stored (DIGEST_INVALID)."""
+        path = self._data(session.id)
+        try:
+            size = await asyncio.to_thread(self._commit_sync, path, digest)
+        except DigestInvalid:
+            await self.cancel(session.id)
+            raise
+        except OSError as exc:
+            await self.cancel(session.id)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull("the registry's disk is full; the blob was not kept") from None
+            raise
+        await self.cancel(session.id)
+        return size
+
+    def _commit_sync(self, path: Path, digest: Digest) -> int:
+        hasher = hashlib.new(digest.algorithm)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            while chunk := os.read(fd, HASH_CHUNK):
+                hasher.update(chunk)
+            if hasher.hexdigest() != digest.hex:
+                raise DigestInvalid(
+                    f"the uploaded bytes have digest {digest.algorithm}:{hasher.hexdigest()}, "
+                    f"not {digest}; nothing was stored",
+                    detail={"digest": str(digest)},
+                )
+            os.fsync(fd)
+            written = os.fstat(fd)
+        finally:
+            os.close(fd)
+        self.store.commit_sync(path, digest, written)
+        return written.st_size
+
+    async def cancel(self, session_id: str) -> bool:
+        """Remove the session (its file may already be in the store: then only its
+        repository note goes). True if there was one."""
+        self._owners.pop(session_id, None)
+        self._locks.pop(session_id, None)
+
+        def work() -> bool:
+            found = False
+            for path in (self._data(session_id), self._repo(session_id)):
+                try:
+                    path.unlink()
+                    found = True
+                except FileNotFoundError:
+                    pass
+            return found
+
+        return await asyncio.to_thread(work)
+
+    async def expire(self) -> int:
+        """Remove sessions untouched for ``idle`` seconds; returns how many."""
+        cutoff = time.time() - self.idle
+
+        def stale() -> list[str]:
+            out = []
+            for path in self.dir.glob("*.repo"):
+                session_id = path.stem
+                if not _ID.match(session_id):
+                    continue
+                try:
+                    data_mtime = self._data(session_id).stat().st_mtime
+                except FileNotFoundError:
+                    data_mtime = 0.0
+                if max(data_mtime, path.stat().st_mtime) < cutoff:
+                    out.append(session_id)
+            return out
+
+        expired = [s for s in await asyncio.to_thread(stale) if not self.lock(s).locked()]
+        for session_id in expired:
+            await self.cancel(session_id)
+        if expired:
+            log.info("removed %d idle upload session(s)", len(expired))
+        return len(expired)
+
+    def progress_headers(self, session: Session) -> dict[str, str]:
+        return {
+            "Location": f"/v2/{session.repo}/blobs/uploads/{session.id}",
+            "Range": f"0-{max(session.size - 1, 0)}",
+            "Docker-Upload-UUID": session.id,
+        }
+
+    def _data(self, session_id: str) -> Path:
+        return self.dir / f"{session_id}.data"
+
+    def _repo(self, session_id: str) -> Path:
+        return self.dir / f"{session_id}.repo"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _unknown(session_id: str) -> BlobUploadUnknown:
+    return BlobUploadUnknown(
+        "no such upload session (finished, cancelled or expired)",
+        detail={"uuid": session_id[:64]},
+    )
