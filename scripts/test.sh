@@ -24,6 +24,9 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 # systemd unit in deploy/ is checked with systemd-analyze verify.
 command -v mmdebstrap >/dev/null || need_apt+=(mmdebstrap)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+# The status page's tests drive Debian's headless browser through chromedriver (selenium).
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"

@@ -47,6 +47,11 @@ async def _story(index: IndexBackend) -> list[Any]:
     await index.flush_access()
     lru = await index.least_recent(10, accessed_before=float("inf"))
     seen.append([(b.digest, b.size, b.upstreams, b.is_manifest) for b in lru])
+    some = await index.objects([M, A, C])  # C is not stored
+    seen.append(sorted((b.digest, b.size, b.upstreams, b.is_manifest) for b in some.values()))
+    assert {d: b.last_access for d, b in some.items()} == {
+        b.digest: b.last_access for b in lru if b.digest in (M, A)
+    }
     seen.append(sorted(await index.usage_by_repository()))
     seen.append(sorted((name, sorted(d)) for name, d in (await index.repository_links()).items()))
     seen.append([row[:5] for row in await index.catalog_rows()])

@@ -392,6 +392,31 @@ class RedisIndex:
 
         return await self._call(work)
 
+    async def objects(self, digests: Iterable[str]) -> dict[str, AgedBlob]:
+        """Those of ``digests`` the shared index knows to be stored. Raises
+        RedisUnavailable."""
+        wanted = sorted(set(digests))
+
+        async def work(r: Any) -> dict[str, AgedBlob]:
+            async with r.pipeline(transaction=False) as pipe:
+                for digest in wanted:
+                    pipe.zscore(key("access"), digest)
+                    pipe.hmget(key("blob", digest), ["size", "media_type"])
+                    pipe.smembers(key("linkedby", digest))
+                details = await pipe.execute()
+            found = {}
+            for i, digest in enumerate(wanted):
+                at, (size, media_type), linked = details[3 * i : 3 * i + 3]
+                if at is None:
+                    continue  # not stored (the access set is what least_recent lists)
+                upstreams = tuple(sorted({ur.partition("|")[0] for ur in linked}))
+                found[digest] = AgedBlob(
+                    digest, _count(size or "0") or 0, float(at), upstreams, bool(media_type)
+                )
+            return found
+
+        return await self._call(work) if wanted else {}
+
     async def digests(self) -> set[str]:
         members: list[str] = await self._call(lambda r: r.zrange(key("access"), 0, -1))
         return set(members)

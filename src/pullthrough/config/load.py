@@ -169,6 +169,10 @@ def _validate(raw: dict[str, Any], warnings: list[str], path: Path | None = None
         outbound_allow=_outbound_allow(root.mirror.outbound.allow),
         adhoc_max=_adhoc_max(root.mirror.adhoc_upstreams.max),
         adhoc_idle=_positive(root.mirror.adhoc_upstreams.idle, "mirror.adhoc_upstreams.idle"),
+        ui_enabled=root.mirror.ui.enabled,
+        ui_history_interval=_positive(
+            root.mirror.ui.history_interval, "mirror.ui.history_interval"
+        ),
         hosted=hosted,
         warnings=tuple(warnings),
     )

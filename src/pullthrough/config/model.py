@@ -190,6 +190,8 @@ class Config:
     outbound_allow: tuple[str, ...] = ()  # mirror.outbound.allow: non-public hosts allowed
     adhoc_max: int = 64  # mirror.adhoc_upstreams.max: ad-hoc upstream slots at once
     adhoc_idle: float = 600.0  # mirror.adhoc_upstreams.idle: unused this long, given back
+    ui_enabled: bool = True  # mirror.ui.enabled: the status page and its API under /ui/
+    ui_history_interval: float = 60.0  # mirror.ui.history_interval: charts sampled this often
     hosted: HostedConfig | None = None  # None: every name is mirrored
     warnings: tuple[str, ...] = ()
 

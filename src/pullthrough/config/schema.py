@@ -180,6 +180,11 @@ class _AdhocUpstreams(_Section):
     idle: Any = "10m"  # a slot unused this long is given back
 
 
+class _UI(_Section):
+    enabled: bool = True  # the status page and its JSON API under /ui/
+    history_interval: Any = "1m"  # how often the charts' history is sampled
+
+
 class _Mirror(_Section):
     limits: _Limits = _Limits()
     access: list[_AccessRule] = []
@@ -205,6 +210,7 @@ class _Mirror(_Section):
     cluster: _Cluster = _Cluster()
     outbound: _Outbound = _Outbound()
     adhoc_upstreams: _AdhocUpstreams = _AdhocUpstreams()
+    ui: _UI = _UI()
     hosted: _Hosted = _Hosted()
 
 

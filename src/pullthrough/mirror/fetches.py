@@ -174,6 +174,10 @@ class Fetches:
     def __len__(self) -> int:
         return len(self._running)
 
+    def running(self) -> list[Fetch]:
+        """The fetches in flight now (a snapshot, for the status page)."""
+        return list(self._running.values())
+
     async def wait_all(self, seconds: float) -> None:
         """Give running fetches up to ``seconds`` to finish (at shutdown)."""
         if self._tasks:

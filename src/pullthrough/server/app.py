@@ -18,6 +18,7 @@ from pullthrough.server.hosted_routes import HOSTED_KEY, UPLOADS_KEY, is_hosted_
 from pullthrough.server.limits import body_limit
 from pullthrough.server.metrics import count_requests
 from pullthrough.server.routes import ACCESS_KEY, AUTH_KEY, MIRROR_KEY, VERIFY_KEY, dispatch
+from pullthrough.server.status import api as status_api
 from pullthrough.server.verification import ReadVerification
 
 log = logging.getLogger(__name__)
@@ -62,5 +63,7 @@ def build_app(config: Config) -> web.Application:
         await mirror.stop()
 
     app.cleanup_ctx.append(lifecycle)
+    if config.ui_enabled:
+        status_api.add_routes(app)  # before the catch-all, which would take /ui/ too
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app

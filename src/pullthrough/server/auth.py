@@ -23,6 +23,10 @@ from pullthrough.clientauth.tokens import TokenRejected, TokenVerifier
 from pullthrough.config import AuthConfig
 from pullthrough.errors import TooManyRequests, Unauthorized
 
+# The verified token of a Bearer-authenticated request: the status page lists only the
+# repositories its access claims grant ``pull`` on.
+GRANT_KEY = "pullthrough.grant"
+
 
 class ClientAuth(Protocol):
     async def authorize(
@@ -110,6 +114,7 @@ class BearerAuth:
             raise self._challenge(
                 scope, "insufficient_scope", f"the token does not grant {':'.join(scope)}"
             )
+        request[GRANT_KEY] = grant
         return grant.subject
 
     def _challenge(

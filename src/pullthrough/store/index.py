@@ -127,6 +127,7 @@ class IndexBackend(Protocol):
     async def usage(self) -> tuple[int, int]: ...
     async def least_recent(self, limit: int, *, accessed_before: float) -> list[AgedBlob]: ...
     async def digests(self) -> set[str]: ...
+    async def objects(self, digests: Iterable[str]) -> dict[str, AgedBlob]: ...
     async def adopt(self, digest: str, size: int, last_access: float) -> None: ...
     async def catalog_rows(self) -> list[tuple[str, str, str, str, int, float]]: ...
     async def usage_by_repository(self) -> list[tuple[str, str, int, int]]: ...
@@ -400,6 +401,29 @@ class Index:
     async def digests(self) -> set[str]:
         rows = await self._run(lambda: self._db.execute("SELECT digest FROM blobs").fetchall())
         return {row[0] for row in rows}
+
+    async def objects(self, digests: Iterable[str]) -> dict[str, AgedBlob]:
+        """Those of ``digests`` the index knows to be stored, as ``least_recent`` describes
+        them: a page of the status page reads its images' objects, not the whole index."""
+        wanted = sorted(set(digests))
+
+        def work() -> dict[str, AgedBlob]:
+            found: dict[str, AgedBlob] = {}
+            for start in range(0, len(wanted), 500):  # below SQLite's variable limit
+                chunk = wanted[start : start + 500]
+                rows = self._db.execute(
+                    "SELECT b.digest, b.size, b.last_access, b.media_type IS NOT NULL, "
+                    "GROUP_CONCAT(DISTINCT l.upstream) FROM blobs b "
+                    "LEFT JOIN links l ON l.digest = b.digest "
+                    f"WHERE b.digest IN ({','.join('?' * len(chunk))}) GROUP BY b.digest",
+                    chunk,
+                ).fetchall()
+                for d, size, at, manifest, ups in rows:
+                    upstreams = tuple(ups.split(",")) if ups else ()
+                    found[d] = AgedBlob(d, int(size), float(at), upstreams, bool(manifest))
+            return found
+
+        return await self._run(work) if wanted else {}
 
     async def adopt(self, digest: str, size: int, last_access: float) -> None:
         """Index a verified file found on disk without an entry (a crash between the rename
