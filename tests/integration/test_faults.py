@@ -247,3 +247,40 @@ def test_a_verified_blob_reaches_its_client_whole_even_when_it_cannot_be_kept(
     while layer not in mirror.stored_files() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert layer in mirror.stored_files()
+
+
+def test_a_fetched_blob_changed_on_disk_before_a_slow_reader_is_done_is_not_completed(
+    image_factory, mirror_factory, upstream_proxy: RecordingProxy
+) -> None:
+    """A client reading a cold blob slowly is still being sent the fetch's file when the
+    fetch has put it in the store; a change to the file from then on (bit rot, a careless
+    hand) must not reach the client as a success: its last byte is held until the file is
+    checked again."""
+    mirror = mirror_factory(upstream_proxy.url)
+    size = 48 * MiB
+    image = image_factory("library/rot-under-reader", layers=(size,))
+    layer = image.source.layer_digests[0]
+    conn = http.client.HTTPConnection(mirror.host, timeout=30)
+    conn.request("GET", f"/v2/{image.repo}/blobs/{layer}")
+    resp = conn.getresponse()
+    assert resp.status == 200
+    length = int(resp.getheader("Content-Length", "0"))
+    first = resp.read(MiB)  # then read nothing: the fetch goes on without this reader
+    stored = mirror.stored_files(settle=30)[layer]  # the download ended: the file is in place
+    with stored.open("r+b") as f:  # one flipped bit near the end, not yet sent to the client
+        f.seek(length - MiB)
+        byte = f.read(1)
+        f.seek(length - MiB)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises((http.client.IncompleteRead, ConnectionError)) as cut:
+        resp.read()
+    conn.close()
+    if isinstance(cut.value, http.client.IncompleteRead):
+        assert len(first) + len(cut.value.partial) < length
+    assert "does not match its digest" in mirror.log_text()
+    assert layer not in mirror.stored_files()  # removed: the next request fetches it again
+
+    upstream_proxy.reset()
+    again = http_request("GET", f"{mirror.url}/v2/{image.repo}/blobs/{layer}", timeout=60)
+    assert hashlib.sha256(again.body).hexdigest() == layer.split(":")[1]
+    assert len(upstream_proxy.blob_gets()) == 1

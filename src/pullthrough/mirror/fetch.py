@@ -50,6 +50,7 @@ from pullthrough.mirror.stalls import StallWatch
 from pullthrough.mirror.taps import Tap
 from pullthrough.reference import Digest
 from pullthrough.store.blobs import BlobStore
+from pullthrough.store.identity import FileIdentity
 from pullthrough.upstream.client import BlobStream, UpstreamClient
 from pullthrough.upstream.wire import DOWNLOADS
 
@@ -98,6 +99,9 @@ class Fetch:
         self.verified = False  # the blob is stored (or, spilled, served in full)
         # The digest matched: every byte is final and may go out, durable or not yet.
         self.matched = False
+        # The file as written, once it is in the store (renamed into place): from then on
+        # it can be changed by others, so readers compare before their last byte.
+        self.committed: FileIdentity | None = None
         self.error: RegistryError | None = None
         self.upstream_bytes = 0
         self._body_began: float | None = None  # when the upstream's body began to arrive
@@ -492,6 +496,7 @@ class Fetch:
             written = os.fstat(fd)
         finally:
             os.close(fd)
+        self.committed = FileIdentity.of(written)
         try:
             self.store.commit_sync(self.temp_path, self.digest, written)
         except FileNotFoundError:

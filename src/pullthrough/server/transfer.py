@@ -124,7 +124,7 @@ async def _send(
         try:
             fd = await open_fetch_file(body.fetch)
             await resp.prepare(request)
-            sent = await _send_growing(request, resp, body.fetch, fd, start, stop)
+            sent = await _send_growing(request, resp, body.fetch, fd, start, stop, verification)
             sent_through_tap = await _send_tapped(resp, body.fetch, body.tap, start + sent, stop)
             metrics.served_bytes.labels("fetch").inc(sent)
             metrics.served_bytes.labels("passthrough").inc(sent_through_tap)
@@ -154,9 +154,12 @@ async def _send_growing(
     fd: int,
     start: int,
     stop: int | None,
+    verification: ReadVerification | None = None,
 ) -> int:
     """Send [start, stop) from the temp file as the fetch makes it readable, until the end
-    or the point where the fetch spilled; returns the bytes sent."""
+    or the point where the fetch spilled; returns the bytes sent. Once the fetch has put
+    the file in the store, others can change it: the last byte goes out only if the file
+    is still the one written, or hashes to the digest again."""
     position = start
     while stop is None or position < stop:
         if fetch.spilled_at is not None and position >= fetch.spilled_at:
@@ -171,11 +174,34 @@ async def _send_growing(
                 await _disconnects(request).wait(request, fetch.wait_matched())
                 continue
         if limit > position:
+            end = stop if stop is not None else fetch.written
+            if fetch.matched and fetch.committed is not None and limit == end:
+                await send_span(request, resp, fd, position, limit - 1 - position)
+                position = limit - 1
+                await _still_as_fetched(fetch, fd, verification)
             await send_span(request, resp, fd, position, limit - position)
             position = limit
         elif fetch.matched:
             break  # everything sent (a body of unknown size has ended)
     return position - start
+
+
+async def _still_as_fetched(
+    fetch: Fetch, fd: int, verification: ReadVerification | None
+) -> None:
+    """Raises StoredBlobCorrupt (after removing the file) if the fetched file was changed
+    since it was put in the store and no longer hashes to its digest."""
+    assert fetch.committed is not None
+    now = await asyncio.to_thread(fstat_identity, fd)
+    was = fetch.committed
+    if (now.ino, now.size, now.mtime_ns) == (was.ino, was.size, was.mtime_ns):
+        return
+    if await asyncio.to_thread(verify_fd_sync, fd, fetch.digest) is not None:
+        return
+    log.error("stored %s does not match its digest: removed", fetch.digest)
+    if verification is not None:
+        await verification.failed(fetch.digest)
+    raise StoredBlobCorrupt(f"stored {fetch.digest} was corrupt; fetch it again")
 
 
 def _disconnects(request: web.Request) -> Disconnects:
