@@ -36,7 +36,18 @@ CREATE TABLE IF NOT EXISTS hosted_children (
 CREATE TABLE IF NOT EXISTS hosted_tags (
     repo TEXT NOT NULL, tag TEXT NOT NULL, digest TEXT NOT NULL, updated REAL NOT NULL,
     PRIMARY KEY (repo, tag));
+CREATE TABLE IF NOT EXISTS hosted_released (
+    digest TEXT PRIMARY KEY, released REAL NOT NULL);
 """
+
+
+class ChildGone(Exception):
+    """A manifest's child is no longer held by its repository (removed by gc or a delete
+    since the push checked it): the manifest is not recorded."""
+
+    def __init__(self, digest: str) -> None:
+        super().__init__(digest)
+        self.digest = digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,10 +130,15 @@ class HostedIndex:
 
     async def delete_blob(self, repo: str, digest: str) -> bool:
         def work() -> bool:
-            cur = self._db.execute(
-                "DELETE FROM hosted_blobs WHERE repo=? AND digest=?", (repo, digest)
-            )
-            return cur.rowcount > 0
+            db = self._db
+            with db:
+                db.execute("BEGIN")
+                cur = db.execute(
+                    "DELETE FROM hosted_blobs WHERE repo=? AND digest=?", (repo, digest)
+                )
+                if cur.rowcount > 0:
+                    release(db, [digest])
+                return cur.rowcount > 0
 
         return await self._run(work)
 
@@ -146,7 +162,13 @@ class HostedIndex:
         def work() -> None:
             db = self._db
             with db:
-                db.execute("BEGIN")
+                # IMMEDIATE: the check below and the insert are one write transaction, so
+                # that ``pullthrough gc`` (``hosted_sweep.collect``) sweeps either before
+                # (the check fails) or after (it sees this manifest and keeps its children).
+                db.execute("BEGIN IMMEDIATE")
+                for child in dict.fromkeys(children):
+                    if not _holds(db, repo, child):
+                        raise ChildGone(child)
                 db.execute(
                     "INSERT INTO hosted_manifests(repo, digest, media_type, size, subject, "
                     "artifact_type, annotations, created) VALUES (?,?,?,?,?,?,?,?) "
@@ -250,6 +272,8 @@ class HostedIndex:
                 db.execute(
                     "DELETE FROM hosted_children WHERE repo=? AND manifest=?", (repo, digest)
                 )
+                if cur.rowcount > 0:
+                    release(db, [digest])
                 return cur.rowcount > 0
 
         return await self._run(work)
@@ -279,6 +303,26 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout=5000")
     conn.executescript(_SCHEMA)
     return conn
+
+
+def _holds(db: sqlite3.Connection, repo: str, digest: str) -> bool:
+    row = db.execute(
+        "SELECT 1 FROM hosted_blobs WHERE repo=? AND digest=? UNION ALL "
+        "SELECT 1 FROM hosted_manifests WHERE repo=? AND digest=? LIMIT 1",
+        (repo, digest, repo, digest),
+    ).fetchone()
+    return row is not None
+
+
+def release(db: sqlite3.Connection, digests: Iterable[str]) -> None:
+    """``digests`` lost a row: ``pullthrough gc`` looks at their files next time (they go
+    when no hosted repository holds them any more)."""
+    now = time.time()
+    db.executemany(
+        "INSERT INTO hosted_released(digest, released) VALUES (?,?) "
+        "ON CONFLICT(digest) DO UPDATE SET released=excluded.released",
+        [(d, now) for d in digests],
+    )
 
 
 def digests_sync(db: sqlite3.Connection) -> set[str]:
