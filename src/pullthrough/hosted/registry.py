@@ -203,6 +203,10 @@ class HostedRegistry:
                 detail={"name": repo, "reference": reference},
             )
 
+    async def repositories(self) -> list[str]:
+        """The hosted repositories that hold anything, sorted (for ``/v2/_catalog``)."""
+        return await self.index.repositories()
+
     async def tags(self, repo: str) -> list[str]:
         found = await self.index.tags(repo)
         if found is None:

@@ -269,7 +269,19 @@ async def catalog(request: web.Request, _: dict[str, str]) -> web.StreamResponse
     def visible(registry: str, repo: str) -> bool:
         return access.allows(user, registry, repo)
 
-    found = await mirror.listing.catalog(sources, n, last, visible if access.active else None)
+    # Hosted repositories are the default registry's names (no ?ns=, or ?ns= naming it),
+    # listed for a client that may pull them, as a pull of them is decided.
+    hosted: list[str] = []
+    if mirror.hosted is not None and (ns is None or ns == mirror.config.default_upstream):
+        registry = mirror.config.default_upstream
+        hosted = [
+            name
+            for name in await mirror.hosted.repositories()
+            if not access.active or access.allows(user, registry, name)
+        ]
+    found = await mirror.listing.catalog(
+        sources, n, last, visible if access.active else None, hosted=hosted
+    )
     return _page_response(request, {"repositories": found.items}, found, n)
 
 

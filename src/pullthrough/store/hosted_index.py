@@ -278,6 +278,10 @@ class HostedIndex:
 
         return await self._run(work)
 
+    async def repositories(self) -> list[str]:
+        """Every repository that holds something (a blob, a manifest or a tag), sorted."""
+        return await self._run(lambda: repositories_sync(self._db))
+
     async def referrers(self, repo: str, subject: str) -> list[HostedManifest]:
         """Every manifest of ``repo`` whose ``subject`` is ``subject``, oldest first."""
         rows = await self._run(
@@ -323,6 +327,14 @@ def release(db: sqlite3.Connection, digests: Iterable[str]) -> None:
         "ON CONFLICT(digest) DO UPDATE SET released=excluded.released",
         [(d, now) for d in digests],
     )
+
+
+def repositories_sync(db: sqlite3.Connection) -> list[str]:
+    rows = db.execute(
+        "SELECT repo FROM hosted_blobs UNION SELECT repo FROM hosted_manifests "
+        "UNION SELECT repo FROM hosted_tags ORDER BY 1"
+    ).fetchall()
+    return [str(r[0]) for r in rows]
 
 
 def digests_sync(db: sqlite3.Connection) -> set[str]:
