@@ -38,6 +38,13 @@ async def test_a_manifest_naming_a_blob_gc_took_is_refused(tmp_path: Path) -> No
                 tag="v1",
             )
         assert await index.tag("acme/app", "v1") is None
+        # The refused manifest's file (stored before the check) is gc's to remove.
+        db = connect(tmp_path / "hosted.db")
+        try:
+            again = collect(db, pushed_before=time.time() + 1, dry_run=True)
+        finally:
+            db.close()
+        assert M in again.files
     finally:
         await index.close()
 

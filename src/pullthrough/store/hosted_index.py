@@ -196,7 +196,19 @@ class HostedIndex:
                         (repo, tag, manifest.digest, now),
                     )
 
-        await self._run(work)
+        try:
+            await self._run(work)
+        except ChildGone:
+            # Its file is stored already: released, so that gc removes it unless it is
+            # held by then (a repeated push of the same manifest).
+            await self._run(lambda: self._release_alone(manifest.digest))
+            raise
+
+    def _release_alone(self, digest: str) -> None:
+        db = self._db
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            release(db, [digest])
 
     async def manifest(self, repo: str, digest: str) -> HostedManifest | None:
         row = await self._run(
