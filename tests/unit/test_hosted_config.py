@@ -76,3 +76,12 @@ def test_hosted_repositories_are_refused_in_cluster_mode(tmp_path: Path) -> None
             "mirror:\n  hosted: {repositories: [acme]}\n"
             "  cluster: {redis: {addr: 127.0.0.1:6379, password: pw}}\n",
         )
+
+
+def test_gc_grace_is_a_duration_an_hour_by_default(tmp_path: Path) -> None:
+    default = _load(tmp_path, "mirror:\n  hosted: {repositories: [acme]}\n").hosted
+    assert default is not None and default.gc_grace == 3600.0
+    set_ = _load(tmp_path, "mirror:\n  hosted: {repositories: [acme], gc_grace: 10m}\n").hosted
+    assert set_ is not None and set_.gc_grace == 600.0
+    with pytest.raises(ConfigError, match="mirror.hosted.gc_grace"):
+        _load(tmp_path, "mirror:\n  hosted: {repositories: [acme], gc_grace: soon}\n")

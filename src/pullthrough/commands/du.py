@@ -3,7 +3,9 @@
 A blob two repositories share counts in each of them (either would need it alone) and
 once in its upstream's subtotal and in the total, which is what the store really holds.
 The total comes from the index; the files under ``blobs/`` are counted separately, so a
-disagreement between the two (a crash, a hand-deleted file) shows.
+disagreement between the two (a crash, a hand-deleted file) shows. Hosted repositories
+(``mirror.hosted``) are counted apart, from ``hosted.db``; the total and the files on disk
+include their objects.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pullthrough.commands.hosted_inventory import HostedInventory, read_inventory
 from pullthrough.commands.inventory import DiskUsage, disk_usage, stored_objects, table
 from pullthrough.commands.offline import has_index, open_store
 from pullthrough.commands.progress import human
@@ -37,6 +40,7 @@ class Report:
     disk: DiskUsage
     limit: int | None
     limit_setting: str | None
+    hosted: HostedInventory | None = None  # None: no mirror.hosted
 
     def as_json(self, config: Config) -> dict[str, Any]:
         return {
@@ -51,6 +55,22 @@ class Report:
             "maxsize": None
             if self.limit is None
             else {"bytes": self.limit, "setting": self.limit_setting},
+            **(
+                {}
+                if self.hosted is None
+                else {
+                    "hosted": {
+                        "repositories": [
+                            {"repository": u.repository, "objects": u.objects, "bytes": u.bytes}
+                            for u in self.hosted.usage
+                        ],
+                        "total": {
+                            "objects": self.hosted.total.objects,
+                            "bytes": self.hosted.total.bytes,
+                        },
+                    }
+                }
+            ),
         }
 
 
@@ -77,6 +97,14 @@ def run(config: Config, args: argparse.Namespace) -> int:
         )
     if len(rows) > 1:
         print("\n".join(table(rows)))
+    if report.hosted is not None:
+        hosted = [["HOSTED REPOSITORY", "OBJECTS", "SIZE"]]
+        hosted += [[str(u.repository), str(u.objects), human(u.bytes)] for u in report.hosted.usage]
+        everything = report.hosted.total
+        hosted.append(
+            ["(all hosted, each object once)", str(everything.objects), human(everything.bytes)]
+        )
+        print("\n".join(table(hosted)))
     print(
         f"total: {report.total.objects} objects, {human(report.total.bytes)} "
         f"({report.total.bytes} bytes)"
@@ -109,13 +137,19 @@ async def collect(config: Config) -> Report:
         by_repo = await index.usage_by_repository()
         objects = await stored_objects(index)
         total_objects, total_bytes = await index.usage()
+    hosted = (
+        await asyncio.to_thread(read_inventory, config.root / "hosted.db")
+        if config.hosted is not None
+        else None
+    )
     sums: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     unlinked = [0, 0]
     for blob in objects.values():
         for upstream in blob.upstreams:
             sums[upstream][0] += 1
             sums[upstream][1] += blob.size
-        if not blob.upstreams:
+        if not blob.upstreams and (hosted is None or blob.digest not in hosted.digests):
+            # Hosted files the index adopted are counted with the hosted repositories.
             unlinked[0] += 1
             unlinked[1] += blob.size
     return Report(
@@ -126,6 +160,7 @@ async def collect(config: Config) -> Report:
         disk=disk,
         limit=limit,
         limit_setting=setting,
+        hosted=hosted,
     )
 
 

@@ -7,6 +7,7 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING
 
+from pullthrough.commands.hosted_gc import collect_hosted
 from pullthrough.commands.offline import open_store
 from pullthrough.config import Config
 from pullthrough.mirror.eviction import Sweeper, SweepReport
@@ -40,6 +41,11 @@ async def _gc(config: Config, *, dry_run: bool) -> int:
                     file=sys.stderr,
                 )
                 return 1
+        if config.hosted is not None:
+            # First: what it releases is no longer protected from eviction below.
+            hosted = await collect_hosted(config, opened.store, opened.index, dry_run=dry_run)
+            for line in hosted.lines(dry_run=dry_run):
+                print(line)
         # What hosted repositories hold is never evicted (their files are in the same
         # store, and reconciling may index them as cache entries).
         kept = (

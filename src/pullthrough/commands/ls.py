@@ -8,6 +8,9 @@ them was last read, and whether a pin keeps it (``mirror.pins``, ``pullthrough p
 Manifests of a repository that no tag reaches (pulled by digest, or a
 tag's earlier target) are listed with tag ``<none>``; a repository that holds blobs but no
 manifest at all gets one line with digest ``-``.
+
+Hosted repositories (``mirror.hosted``) are listed apart, after the cache: what they hold
+is pushed and kept, not cached (``"hosted"`` in the JSON).
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pullthrough.commands.hosted_inventory import EMPTY, HostedInventory, read_inventory
 from pullthrough.commands.inventory import (
     Walker,
     iso,
@@ -67,12 +71,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(config: Config, args: argparse.Namespace) -> int:
     rows = asyncio.run(collect(config))
+    hosted = _hosted(config)
     if args.json:
-        print(json.dumps({"images": [row.as_json() for row in rows]}, indent=2))
+        doc: dict[str, Any] = {"images": [row.as_json() for row in rows]}
+        if config.hosted is not None:
+            doc["hosted"] = [asdict(image) for image in hosted.images]
+        print(json.dumps(doc, indent=2))
         return 0
     if not rows:
         print(f"nothing cached in {config.root}")
-        return 0
+    else:
+        _print_cached(rows)
+    if config.hosted is not None:
+        _print_hosted(hosted)
+    return 0
+
+
+def _hosted(config: Config) -> HostedInventory:
+    # Pushed content, listed apart: it is kept, not cached (``mirror.hosted``).
+    if config.hosted is None:
+        return EMPTY
+    return read_inventory(config.root / "hosted.db")
+
+
+def _print_hosted(hosted: HostedInventory) -> None:
+    if not hosted.images:
+        print("\nhosted: nothing pushed")
+        return
+    lines = [["HOSTED REPOSITORY", "TAG", "DIGEST", "SIZE", "OBJECTS"]]
+    for image in hosted.images:
+        lines.append(
+            [
+                image.repository,
+                image.tag if image.tag is not None else "<none>",
+                image.digest,
+                human(image.size),
+                str(image.objects),
+            ]
+        )
+    print()
+    print("\n".join(table(lines)))
+
+
+def _print_cached(rows: list[Row]) -> None:
     lines = [
         ["UPSTREAM", "REPOSITORY", "TAG", "DIGEST", "SIZE", "OBJECTS", "LAST ACCESS", "PINNED"]
     ]
@@ -90,7 +131,6 @@ def run(config: Config, args: argparse.Namespace) -> int:
             ]
         )
     print("\n".join(table(lines)))
-    return 0
 
 
 async def collect(config: Config) -> list[Row]:

@@ -290,6 +290,7 @@ def _hosted(root: Root, upstreams: tuple[UpstreamConfig, ...]) -> HostedConfig |
         upload_idle=_positive(section.upload_idle, "mirror.hosted.upload_idle"),
         max_uploads_per_client=section.max_uploads_per_client,
         delete_enabled=root.storage.delete.enabled,
+        gc_grace=parse_duration(section.gc_grace, "mirror.hosted.gc_grace"),
     )
 
 

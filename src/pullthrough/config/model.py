@@ -108,6 +108,7 @@ class HostedConfig:
     upload_idle: float = 3600.0
     max_uploads_per_client: int = 100
     delete_enabled: bool = False  # storage.delete.enabled
+    gc_grace: float = 3600.0  # gc keeps blobs pushed this recently (their manifest may follow)
 
     def holds(self, name: str) -> bool:
         return any(name == p or name.startswith(p + "/") for p in self.prefixes)

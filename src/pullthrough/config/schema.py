@@ -156,6 +156,7 @@ class _Hosted(_Section):
     max_manifest_size: Any = "4MiB"
     upload_idle: Any = "1h"  # an upload session untouched this long is removed
     max_uploads_per_client: int = 100  # open upload sessions per client address
+    gc_grace: Any = "1h"  # pullthrough gc keeps a blob pushed this recently, referenced or not
 
 
 class _PolicyRule(_Section):

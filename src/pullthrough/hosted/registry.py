@@ -37,7 +37,7 @@ from pullthrough.manifest import (
 from pullthrough.mirror.provenance import Provenance
 from pullthrough.reference import Digest, parse_digest
 from pullthrough.store.blobs import BlobStore, DigestMismatch
-from pullthrough.store.hosted_index import HostedIndex, HostedManifest
+from pullthrough.store.hosted_index import ChildGone, HostedIndex, HostedManifest
 
 log = logging.getLogger(__name__)
 
@@ -149,15 +149,26 @@ class HostedRegistry:
             )
         await self.store.put(actual, body)
         self.kept.add(str(actual))
-        await self.index.add_manifest(
-            repo,
-            HostedManifest(
-                str(actual), parsed.media_type, len(body), parsed.artifact_type, parsed.annotations
-            ),
-            subject=parsed.subject,
-            children=(*parsed.blobs, *parsed.manifests),
-            tag=None if expected else reference,
-        )
+        try:
+            await self.index.add_manifest(
+                repo,
+                HostedManifest(
+                    str(actual),
+                    parsed.media_type,
+                    len(body),
+                    parsed.artifact_type,
+                    parsed.annotations,
+                ),
+                subject=parsed.subject,
+                children=(*parsed.blobs, *parsed.manifests),
+                tag=None if expected else reference,
+            )
+        except ChildGone as exc:
+            raise ManifestBlobUnknown(
+                f"the manifest references {exc.digest}, which repository {repo} no longer "
+                "holds (removed while the manifest was pushed; push it again)",
+                detail={"digest": exc.digest},
+            ) from exc
         return Pushed(str(actual), parsed.subject)
 
     async def manifest(self, repo: str, reference: str) -> tuple[HostedManifest, bytes]:
@@ -191,6 +202,10 @@ class HostedRegistry:
                 f"manifest {repo}:{reference} is unknown",
                 detail={"name": repo, "reference": reference},
             )
+
+    async def repositories(self) -> list[str]:
+        """The hosted repositories that hold anything, sorted (for ``/v2/_catalog``)."""
+        return await self.index.repositories()
 
     async def tags(self, repo: str) -> list[str]:
         found = await self.index.tags(repo)

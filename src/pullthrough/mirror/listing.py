@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pullthrough.errors import NameUnknown, TooManyRequests, UpstreamUnavailable
@@ -66,11 +66,14 @@ class Listing:
         n: int | None,
         last: str | None,
         visible: Callable[[str, str], bool] | None = None,
+        *,
+        hosted: Sequence[str] = (),
     ) -> Page:
         """Cached repositories of each upstream, each name behind that upstream's prefix
-        (the default upstream has none), merged in lexical order; only those ``visible``
-        (registry, repository) says, when given, filtered before paging."""
-        names: list[str] = []
+        (the default upstream has none), and the ``hosted`` names (already filtered),
+        merged in lexical order; only those ``visible`` (registry, repository) says, when
+        given, filtered before paging."""
+        names: list[str] = list(hosted)
         for upstream, prefix in upstreams:
             names.extend(
                 prefix + repo

@@ -26,6 +26,7 @@ from pullthrough.mirror.offline import OfflineSwitches
 from pullthrough.mirror.policy import Policy, denied
 from pullthrough.mirror.policy_file import PolicyFile, warn_never_matching
 from pullthrough.mirror.provenance import Provenance
+from pullthrough.mirror.referrers import ReferrersService
 from pullthrough.mirror.scrub import Scrubber
 from pullthrough.mirror.upstreams import Upstreams
 from pullthrough.reference import Digest
@@ -100,6 +101,7 @@ class Mirror:
             flights=self.cluster.flights if self.cluster else None,
             quarantine=self.quarantine,
         )
+        self.referrers = ReferrersService(manifests=self.manifests)
         self.listing = Listing(index=cast(Index, self.index))
         # Hosted repositories (mirror.hosted): pushed content, in the same store, kept.
         self.hosted: HostedRegistry | None = None

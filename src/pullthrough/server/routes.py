@@ -22,7 +22,7 @@ from pullthrough.errors import (
     StoredBlobCorrupt,
     Unsupported,
 )
-from pullthrough.manifest import parse_accept
+from pullthrough.manifest import OCI_INDEX, parse_accept
 from pullthrough.mirror.listing import Page
 from pullthrough.mirror.service import Mirror
 from pullthrough.reference import Digest, is_digest, parse_digest, validate_tag
@@ -269,7 +269,19 @@ async def catalog(request: web.Request, _: dict[str, str]) -> web.StreamResponse
     def visible(registry: str, repo: str) -> bool:
         return access.allows(user, registry, repo)
 
-    found = await mirror.listing.catalog(sources, n, last, visible if access.active else None)
+    # Hosted repositories are the default registry's names (no ?ns=, or ?ns= naming it),
+    # listed for a client that may pull them, as a pull of them is decided.
+    hosted: list[str] = []
+    if mirror.hosted is not None and (ns is None or ns == mirror.config.default_upstream):
+        registry = mirror.config.default_upstream
+        hosted = [
+            name
+            for name in await mirror.hosted.repositories()
+            if not access.active or access.allows(user, registry, name)
+        ]
+    found = await mirror.listing.catalog(
+        sources, n, last, visible if access.active else None, hosted=hosted
+    )
     return _page_response(request, {"repositories": found.items}, found, n)
 
 
@@ -313,9 +325,23 @@ def _page_response(
 
 
 async def referrers(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
-    # Mirrored repositories: not passed through yet. A 404 makes clients fall back to the
-    # referrers tag scheme (sha256-<hex> tags), which the mirror serves like any tag.
-    raise NotFound("the referrers API is served for hosted repositories only")
+    mirror = request.app[MIRROR_KEY]
+    upstream, repo = _route(request, params)
+    subject = parse_digest(params["digest"])
+    artifact_type = request.query.get("artifactType") or None
+
+    async def permit_tag(tag: str) -> None:
+        # The tag scheme's fallback reads a tag: mirror.policy's tag rules apply to it.
+        await mirror.permit(upstream.name, repo, params["name"], tag=tag)
+
+    found = await mirror.referrers.referrers(
+        upstream, repo, subject, artifact_type, permit_tag=permit_tag
+    )
+    headers = {**API_HEADERS, "OCI-Namespace": upstream.name, "Content-Type": OCI_INDEX}
+    if found.filtered:
+        headers["OCI-Filters-Applied"] = "artifactType"
+    doc = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": list(found.descriptors)}
+    return web.Response(body=json.dumps(doc).encode(), headers=headers)
 
 
 _HANDLERS = {

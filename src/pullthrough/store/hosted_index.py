@@ -36,7 +36,18 @@ CREATE TABLE IF NOT EXISTS hosted_children (
 CREATE TABLE IF NOT EXISTS hosted_tags (
     repo TEXT NOT NULL, tag TEXT NOT NULL, digest TEXT NOT NULL, updated REAL NOT NULL,
     PRIMARY KEY (repo, tag));
+CREATE TABLE IF NOT EXISTS hosted_released (
+    digest TEXT PRIMARY KEY, released REAL NOT NULL);
 """
+
+
+class ChildGone(Exception):
+    """A manifest's child is no longer held by its repository (removed by gc or a delete
+    since the push checked it): the manifest is not recorded."""
+
+    def __init__(self, digest: str) -> None:
+        super().__init__(digest)
+        self.digest = digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,10 +130,15 @@ class HostedIndex:
 
     async def delete_blob(self, repo: str, digest: str) -> bool:
         def work() -> bool:
-            cur = self._db.execute(
-                "DELETE FROM hosted_blobs WHERE repo=? AND digest=?", (repo, digest)
-            )
-            return cur.rowcount > 0
+            db = self._db
+            with db:
+                db.execute("BEGIN")
+                cur = db.execute(
+                    "DELETE FROM hosted_blobs WHERE repo=? AND digest=?", (repo, digest)
+                )
+                if cur.rowcount > 0:
+                    release(db, [digest])
+                return cur.rowcount > 0
 
         return await self._run(work)
 
@@ -146,7 +162,13 @@ class HostedIndex:
         def work() -> None:
             db = self._db
             with db:
-                db.execute("BEGIN")
+                # IMMEDIATE: the check below and the insert are one write transaction, so
+                # that ``pullthrough gc`` (``hosted_sweep.collect``) sweeps either before
+                # (the check fails) or after (it sees this manifest and keeps its children).
+                db.execute("BEGIN IMMEDIATE")
+                for child in dict.fromkeys(children):
+                    if not _holds(db, repo, child):
+                        raise ChildGone(child)
                 db.execute(
                     "INSERT INTO hosted_manifests(repo, digest, media_type, size, subject, "
                     "artifact_type, annotations, created) VALUES (?,?,?,?,?,?,?,?) "
@@ -174,7 +196,19 @@ class HostedIndex:
                         (repo, tag, manifest.digest, now),
                     )
 
-        await self._run(work)
+        try:
+            await self._run(work)
+        except ChildGone:
+            # Its file is stored already: released, so that gc removes it unless it is
+            # held by then (a repeated push of the same manifest).
+            await self._run(lambda: self._release_alone(manifest.digest))
+            raise
+
+    def _release_alone(self, digest: str) -> None:
+        db = self._db
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            release(db, [digest])
 
     async def manifest(self, repo: str, digest: str) -> HostedManifest | None:
         row = await self._run(
@@ -250,9 +284,15 @@ class HostedIndex:
                 db.execute(
                     "DELETE FROM hosted_children WHERE repo=? AND manifest=?", (repo, digest)
                 )
+                if cur.rowcount > 0:
+                    release(db, [digest])
                 return cur.rowcount > 0
 
         return await self._run(work)
+
+    async def repositories(self) -> list[str]:
+        """Every repository that holds something (a blob, a manifest or a tag), sorted."""
+        return await self._run(lambda: repositories_sync(self._db))
 
     async def referrers(self, repo: str, subject: str) -> list[HostedManifest]:
         """Every manifest of ``repo`` whose ``subject`` is ``subject``, oldest first."""
@@ -279,6 +319,34 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout=5000")
     conn.executescript(_SCHEMA)
     return conn
+
+
+def _holds(db: sqlite3.Connection, repo: str, digest: str) -> bool:
+    row = db.execute(
+        "SELECT 1 FROM hosted_blobs WHERE repo=? AND digest=? UNION ALL "
+        "SELECT 1 FROM hosted_manifests WHERE repo=? AND digest=? LIMIT 1",
+        (repo, digest, repo, digest),
+    ).fetchone()
+    return row is not None
+
+
+def release(db: sqlite3.Connection, digests: Iterable[str]) -> None:
+    """``digests`` lost a row: ``pullthrough gc`` looks at their files next time (they go
+    when no hosted repository holds them any more)."""
+    now = time.time()
+    db.executemany(
+        "INSERT INTO hosted_released(digest, released) VALUES (?,?) "
+        "ON CONFLICT(digest) DO UPDATE SET released=excluded.released",
+        [(d, now) for d in digests],
+    )
+
+
+def repositories_sync(db: sqlite3.Connection) -> list[str]:
+    rows = db.execute(
+        "SELECT repo FROM hosted_blobs UNION SELECT repo FROM hosted_manifests "
+        "UNION SELECT repo FROM hosted_tags ORDER BY 1"
+    ).fetchall()
+    return [str(r[0]) for r in rows]
 
 
 def digests_sync(db: sqlite3.Connection) -> set[str]:

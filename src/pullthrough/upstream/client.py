@@ -44,7 +44,7 @@ from pullthrough.errors import (
     UpstreamInvalid,
     UpstreamUnavailable,
 )
-from pullthrough.manifest import MAX_MANIFEST_SIZE
+from pullthrough.manifest import MAX_MANIFEST_SIZE, OCI_INDEX
 from pullthrough.metrics import Metrics
 from pullthrough.upstream.auth import (
     parse_challenge,
@@ -289,6 +289,23 @@ class UpstreamClient:
             if len(body) > MAX_MANIFEST_SIZE:
                 raise UpstreamInvalid(f"upstream {self.name} sent a manifest over 4 MiB")
             return ManifestBody(body, _media_type(resp), resp.headers.get("Docker-Content-Digest"))
+
+    async def referrers(self, repo: str, digest: str) -> bytes | None:
+        """The upstream's referrers index for ``digest`` (OCI distribution 1.1), as sent;
+        None when it answers 404: it lacks the API (clients then use the tag scheme)."""
+        async with self._request(
+            "GET", repo, f"referrers/{digest}", headers={"Accept": OCI_INDEX}
+        ) as resp:
+            if resp.status == 404:
+                return None
+            self._expect_ok(resp)
+            try:
+                body = await read_capped(resp, MAX_MANIFEST_SIZE + 1)
+            except NETWORK_ERRORS as exc:
+                raise self.unavailable(exc) from exc
+            if len(body) > MAX_MANIFEST_SIZE:
+                raise UpstreamInvalid(f"upstream {self.name} sent a referrers list over 4 MiB")
+            return body
 
     async def head_blob(self, repo: str, digest: str) -> int | None:
         """The blob's size if the upstream has it in ``repo``, else None. Downloads nothing."""

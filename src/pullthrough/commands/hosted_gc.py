@@ -1,0 +1,126 @@
+"""``pullthrough gc``'s part for hosted repositories: content nothing references goes.
+
+Hosted content is never evicted; it is removed here only, once no manifest or tag of a
+hosted repository references it (``store.hosted_sweep``). A file goes only when, checked
+with the file in hand, no hosted repository holds its digest, no upstream served it (then
+it is the cache's, and eviction decides), and it was not placed within the grace period:
+a push under way beside gc keeps what it uploads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pullthrough.config import Config
+from pullthrough.reference import parse_digest
+from pullthrough.store.blobs import BlobStore
+from pullthrough.store.hosted_index import connect
+from pullthrough.store.hosted_sweep import Garbage, collect, held, settled
+from pullthrough.store.index import IndexBackend
+
+
+@dataclass(slots=True)
+class HostedGc:
+    """What one run did (or, dry, would do)."""
+
+    blobs: list[tuple[str, str, int]] = field(default_factory=list)  # rows dropped
+    removed: list[tuple[str, int]] = field(default_factory=list)  # files: digest, size
+    kept_fresh: list[str] = field(default_factory=list)  # files within the grace period
+    left_to_cache: list[str] = field(default_factory=list)  # an upstream served them too
+
+    def lines(self, *, dry_run: bool) -> list[str]:
+        verb = "would remove" if dry_run else "removed"
+        out = [f"hosted: {verb} {repo}@{digest} (unreferenced)" for repo, digest, _ in self.blobs]
+        out += [f"hosted: {verb} {digest} ({size} bytes)" for digest, size in self.removed]
+        out += [f"hosted: kept {d} (placed within mirror.hosted.gc_grace)" for d in self.kept_fresh]
+        freed = sum(size for _, size in self.removed)
+        out.append(
+            f"hosted: {verb} {len(self.blobs)} unreferenced blob links and "
+            f"{len(self.removed)} objects, {freed} bytes"
+        )
+        return out
+
+
+async def collect_hosted(
+    config: Config, store: BlobStore, index: IndexBackend, *, dry_run: bool
+) -> HostedGc:
+    """Mark and sweep the hosted repositories of ``config``; remove the files nothing
+    holds any more (none with ``dry_run``)."""
+    assert config.hosted is not None
+    grace = config.hosted.gc_grace
+    path = config.root / "hosted.db"
+    report = HostedGc()
+    if not path.is_file():
+        return report
+    now = time.time()
+    garbage = await asyncio.to_thread(_collect, path, now - grace, dry_run)
+    report.blobs = list(garbage.blobs)
+    # Files an upstream served as well belong to the cache: eviction decides about them.
+    served = set().union(*(await index.repository_links()).values())
+    for digest in garbage.files:
+        if digest in served:
+            report.left_to_cache.append(digest)
+            if not dry_run:
+                await asyncio.to_thread(_settle, path, digest)
+            continue
+        outcome = await asyncio.to_thread(_remove, path, store, digest, now - grace, dry_run)
+        if outcome == "fresh":
+            report.kept_fresh.append(digest)
+        elif isinstance(outcome, int):
+            report.removed.append((digest, outcome))
+            if not dry_run:
+                await index.forget(digest)
+    return report
+
+
+def _collect(path: Path, pushed_before: float, dry_run: bool) -> Garbage:
+    db = connect(path)
+    try:
+        return collect(db, pushed_before=pushed_before, dry_run=dry_run)
+    finally:
+        db.close()
+
+
+def _settle(path: Path, digest: str) -> None:
+    db = connect(path)
+    try:
+        settled(db, digest)
+    finally:
+        db.close()
+
+
+def _remove(
+    path: Path, store: BlobStore, digest: str, placed_before: float, dry_run: bool
+) -> int | str | None:
+    """Remove ``digest``'s file unless a hosted repository holds it again or it was
+    placed within the grace period; its size when removed (or removable, dry), "fresh"
+    when kept for its age, None when there is nothing to remove."""
+    parsed = parse_digest(digest)
+    file = store.path_for(parsed)
+    db = connect(path)
+    try:
+        try:
+            st = file.stat()
+        except FileNotFoundError:
+            if not dry_run:
+                settled(db, digest)
+            return None
+        # ctime: a rename into place sets it, so a blob a push has just committed (even
+        # one written long ago in a paused upload) counts as fresh.
+        if max(st.st_mtime, st.st_ctime) >= placed_before:
+            return "fresh"
+        if dry_run:
+            # Its rows are still there (nothing was swept): ``collect`` saw through them.
+            return st.st_size
+        if held(db, digest):
+            return None
+        # Removed only if still the file looked at: a push that renamed a fresh copy
+        # into place since then keeps it.
+        removed = store.remove_if_same_sync(parsed, (st.st_dev, st.st_ino))
+        settled(db, digest)
+        return st.st_size if removed else None
+    finally:
+        db.close()
