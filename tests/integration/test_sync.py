@@ -1,0 +1,178 @@
+"""``mirror.sync`` as an operator relies on it: exactly the matching tags are fetched (from
+a tag list of several pages), ``--dry-run`` fetches nothing, the pull quota's reserve is
+left alone, a 429 is waited out, and the server runs the schedule by itself."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from tests.support.images import PushedImage
+from tests.support.mirror import MirrorProcess
+from tests.support.net import clean_env, http_request
+from tests.support.proxy import RecordingProxy
+from tests.support.registry import Registry
+from tests.support.tagging import put_tags
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def sync_config(repo: str, tags: str, **mirror: Any) -> dict[str, Any]:
+    entry = {"upstream": "docker.io", "repository": repo, "tags": tags, "interval": "1h"}
+    return {"mirror": {"sync": [entry], **mirror}}
+
+
+def pullthrough_sync(mirror: MirrorProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pullthrough", "sync", str(mirror.config_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(None),
+    )
+
+
+def manifest_gets(proxy: RecordingProxy) -> set[str]:
+    return {e.path.rsplit("/", 1)[1] for e in proxy.requests("GET", "/manifests/")}
+
+
+def test_sync_fetches_exactly_the_matching_tags(
+    image_factory, upstream: Registry, upstream_proxy: RecordingProxy, mirror_factory
+) -> None:
+    image: PushedImage = image_factory("library/synced", tag="base")
+    put_tags(upstream, image, [f"old-{i}" for i in range(100)], distinct=False)
+    wanted = put_tags(upstream, image, [f"3.2{i}" for i in range(5)], distinct=True)
+    put_tags(upstream, image, ["3.19", "3.20-rc", "4.20"], distinct=True)
+    mirror = mirror_factory(
+        upstream_proxy.url, config=sync_config("library/synced", r"^3\.2[0-9]$"), start=False
+    )
+    upstream_proxy.reset()
+    upstream_proxy.tags_page = 50  # Docker Hub pages its tag lists
+
+    done = pullthrough_sync(mirror)
+
+    assert done.returncode == 0, done.stderr
+    assert "5 of 5 matching tags up to date (109 listed)" in done.stdout
+    # 109 tags: three pages (Link headers followed), each asked for once.
+    assert upstream_proxy.count("GET", "/tags/list") == 3
+    assert manifest_gets(upstream_proxy) == set(wanted.values())
+    heads = {e.path.rsplit("/", 1)[1] for e in upstream_proxy.requests("HEAD", "/manifests/")}
+    assert heads == set(wanted)
+    assert {e.path.rsplit("/", 1)[1] for e in upstream_proxy.blob_gets()} == set(image.blob_digests)
+    assert set(mirror.stored_files()) == set(wanted.values()) | set(image.blob_digests)
+
+    # Up to date: the next run asks with HEADs only.
+    upstream_proxy.reset()
+    again = pullthrough_sync(mirror)
+    assert again.returncode == 0, again.stderr
+    assert manifest_gets(upstream_proxy) == set()
+    assert upstream_proxy.blob_gets() == []
+
+
+def test_dry_run_fetches_nothing(
+    image_factory, upstream: Registry, upstream_proxy: RecordingProxy, mirror_factory
+) -> None:
+    image: PushedImage = image_factory("library/dry", tag="base")
+    wanted = put_tags(upstream, image, ["3.20", "3.21", "3.22"], distinct=True)
+    put_tags(upstream, image, ["2.0", "latest"], distinct=True)
+    mirror = mirror_factory(
+        upstream_proxy.url, config=sync_config("library/dry", ">=3.20 <4"), start=False
+    )
+    upstream_proxy.reset()
+
+    done = pullthrough_sync(mirror, "--dry-run")
+
+    assert done.returncode == 0, done.stderr
+    for tag in wanted:
+        assert f"would fetch docker.io/library/dry:{tag}" in done.stdout
+    assert "2.0" not in done.stdout and "latest" not in done.stdout
+    assert "3 of 6 tags match, 3 to fetch, 0 stored" in done.stdout
+    assert upstream_proxy.requests("GET", "/manifests/") == []
+    assert upstream_proxy.blob_gets() == []
+    assert mirror.stored_files() == {}
+
+
+def test_sync_of_30_tags_stops_at_the_quota_reserve(
+    image_factory, upstream: Registry, upstream_proxy: RecordingProxy, mirror_factory
+) -> None:
+    image: PushedImage = image_factory("library/quota", tag="base")
+    tags = put_tags(upstream, image, [f"1.{i}" for i in range(30)], distinct=True)
+    mirror = mirror_factory(
+        upstream_proxy.url,
+        config=sync_config("library/quota", ">=1.0 <2", sync_quota_reserve=10),
+        start=False,
+    )
+    upstream_proxy.reset()
+    upstream_proxy.ratelimit_remaining = 20  # Docker Hub's header: 20 pulls left
+
+    done = pullthrough_sync(mirror)
+
+    assert done.returncode == 0, done.stderr
+    assert "stopped: quota reserve reached" in done.stdout
+    assert upstream_proxy.ratelimit_remaining == 10
+    fetched = manifest_gets(upstream_proxy)
+    assert len(fetched) == 10 and fetched <= set(tags.values())
+    assert upstream_proxy.count(status=429) == 0
+    stored = set(mirror.stored_files())
+    assert stored & set(tags.values()) == fetched
+
+
+def test_sync_waits_out_a_429(
+    image_factory, upstream: Registry, upstream_proxy: RecordingProxy, mirror_factory
+) -> None:
+    image: PushedImage = image_factory("library/throttled", tag="base")
+    wanted = put_tags(upstream, image, ["3.20", "3.21"], distinct=True)
+    mirror = mirror_factory(
+        upstream_proxy.url,
+        config=sync_config("library/throttled", r"^3\.2", sync_jobs=1),
+        start=False,
+    )
+    upstream_proxy.reset()
+    upstream_proxy.fail_status = 429
+    upstream_proxy.fail_headers = {"Retry-After": "2"}
+    upstream_proxy.fail_count = 1
+    upstream_proxy.fault_path_contains = "/manifests/"
+
+    done = pullthrough_sync(mirror)
+
+    assert done.returncode == 0, done.stderr
+    assert "2 of 2 matching tags up to date" in done.stdout
+    (throttled,) = upstream_proxy.requests(status=429)
+    later = [e for e in upstream_proxy.requests() if e.started > throttled.started]
+    assert later, "the sync went on after the 429"
+    # Nothing was asked during the 2 s Retry-After.
+    assert min(e.started for e in later) - throttled.started >= 1.9
+    assert manifest_gets(upstream_proxy) == set(wanted.values())
+
+
+def test_server_syncs_on_its_schedule_with_metrics(
+    image_factory, upstream: Registry, upstream_proxy: RecordingProxy, mirror_factory
+) -> None:
+    image: PushedImage = image_factory("library/scheduled", tag="base")
+    wanted = put_tags(upstream, image, ["3.20", "3.21"], distinct=True)
+    from tests.support.net import free_port
+
+    debug = free_port()
+    config = sync_config("library/scheduled", r"^3\.2")
+    config["mirror"]["sync"][0]["interval"] = "2s"
+    config["http"] = {"debug": {"addr": f"127.0.0.1:{debug}", "prometheus": {"enabled": True}}}
+    mirror = mirror_factory(upstream_proxy.url, config=config)
+
+    deadline = time.monotonic() + 20
+    while set(wanted.values()) - set(mirror.stored_files(settle=0.5)):
+        assert time.monotonic() < deadline, mirror.log_tail(40)
+        time.sleep(0.2)
+    # A second run follows the interval: it asks again (HEADs) and fetches nothing new.
+    upstream_proxy.wait_for("HEAD", "/manifests/3.20", at_least=2, timeout=20)
+    assert len(upstream_proxy.requests("GET", "/manifests/")) == 2
+    metrics = http_request("GET", f"http://127.0.0.1:{debug}/metrics").body.decode()
+    assert 'pullthrough_sync_tags_total{entry="docker.io/library/scheduled"}' in metrics
+    assert (
+        'pullthrough_sync_last_run_timestamp_seconds{entry="docker.io/library/scheduled"}'
+        in metrics
+    )
+    assert "sync mirror.sync[0] docker.io/library/scheduled" in mirror.log_text()
