@@ -176,3 +176,67 @@ def test_server_syncs_on_its_schedule_with_metrics(
         in metrics
     )
     assert "sync mirror.sync[0] docker.io/library/scheduled" in mirror.log_text()
+
+
+def test_tags_the_policy_denies_are_not_synced(
+    image_factory, upstream: Registry, upstream_proxy: RecordingProxy, mirror_factory
+) -> None:
+    image: PushedImage = image_factory("library/ruled", tag="base")
+    tags = put_tags(upstream, image, ["3.20", "3.21"], distinct=True)
+    config = sync_config(
+        "library/ruled",
+        r"^3\.2",
+        policy=[
+            {
+                "upstream": "docker.io",
+                "repositories": ["library/ruled"],
+                "tags": ["3.21"],
+                "action": "deny",
+            }
+        ],
+    )
+    mirror = mirror_factory(upstream_proxy.url, config=config, start=False)
+    upstream_proxy.reset()
+
+    done = pullthrough_sync(mirror)
+
+    assert done.returncode == 0, done.stderr
+    assert "denied docker.io/library/ruled:3.21 (mirror.policy)" in done.stdout
+    assert [e for e in upstream_proxy.requests() if "3.21" in e.path] == []
+    assert manifest_gets(upstream_proxy) == {tags["3.20"]}
+    assert tags["3.21"] not in mirror.stored_files()
+
+
+def test_a_denied_repository_is_not_even_listed(
+    upstream_proxy: RecordingProxy, mirror_factory
+) -> None:
+    config = sync_config(
+        "library/secret",
+        ".*",
+        policy=[{"upstream": "docker.io", "repositories": ["library/secret"], "action": "deny"}],
+    )
+    mirror = mirror_factory(upstream_proxy.url, config=config, start=False)
+    upstream_proxy.reset()
+
+    done = pullthrough_sync(mirror)
+
+    assert done.returncode == 0, done.stderr
+    assert "stopped: mirror.policy" in done.stdout
+    assert upstream_proxy.requests() == []
+
+
+def test_an_offline_upstream_is_not_synced(
+    image_factory, upstream_proxy: RecordingProxy, mirror_factory
+) -> None:
+    image_factory("library/away", tag="3.20")
+    config = sync_config("library/away", r"^3\.2")
+    config["proxy"] = {"offline": True}
+    mirror = mirror_factory(upstream_proxy.url, config=config, start=False)
+    upstream_proxy.reset()
+
+    done = pullthrough_sync(mirror)
+
+    assert done.returncode == 0, done.stderr
+    assert "stopped: upstream docker.io is offline" in done.stdout
+    assert upstream_proxy.requests() == []
+    assert mirror.stored_files() == {}

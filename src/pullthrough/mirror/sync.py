@@ -108,7 +108,8 @@ class SyncRun:
     synced: list[str] = field(default_factory=list)  # up to date now (fetched, or was)
     would_fetch: list[str] = field(default_factory=list)  # dry run: not stored yet
     failed: list[str] = field(default_factory=list)
-    fetched_bytes: int = 0
+    fetched_bytes: int = 0  # blobs this run's fetches brought (each counted once)
+    fetched: set[str] = field(default_factory=set)  # their digests
     stopped: str | None = None  # why the run ended before every matched tag was done
 
     @property
@@ -453,7 +454,9 @@ class _SyncSource(StoreSource):
         self, ref: ImageRef, digest: Digest, size: int | None, progress: Callable[[int], None]
     ) -> Pulled:
         pulled = await super().blob(ref, digest, size, progress)
-        if not pulled.cached:
+        # Tags sharing a layer join one fetch of it: counted once.
+        if not pulled.cached and str(digest) not in self.run.fetched:
+            self.run.fetched.add(str(digest))
             self.run.fetched_bytes += pulled.size
         return pulled
 
