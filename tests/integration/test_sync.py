@@ -240,3 +240,23 @@ def test_an_offline_upstream_is_not_synced(
     assert "stopped: upstream docker.io is offline" in done.stdout
     assert upstream_proxy.requests() == []
     assert mirror.stored_files() == {}
+
+
+def test_check_prints_the_sync_entries_as_understood(
+    upstream_proxy: RecordingProxy, mirror_factory
+) -> None:
+    mirror = mirror_factory(
+        upstream_proxy.url, config=sync_config("alpine", ">=3.19 <4"), start=False
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pullthrough", "check", str(mirror.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=clean_env(None),
+    )
+    assert done.returncode == 0, done.stderr
+    assert (
+        "mirror.sync[0]: syncs docker.io/library/alpine tags semver '>=3.19 <4' every 3600s"
+        in done.stdout
+    )

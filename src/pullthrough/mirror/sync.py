@@ -304,6 +304,13 @@ class Syncer:
                     continue
                 (run.synced if stored else run.would_fetch).append(tag)
             return
+        if run.matched and upstream.rate_limit.remaining is None:
+            # Learn the quota before tags go in parallel (Docker Hub says it on a HEAD,
+            # which is free): unknown, the first GETs could not be held to the reserve.
+            with contextlib.suppress(RegistryError):
+                await upstream.head_manifest(
+                    entry.repository, run.matched[0], upstream_accept(KNOWN_TYPES)
+                )
         own = reporter is None
         shown = reporter or Reporter(tty=False, out=cast(TextIO, _LogLines()))
         warmer = Warmer(
