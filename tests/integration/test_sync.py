@@ -260,3 +260,40 @@ def test_check_prints_the_sync_entries_as_understood(
         "mirror.sync[0]: syncs docker.io/library/alpine tags semver '>=3.19 <4' every 3600s"
         in done.stdout
     )
+
+
+def test_only_the_chosen_platforms_of_an_index_are_fetched(
+    image_factory, upstream_proxy: RecordingProxy, mirror_factory
+) -> None:
+    index: PushedImage = image_factory("library/multisync", tag="3.20", index=True)
+    config = sync_config("library/multisync", r"^3\.2")
+    config["mirror"]["sync"][0]["platforms"] = ["linux/arm64"]
+    mirror = mirror_factory(upstream_proxy.url, config=config, start=False)
+    upstream_proxy.reset()
+
+    done = pullthrough_sync(mirror)
+
+    assert done.returncode == 0, done.stderr
+    arm64 = index.source.image_for("arm64")
+    amd64 = index.source.image_for("amd64")
+    stored = set(mirror.stored_files())
+    assert arm64.blob_digests <= stored
+    assert not (amd64.blob_digests - arm64.blob_digests) & stored
+    gets = manifest_gets(upstream_proxy)
+    assert index.digest in gets and len(gets) == 2  # the index and the arm64 image
+
+
+def test_a_tag_list_that_fails_fails_the_run(
+    upstream_proxy: RecordingProxy, mirror_factory
+) -> None:
+    mirror = mirror_factory(
+        upstream_proxy.url, config=sync_config("library/anything", ".*"), start=False
+    )
+    upstream_proxy.fail_status = 503
+    upstream_proxy.fault_path_contains = "/tags/list"
+
+    done = pullthrough_sync(mirror)
+
+    assert done.returncode == 1
+    assert "stopped: listing the tags failed" in done.stdout
+    assert upstream_proxy.count("GET", "/tags/list") == 1

@@ -7,7 +7,8 @@ progress would be deleted). ``--dry-run`` fetches nothing: it lists the tags, as
 matching one with a HEAD (free on Docker Hub) and says which would be fetched.
 
 Output: a progress display on a terminal, plain lines elsewhere; one summary line per
-entry. Exit 1 when a tag could not be synced, 2 for a config or start-up problem.
+entry. Exit 1 when a tag (or an entry's tag list) could not be synced, 2 for a config or
+start-up problem.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ async def sync(config: Config, *, dry_run: bool) -> int:
             runs = await Syncer(mirror).run_all(dry_run=dry_run, reporter=reporter)
             for done in runs:
                 entry = done.entry
-                failed += len(done.failed)
+                failed += len(done.failed) + (done.error is not None)
                 for tag in done.denied:
                     reporter.line(f"denied {done.label}:{tag} (mirror.policy): not synced")
                 if dry_run:

@@ -111,6 +111,7 @@ class SyncRun:
     fetched_bytes: int = 0  # blobs this run's fetches brought (each counted once)
     fetched: set[str] = field(default_factory=set)  # their digests
     stopped: str | None = None  # why the run ended before every matched tag was done
+    error: str | None = None  # the run failed as a whole (the tag list could not be read)
 
     @property
     def label(self) -> str:
@@ -251,6 +252,12 @@ class Syncer:
                 run.stopped = f"upstream {entry.upstream} is offline"
             else:
                 await self._run(run, upstream, reporter)
+        except (RegistryError, aiohttp.ClientError, OSError) as exc:
+            # The tag list (or the quota's HEAD) failed: nothing to go on; the next run
+            # tries again.
+            run.error = f"listing the tags failed: {getattr(exc, 'message', None) or exc}"
+            run.stopped = run.error
+            metrics.sync_errors.labels(run.label).inc()
         finally:
             label = run.label
             if not dry_run:
@@ -311,19 +318,14 @@ class Syncer:
                 await upstream.head_manifest(
                     entry.repository, run.matched[0], upstream_accept(KNOWN_TYPES)
                 )
-        own = reporter is None
-        shown = reporter or Reporter(tty=False, out=cast(TextIO, _LogLines()))
         warmer = Warmer(
             _SyncSource(self, upstream, run),
-            shown,
+            # In the server the walk's lines go to the log: no terminal sees them.
+            reporter or Reporter(tty=False, out=cast(TextIO, _LogLines())),
             platforms=[parse_platform(p) for p in entry.platforms],
             jobs=self.config.sync_jobs,
         )
-        try:
-            await asyncio.gather(*(self._tag(run, upstream, warmer, tag) for tag in run.matched))
-        finally:
-            if own:
-                shown.__exit__(None, None, None)
+        await asyncio.gather(*(self._tag(run, upstream, warmer, tag) for tag in run.matched))
 
     async def _list(self, upstream: UpstreamClient, repo: str) -> list[str]:
         """Every tag the upstream lists for ``repo``, page by page (each page from the
