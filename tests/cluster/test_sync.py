@@ -38,3 +38,23 @@ def test_two_replicas_run_a_sync_once_not_twice(
     assert len(upstream_proxy.requests("GET", "/manifests/")) == len(wanted)
     ran = ["sync mirror.sync[0]" in r.log_text() for r in group]
     assert sorted(ran) == [False, True]
+
+
+def test_replicas_share_the_interval_instead_of_each_keeping_it(
+    replicas, image_factory, upstream: Registry, upstream_proxy: RecordingProxy
+) -> None:
+    image: PushedImage = image_factory("library/clusterpace", tag="base")
+    put_tags(upstream, image, ["3.20"], distinct=True)
+    config = sync_config("library/clusterpace", r"^3\.2")
+    config["mirror"]["sync"][0]["interval"] = "3s"
+    upstream_proxy.reset()
+
+    group = replicas(upstream_proxy.url, n=2, config=config)
+    time.sleep(8.0)
+
+    runs = sum(r.log_text().count("sync mirror.sync[0]") for r in group)
+    listed = upstream_proxy.count("GET", "/tags/list")
+    # About 8 s at one run per 3 s (plus the first at start) across the cluster; each
+    # replica on its own would have run about twice as often.
+    assert 2 <= runs <= 4, runs
+    assert listed == runs
