@@ -3,6 +3,7 @@ regular expression or semver range, and the quota a sync leaves alone."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -93,14 +94,24 @@ def test_caret_and_tilde_ranges() -> None:
     assert parse_range("~1.2").matches("1.2.7") and not parse_range("~1.2").matches("1.3")
 
 
-def test_quota_counts_promised_gets_and_keeps_the_reserve() -> None:
-    rate = SimpleNamespace(remaining=None)
-    quota = Quota(SimpleNamespace(name="docker.io", rate_limit=rate), reserve=10)  # type: ignore[arg-type]
+async def test_quota_counts_promised_gets_and_keeps_the_reserve() -> None:
+    rate = SimpleNamespace(remaining=None, lowest=None)
+    upstream = SimpleNamespace(name="docker.io", rate_limit=rate)
+    quota = Quota(upstream, reserve=10)  # type: ignore[arg-type]
     assert quota.may_spend()  # an upstream that says nothing is not limited
-    rate.remaining = 12
-    with quota.spending():
-        assert quota.may_spend()  # 12 - 1 promised - 1 more = 10: the reserve is kept
-        with quota.spending():
-            assert not quota.may_spend()
-    rate.remaining = 10
+    rate.remaining = rate.lowest = 12
+    assert await quota.take()
+    assert quota.may_spend()  # 12 - 1 promised - 1 more = 10: the reserve is kept
+    assert await quota.take()
     assert not quota.may_spend()
+    # No room while GETs are unanswered: wait for them, then decide.
+    third = asyncio.ensure_future(quota.take())
+    await asyncio.sleep(0.01)
+    assert not third.done()
+    rate.lowest = 11  # the first GET answered, one pull spent: 11 - 1 - 1 < 10
+    await quota.give_back()
+    await asyncio.sleep(0.01)
+    assert not third.done()
+    rate.lowest = 10
+    await quota.give_back()
+    assert await asyncio.wait_for(third, 1) is False

@@ -25,7 +25,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TextIO, cast
 
@@ -136,27 +136,40 @@ def tag_matcher(entry: SyncEntry) -> Callable[[str], bool]:
 
 
 class Quota:
-    """One upstream's pull quota as a sync sees it: GETs promised but not yet answered
-    count as spent, so concurrent tags cannot together go below the reserve."""
+    """One upstream's pull quota as a sync sees it. GETs promised but not yet answered
+    count as spent, so tags in parallel cannot together go below the reserve; and a tag
+    that finds no room waits for those answers before it concludes the quota is spent
+    (they may leave room, or not)."""
 
     def __init__(self, upstream: UpstreamClient, reserve: int) -> None:
         self.upstream = upstream
         self.reserve = reserve
         self.pending = 0
+        self._answered = asyncio.Condition()
+
+    def begin_run(self) -> None:
+        """Read the quota afresh (it is refilled when its window ends)."""
+        if self.pending == 0:
+            self.upstream.rate_limit.lowest = self.upstream.rate_limit.remaining
 
     def may_spend(self) -> bool:
-        remaining = self.upstream.rate_limit.remaining
-        return remaining is None or remaining - self.pending - 1 >= self.reserve
+        lowest = self.upstream.rate_limit.lowest
+        return lowest is None or lowest - self.pending - 1 >= self.reserve
 
-    @contextlib.contextmanager
-    def spending(self) -> Iterator[None]:
-        if not self.may_spend():
-            raise QuotaReached(self.said())
-        self.pending += 1
-        try:
-            yield
-        finally:
+    async def take(self) -> bool:
+        """Room for one GET (count it as promised; ``give_back`` when answered), or
+        False when there is none once every promised GET has been answered."""
+        async with self._answered:
+            await self._answered.wait_for(lambda: self.pending == 0 or self.may_spend())
+            if not self.may_spend():
+                return False
+            self.pending += 1
+            return True
+
+    async def give_back(self) -> None:
+        async with self._answered:
             self.pending -= 1
+            self._answered.notify_all()
 
     def said(self) -> str:
         return (
@@ -311,6 +324,7 @@ class Syncer:
                     continue
                 (run.synced if stored else run.would_fetch).append(tag)
             return
+        self.quota(upstream).begin_run()
         if run.matched and upstream.rate_limit.remaining is None:
             # Learn the quota before tags go in parallel (Docker Hub says it on a HEAD,
             # which is free): unknown, the first GETs could not be held to the reserve.
@@ -440,9 +454,11 @@ class _SyncSource(StoreSource):
 
     async def manifest(self, ref: ImageRef, reference: str) -> Got:
         quota = self.syncer.quota(self.upstream)
-        if quota.may_spend():
-            with quota.spending():
+        if await quota.take():
+            try:
                 got = await super().manifest(ref, reference)
+            finally:
+                await quota.give_back()
         else:
             # Near the reserve: go on only with what is stored already (a HEAD is free).
             if is_digest(reference):
