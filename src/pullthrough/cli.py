@@ -34,6 +34,7 @@ COMMANDS = {
     "pin": "keep IMAGE (tag globs allowed: alpine:3.*) for good: never evicted",
     "unpin": "stop keeping IMAGE for good (pins made by pullthrough pin)",
     "pins": "list pinned images (mirror.pins and pullthrough pin)",
+    "sync": "run every mirror.sync entry once now (--dry-run: only say what would be fetched)",
 }
 # Commands whose module is not named after them (commands.offline opens the store for the
 # others: it is about running without the server, not about the offline switch).
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"upstream {upstream.name} starts offline (pullthrough offline switches it)")
         for pin in config.pins:
             print(f"mirror.pins: {pin} is kept for good")
+        for entry in config.sync:
+            print(f"{entry.key}: syncs {entry.describe()}")
         return _check_policy(config)
     if args.command in commands:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")

@@ -142,6 +142,31 @@ class Metrics:
             ["upstream"],
             registry=r,
         )
+        # mirror.sync, labelled by entry (``upstream/repository``).
+        self.sync_last_run = Gauge(
+            "pullthrough_sync_last_run_timestamp_seconds",
+            "When the last run of each mirror.sync entry ended (Unix time).",
+            ["entry"],
+            registry=r,
+        )
+        self.sync_tags = Counter(
+            "pullthrough_sync_tags",
+            "Tags a mirror.sync run brought up to date.",
+            ["entry"],
+            registry=r,
+        )
+        self.sync_bytes = Counter(
+            "pullthrough_sync_bytes",
+            "Bytes mirror.sync runs fetched from upstreams (manifests and blobs).",
+            ["entry"],
+            registry=r,
+        )
+        self.sync_errors = Counter(
+            "pullthrough_sync_errors",
+            "Tags a mirror.sync run could not bring up to date, and runs that failed.",
+            ["entry"],
+            registry=r,
+        )
 
         self.upstream_circuit = Gauge(
             "pullthrough_upstream_circuit",

@@ -9,6 +9,7 @@ redirects, and each exchange is recorded once it finishes.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -110,6 +111,14 @@ class RecordingProxy(ThreadedApp):
       answered ``307`` to ``<base>/blobs/<digest>?expires=...`` instead (Docker Hub's CDN).
     * ``fault_path_contains``: if set, ``fail_status`` and ``stall_seconds`` only
       apply to paths containing this substring.
+    * ``tags_page``: answer ``GET .../tags/list`` in pages of at most this many tags
+      (``n`` and ``last`` honoured, ``Link: <...>; rel="next"`` while more follow), as
+      Docker Hub and distribution 3 do; the test registry (2.8) ignores ``n``.
+    * ``fail_count``: with ``fail_status``, fail only this many requests, then stop failing.
+    * ``ratelimit_remaining`` (+ ``ratelimit_limit``): Docker Hub's pull quota. Every
+      response carries ``ratelimit-limit``/``ratelimit-remaining`` (``N;w=21600``); each
+      manifest GET spends one (HEADs are free); at 0 a manifest GET is answered 429 with
+      ``Retry-After: ratelimit_retry_after``, the upstream untouched.
 
     Location headers pointing at ``target`` are rewritten to point at the proxy.
 
@@ -137,6 +146,11 @@ class RecordingProxy(ThreadedApp):
         self.drop_after: int | None = None
         self.blob_rate: int | None = None
         self.fault_path_contains: str | None = None
+        self.fail_count: int | None = None
+        self.tags_page: int | None = None
+        self.ratelimit_remaining: int | None = None
+        self.ratelimit_limit: int = 100
+        self.ratelimit_retry_after: int = 60
         self._session: aiohttp.ClientSession | None = None
 
     # ------------------------------------------------------------------ faults
@@ -156,6 +170,23 @@ class RecordingProxy(ThreadedApp):
         self.drop_after = None
         self.blob_rate = None
         self.fault_path_contains = None
+        self.fail_count = None
+        self.tags_page = None
+        self.ratelimit_remaining = None
+        self.ratelimit_limit = 100
+        self.ratelimit_retry_after = 60
+
+    def _quota_headers(self, request: web.Request) -> dict[str, str] | None:
+        """Spend the quota for a manifest GET; the headers to send (None: quota off).
+        Runs on the proxy's own loop, one request at a time between awaits."""
+        if self.ratelimit_remaining is None:
+            return None
+        if request.method == "GET" and "/manifests/" in request.path:
+            self.ratelimit_remaining = max(0, self.ratelimit_remaining - 1)
+        return {
+            "ratelimit-limit": f"{self.ratelimit_limit};w=21600",
+            "ratelimit-remaining": f"{self.ratelimit_remaining};w=21600",
+        }
 
     # ------------------------------------------------------------------ records
     def requests(
@@ -252,6 +283,16 @@ class RecordingProxy(ThreadedApp):
         corrupt = self.corrupt_blobs and is_blob_get
         drop_after = self.drop_after if is_blob_get else None
         rate = self.blob_rate if is_blob_get else None
+        spent_out = (
+            self.ratelimit_remaining == 0 and request.method == "GET" and "/manifests/" in path
+        )
+        quota = self._quota_headers(request)
+        if spent_out:
+            fail_status = 429
+        elif fail_status is not None and self.fail_count is not None:
+            self.fail_count -= 1
+            if self.fail_count <= 0:
+                self.fail_status = self.fail_count = None
         try:
             if stall and stall > 0:
                 tally.fault = "stall"
@@ -261,15 +302,23 @@ class RecordingProxy(ThreadedApp):
                 text = self.fail_body or f"injected failure {fail_status}\n"
                 tally.fault, tally.status = "fail_status", fail_status
                 tally.sent = 0 if request.method == "HEAD" else len(text)
+                headers = dict(self.fail_headers)
+                if quota is not None:
+                    headers.update(quota)
+                if spent_out:
+                    headers["Retry-After"] = str(self.ratelimit_retry_after)
+                tally.response_headers = tuple(headers.items())
                 tally.commit()
                 return web.Response(
                     status=fail_status,
                     text=text,
                     content_type=self.fail_content_type,
-                    headers=dict(self.fail_headers),
+                    headers=headers,
                 )
 
             assert self._session is not None
+            if self.tags_page and request.method == "GET" and path.endswith("/tags/list"):
+                return await self._tags_page(request, tally, self.tags_page)
             fwd_headers = CIMultiDict(
                 (k, v)
                 for k, v in request.headers.items()
@@ -292,7 +341,9 @@ class RecordingProxy(ThreadedApp):
                 tally.commit()
                 return web.Response(status=502, text=text)
             try:
-                return await self._relay(request, upstream, tally, corrupt, drop_after, rate)
+                return await self._relay(
+                    request, upstream, tally, corrupt, drop_after, rate, extra=quota
+                )
             finally:
                 upstream.release()
         except (ConnectionError, aiohttp.ClientError) as err:
@@ -309,8 +360,10 @@ class RecordingProxy(ThreadedApp):
         corrupt: bool,
         drop_after: int | None,
         rate: int | None = None,
+        *,
+        extra: dict[str, str] | None = None,
     ) -> web.StreamResponse:
-        """Stream ``upstream`` to the client.
+        """Stream ``upstream`` to the client (``extra``: headers added to the upstream's).
 
         The exchange is committed to the log just before the write that lets the
         client finish (last chunk, EOF, or the deliberate close), so a test that
@@ -341,6 +394,8 @@ class RecordingProxy(ThreadedApp):
             if k.lower() == "location" and v.startswith(self.target):
                 v = self.url + v[len(self.target) :]
             out.headers.add(k, v)
+        for k, v in (extra or {}).items():
+            out.headers[k] = v
         length = upstream.content_length
         if length is not None:
             out.content_length = length
@@ -404,6 +459,33 @@ class RecordingProxy(ThreadedApp):
                 request.transport.write(b"\0" * overlong)
             _drop_connection(request)
         return out
+
+    async def _tags_page(
+        self, request: web.Request, tally: _Tally, page: int
+    ) -> web.StreamResponse:
+        """One page of the upstream's whole tag list, with a Link to the next."""
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
+        tally.forwarded = True
+        async with self._session.get(self.target + request.path, headers=headers) as upstream:
+            body = await upstream.read()
+            if upstream.status != 200:
+                tally.status, tally.sent = upstream.status, len(body)
+                return web.Response(status=upstream.status, body=body)
+            doc = json.loads(body)
+        tags = sorted(doc.get("tags") or [])
+        last = request.query.get("last")
+        if last:
+            tags = [t for t in tags if t > last]
+        size = min(page, int(request.query.get("n", page)))
+        shown, more = tags[:size], len(tags) > size
+        out = json.dumps({"name": doc.get("name"), "tags": shown}).encode()
+        extra = {"Content-Type": "application/json"}
+        if more:
+            extra["Link"] = f'<{request.path}?last={shown[-1]}&n={size}>; rel="next"'
+        tally.status, tally.sent = 200, len(out)
+        tally.response_headers = tuple(extra.items())
+        return web.Response(status=200, body=out, headers=extra)
 
     async def _tampered_manifest(
         self, request: web.Request, upstream: aiohttp.ClientResponse, tally: _Tally

@@ -11,6 +11,7 @@ from pullthrough.cluster.fetching import ClusterFetches
 from pullthrough.cluster.flights import Flights
 from pullthrough.cluster.index import RedisIndex
 from pullthrough.cluster.sweeping import SweepLease, prepare_shared
+from pullthrough.cluster.sync_claims import SyncClaims
 from pullthrough.config import ConfigError
 from pullthrough.config.model import ClusterConfig
 from pullthrough.metrics import Metrics
@@ -36,6 +37,7 @@ class Cluster:
         self._counted_fetches = measured.fetches
         self.flights = Flights(self.coordination)
         self.sweep_turns = SweepLease(self.coordination, store, gc_interval)
+        self.sync_claims = SyncClaims(self.coordination)  # mirror.sync: one replica per run
         # Read when scraped: the connection and the lease keep these states already.
         measured.redis_up.set_function(lambda: 0.0 if self.coordination.suspended else 1.0)
         measured.sweeper.set_function(lambda: 1.0 if self.sweep_turns.held else 0.0)

@@ -32,6 +32,7 @@ from pullthrough.config.model import (
 from pullthrough.config.policy import pins, policy_rules
 from pullthrough.config.redact import shown, validation_message
 from pullthrough.config.schema import Root, _Cluster, apply_env, unknown_keys
+from pullthrough.config.sync import sync_entries, sync_jobs, sync_quota_reserve
 from pullthrough.config.values import (
     ConfigError,
     check_url,
@@ -165,6 +166,9 @@ def _validate(raw: dict[str, Any], warnings: list[str], path: Path | None = None
         access=access,
         policy=policy_rules(root.mirror.policy),
         pins=pins(root.mirror.pins, {u.name for u in upstreams}),
+        sync=sync_entries(root.mirror.sync, {u.name for u in upstreams}),
+        sync_quota_reserve=sync_quota_reserve(root.mirror.sync_quota_reserve),
+        sync_jobs=sync_jobs(root.mirror.sync_jobs),
         path=path,
         outbound_allow=_outbound_allow(root.mirror.outbound.allow),
         adhoc_max=_adhoc_max(root.mirror.adhoc_upstreams.max),

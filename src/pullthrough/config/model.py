@@ -156,6 +156,35 @@ class Pin:
 
 
 @dataclass(frozen=True, slots=True)
+class SyncEntry:
+    """One ``mirror.sync`` entry: every ``interval`` the tags of ``repository`` on
+    ``upstream`` that ``tags`` matches are resolved and what is missing is fetched.
+    ``tags`` is a regular expression (searched, so anchor it) unless ``semver``: then a
+    range such as ``>=3.19 <4``. ``platforms`` (``os/arch[/variant]``): of an index, only
+    these; empty: all."""
+
+    index: int  # its position in mirror.sync, which names it in errors and logs
+    upstream: str
+    repository: str
+    tags: str
+    semver: bool
+    interval: float
+    platforms: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"mirror.sync[{self.index}]"
+
+    def describe(self) -> str:
+        platforms = f" platforms {', '.join(self.platforms)}" if self.platforms else ""
+        kind = "semver" if self.semver else "regex"
+        return (
+            f"{self.upstream}/{self.repository} tags {kind} {self.tags!r} every "
+            f"{self.interval:g}s{platforms}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything the running mirror needs, typed and validated."""
 
@@ -187,6 +216,9 @@ class Config:
     access: tuple[AccessRule, ...] = ()  # mirror.access; empty: no per-repository rules
     policy: tuple[PolicyRule, ...] = ()  # mirror.policy; empty: everything may be mirrored
     pins: tuple[Pin, ...] = ()  # mirror.pins: one per (upstream, repository, tag glob)
+    sync: tuple[SyncEntry, ...] = ()  # mirror.sync: refreshed on a schedule
+    sync_quota_reserve: int = 20  # a sync stops where ratelimit-remaining would go below it
+    sync_jobs: int = 4  # tags one upstream's syncs resolve and fetch at once
     path: Path | None = None  # the file this was read from (re-read for mirror.policy)
     outbound_allow: tuple[str, ...] = ()  # mirror.outbound.allow: non-public hosts allowed
     adhoc_max: int = 64  # mirror.adhoc_upstreams.max: ad-hoc upstream slots at once

@@ -172,6 +172,14 @@ class _Pin(_Section):
     tags: list[str] | None = None
 
 
+class _SyncEntry(_Section):
+    upstream: str | None = None
+    repository: str | None = None
+    tags: str | None = None  # a regular expression, or a semver range such as '>=3.19 <4'
+    interval: Any = None
+    platforms: list[str] | None = None  # of an index: only these (default: all)
+
+
 class _Outbound(_Section):
     allow: list[str] = []  # CIDRs, IP addresses or host names the mirror may connect to
 
@@ -191,6 +199,9 @@ class _Mirror(_Section):
     access: list[_AccessRule] = []
     policy: list[_PolicyRule] = []
     pins: list[_Pin] = []
+    sync: list[_SyncEntry] = []
+    sync_quota_reserve: int = 20  # upstream pulls (ratelimit-remaining) a sync leaves alone
+    sync_jobs: int = 4  # tags one upstream's syncs work on at once
     upstreams: list[_Upstream] = []
     default_upstream: str | None = None
     allow_any_upstream: bool = False

@@ -142,7 +142,9 @@ class Mirror:
         )
         self._background: list[asyncio.Task[None]] = []
 
-    async def start(self) -> None:
+    async def start(self, *, schedule: bool = False) -> None:
+        """Open the store and start the background work. ``schedule``: also run
+        ``mirror.sync`` on its schedule (the server; commands that open the store do not)."""
         if self.cluster is None:
             await asyncio.to_thread(self.store.prepare)
         else:
@@ -172,6 +174,11 @@ class Mirror:
             self._background.append(loop.create_task(self.scrubber.run_forever()))
         if self.uploads is not None:
             self._background.append(loop.create_task(self._expire_uploads_forever()))
+        if schedule and self.config.sync:
+            from pullthrough.mirror.sync import Syncer
+
+            claims = self.cluster.sync_claims if self.cluster is not None else None
+            self._background.append(loop.create_task(Syncer(self, claims=claims).run_forever()))
 
     async def stop(self) -> None:
         for task in self._background:

@@ -52,7 +52,7 @@ def build_app(config: Config) -> web.Application:
     )
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:
-        await mirror.start()
+        await mirror.start(schedule=True)
         for upstream in config.upstreams:
             default = " (default)" if upstream.name == config.default_upstream else ""
             log.info("mirroring %s%s from %s", upstream.name, default, upstream.url)

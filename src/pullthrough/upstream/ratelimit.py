@@ -50,6 +50,10 @@ class RateLimit:
         self._on_remaining = on_remaining
         self.limit: int | None = None
         self.remaining: int | None = None
+        # The least ``remaining`` seen since it was last set to None: answers arrive out of
+        # order (a HEAD sent before a GET may be answered after it, with the older count),
+        # while within its window a quota only goes down.
+        self.lowest: int | None = None
         self.blocked_until = 0.0  # time.monotonic() before which the upstream is not asked
         self.throttled = 0  # 429s received
 
@@ -69,6 +73,7 @@ class RateLimit:
                 limit if limit is not None else "?",
             )
         self.limit, self.remaining = limit, remaining
+        self.lowest = remaining if self.lowest is None else min(self.lowest, remaining)
         if self._on_remaining is not None:
             self._on_remaining(remaining)
 
