@@ -197,3 +197,21 @@ def test_sighup_rereads_the_policy(
     _wait_reread(mirror, 1)
     got = http_request("GET", mirror.url + path, headers=ACCEPT)
     assert got.status == 200 and got.header("Docker-Content-Digest") == image.digest
+
+
+def test_the_catalog_leaves_out_cached_repositories_the_policy_now_denies(
+    mirror_factory, upstream_proxy: RecordingProxy, images: ImageSet, tmp_path: Path
+) -> None:
+    image = images.oci_small
+    mirror: MirrorProcess = mirror_factory(upstream_proxy.url)
+    pull_dir(image.on(mirror.host), tmp_path / "pulled")
+    mirror.stored_files()  # settled: indexed
+    listed = json.loads(http_request("GET", f"{mirror.url}/v2/_catalog").body)["repositories"]
+    assert image.repo in listed
+
+    _set_policy(mirror, [{"upstream": "docker.io", "repositories": [image.repo],
+                          "action": "deny"}])
+    _wait_reread(mirror, 1)
+    got = http_request("GET", f"{mirror.url}/v2/_catalog")
+    assert got.status == 200
+    assert image.repo not in json.loads(got.body)["repositories"]

@@ -90,6 +90,10 @@ class Policy:
         rule = self.tag_rule(upstream, repo, tag)
         return rule is None or rule.action == "allow"
 
+    def repository_allowed(self, upstream: str, repo: str) -> bool:
+        rule = self.repository_rule(upstream, repo)
+        return rule is None or rule.action == "allow"
+
     def check_repository(self, upstream: str, repo: str, name: str) -> None:
         """Raises Denied when the repository may not be mirrored."""
         rule = self.repository_rule(upstream, repo)

@@ -265,9 +265,12 @@ async def catalog(request: web.Request, _: dict[str, str]) -> web.StreamResponse
             (u, "" if u is mirror.upstreams.default else f"{u.name}/") for u in mirror.upstreams
         ]
 
-    # Only what this client may pull: a catalog must not name repositories it may not see.
+    # Only what this client may pull: a catalog must not name repositories it may not see,
+    # nor ones mirror.policy no longer lets be mirrored (still in the store until evicted).
+    policy = mirror.policy
+
     def visible(registry: str, repo: str) -> bool:
-        return access.allows(user, registry, repo)
+        return access.allows(user, registry, repo) and policy.repository_allowed(registry, repo)
 
     # Hosted repositories are the default registry's names (no ?ns=, or ?ns= naming it),
     # listed for a client that may pull them, as a pull of them is decided.
@@ -280,7 +283,7 @@ async def catalog(request: web.Request, _: dict[str, str]) -> web.StreamResponse
             if not access.active or access.allows(user, registry, name)
         ]
     found = await mirror.listing.catalog(
-        sources, n, last, visible if access.active else None, hosted=hosted
+        sources, n, last, visible if access.active or policy.active else None, hosted=hosted
     )
     return _page_response(request, {"repositories": found.items}, found, n)
 
