@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from pathlib import Path
 
+from pullthrough.commands.beside import config_and_words, config_may_be_a_word
 from pullthrough.commands.offline import open_store
-from pullthrough.config import Config, ConfigError, load
+from pullthrough.config import Config, ConfigError
 
 STATES = {"on": True, "off": False}
 
@@ -23,22 +23,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # ``pullthrough.cli`` gives every command an optional CONFIG ahead of its own
     # positionals; followed by UPSTREAM, argparse would read ``offline ghcr.io on`` as
     # CONFIG=ghcr.io. So the words are taken together and told apart in ``run``.
-    for action in parser._actions:  # argparse has no public way to find an added action
-        if action.dest == "config":
-            action.dest = "config_or_upstream"
-            action.metavar = "CONFIG"
-    parser.set_defaults(config=None)
+    config_may_be_a_word(parser)
     parser.add_argument("words", nargs="*", metavar="UPSTREAM [on|off]")
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
-    words = [w for w in [getattr(args, "config_or_upstream", None), *args.words] if w]
-    if words and (words[0].endswith((".yml", ".yaml")) or Path(words[0]).is_file()):
-        try:
-            config = load(words.pop(0))
-        except ConfigError as exc:
-            print(f"pullthrough: config error: {exc}", file=sys.stderr)
-            return 2
+    try:
+        config, words = config_and_words(config, args, list(args.words))
+    except ConfigError as exc:
+        print(f"pullthrough: config error: {exc}", file=sys.stderr)
+        return 2
     if not 1 <= len(words) <= 2 or (len(words) == 2 and words[1] not in STATES):
         print("usage: pullthrough offline [CONFIG] UPSTREAM [on|off]", file=sys.stderr)
         return 2

@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from pathlib import Path
 
+from pullthrough.commands.beside import config_and_words, config_may_be_a_word
 from pullthrough.commands.offline import open_store
-from pullthrough.config import Config, ConfigError, load
+from pullthrough.config import Config, ConfigError
 from pullthrough.config.model import Pin
 from pullthrough.config.policy import pin_entry
 from pullthrough.mirror.upstreams import DOCKER_HUB_ALIASES
@@ -25,24 +25,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     if parser.prog.split()[-1] == "pins":
         return
     # As for ``warm``: CONFIG is optional ahead of IMAGE, so the words are told apart in run.
-    for action in parser._actions:  # argparse has no public way to find an added action
-        if action.dest == "config":
-            action.dest = "config_or_image"
-            action.metavar = "CONFIG"
-    parser.set_defaults(config=None)
+    config_may_be_a_word(parser)
     parser.add_argument("words", nargs="*", metavar="IMAGE")
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
     if args.command == "pins":
         return asyncio.run(_list(config))
-    words = [w for w in [getattr(args, "config_or_image", None), *args.words] if w]
-    if words and (words[0].endswith((".yml", ".yaml")) or Path(words[0]).is_file()):
-        try:
-            config = load(words.pop(0))
-        except ConfigError as exc:
-            print(f"pullthrough: config error: {exc}", file=sys.stderr)
-            return 2
+    try:
+        config, words = config_and_words(config, args, list(args.words))
+    except ConfigError as exc:
+        print(f"pullthrough: config error: {exc}", file=sys.stderr)
+        return 2
     if len(words) != 1:
         print(f"usage: pullthrough {args.command} [CONFIG] IMAGE", file=sys.stderr)
         return 2

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sqlite3
 import sys
 
+from pullthrough.commands.beside import start_mirror
 from pullthrough.commands.progress import Reporter, human
-from pullthrough.commands.warm import _server_answering
 from pullthrough.config import Config
 
 
@@ -39,25 +38,12 @@ def run(config: Config, args: argparse.Namespace) -> int:
 
 
 async def sync(config: Config, *, dry_run: bool) -> int:
-    running = await _server_answering(config)
-    if running is not None:
-        print(
-            f"error: a registry answers at {running}, the address in this config: it syncs "
-            "mirror.sync on its own schedule (filling its store from a second process would "
-            "delete its downloads in progress)",
-            file=sys.stderr,
-        )
-        return 2
-    from pullthrough.mirror.service import Mirror
     from pullthrough.mirror.sync import Syncer
 
-    mirror = Mirror(config)
-    try:
-        await mirror.start()
-    except (OSError, sqlite3.Error) as exc:
-        print(f"error: cannot open the store in {config.root}: {exc}", file=sys.stderr)
-        await mirror.stop()
-        return 1
+    started = await start_mirror(config, "it syncs mirror.sync on its own schedule")
+    if isinstance(started, int):
+        return started
+    mirror = started
     failed = 0
     try:
         with Reporter() as reporter:

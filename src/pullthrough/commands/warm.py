@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sqlite3
 import sys
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from pullthrough.commands.beside import config_and_words, config_may_be_a_word, start_mirror
 from pullthrough.commands.progress import Reporter, human
 from pullthrough.commands.warm_images import (
     Got,
@@ -45,7 +44,7 @@ from pullthrough.commands.warm_images import (
     parse_platform,
 )
 from pullthrough.commands.warm_sources import HttpSource, Source, StoreSource
-from pullthrough.config import Config, ConfigError, load
+from pullthrough.config import Config, ConfigError
 from pullthrough.errors import RegistryError
 from pullthrough.reference import Digest, parse_digest
 
@@ -187,7 +186,7 @@ def _error(ref: ImageRef, exc: Exception, *, what: str | None = None) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    _config_may_be_an_image(parser)
+    config_may_be_a_word(parser)
     parser.add_argument(
         "images",
         nargs="+",
@@ -219,35 +218,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _config_may_be_an_image(parser: argparse.ArgumentParser) -> None:
-    """``pullthrough.cli`` gives every command an optional CONFIG positional ahead of its
-    own; followed by IMAGE..., argparse reads ``warm alpine busybox`` as CONFIG=alpine and
-    the CLI then fails to load ``alpine`` as a config. So CONFIG is parsed under another
-    name here (the CLI loads the embedded default), and ``run`` decides whether it is a
-    config file or the first image."""
-    for action in parser._actions:  # argparse has no public way to find an added action
-        if action.dest == "config":
-            action.dest = "config_or_image"
-            action.metavar = "CONFIG"
-    parser.set_defaults(config=None)
-
-
-def _is_config(text: str) -> bool:
-    return text.endswith((".yml", ".yaml")) or Path(text).is_file()
-
-
 def run(config: Config, args: argparse.Namespace) -> int:
-    texts = list(args.images)
-    first: str | None = getattr(args, "config_or_image", None)
-    if first is not None:
-        if _is_config(first):
-            try:
-                config = load(first)
-            except ConfigError as exc:
-                print(f"pullthrough: config error: {exc}", file=sys.stderr)
-                return 2
-        else:
-            texts.insert(0, first)
+    try:
+        config, texts = config_and_words(config, args, list(args.images))
+    except ConfigError as exc:
+        print(f"pullthrough: config error: {exc}", file=sys.stderr)
+        return 2
     refs: list[ImageRef] = []
     for text in texts:
         try:
@@ -284,24 +260,12 @@ async def warm(
             return 2
         source = HttpSource(mirror_url, time_limit)
     else:
-        running = await _server_answering(config)
-        if running is not None:
-            print(
-                f"error: a registry answers at {running}, the address in this config: if it "
-                f"is this mirror, warm through it with --mirror {running} (filling its store "
-                "from a second process would delete its downloads in progress)",
-                file=sys.stderr,
-            )
-            return 2
-        from pullthrough.mirror.service import Mirror
-
-        mirror = Mirror(config)
-        try:
-            await mirror.start()
-        except (OSError, sqlite3.Error) as exc:
-            print(f"error: cannot open the store in {config.root}: {exc}", file=sys.stderr)
-            await mirror.stop()
-            return 1
+        started = await start_mirror(
+            config, "if it is this mirror, warm through it with --mirror {url}"
+        )
+        if isinstance(started, int):
+            return started
+        mirror = started
         source = StoreSource(mirror, time_limit)
     failures = 0
     try:
@@ -317,19 +281,3 @@ async def warm(
     finally:
         await source.close()
     return 1 if failures else 0
-
-
-async def _server_answering(config: Config) -> str | None:
-    """The base URL of a registry answering at the config's address, if one does."""
-    host = config.host if config.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
-    host = f"[{host}]" if ":" in host else host
-    base = f"{'https' if config.tls_certificate else 'http'}://{host}:{config.port}"
-    try:
-        async with (
-            aiohttp.ClientSession(trust_env=False) as session,
-            session.get(f"{base}/v2/", ssl=False, timeout=aiohttp.ClientTimeout(total=2.0)) as resp,
-        ):
-            answered = "Docker-Distribution-API-Version" in resp.headers
-    except (aiohttp.ClientError, TimeoutError, OSError):
-        return None
-    return base if answered else None
