@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from pullthrough.store.sqlite import open_wal
+
 T = TypeVar("T")
 
 # (name, bucket seconds, buckets kept)
@@ -78,13 +80,8 @@ class History:
         await self._run(self._open_sync)
 
     def _open_sync(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")  # a lost last minute of history is fine
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.executescript(_SCHEMA)
-        self._conn = conn
+        # A lost last minute of history is fine.
+        self._conn = open_wal(self.path, _SCHEMA, synchronous="NORMAL")
 
     async def close(self) -> None:
         def close() -> None:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pullthrough.store.sqlite import open_wal
+
 T = TypeVar("T")
 
 _SCHEMA = """
@@ -312,13 +314,7 @@ class HostedIndex:
 
 def connect(path: Path) -> sqlite3.Connection:
     """Open (creating) ``hosted.db`` with the schema in place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")  # the only record of pushed content
-    conn.execute("PRAGMA busy_timeout=5000")
-    conn.executescript(_SCHEMA)
-    return conn
+    return open_wal(path, _SCHEMA, synchronous="FULL")  # the only record of pushed content
 
 
 def _holds(db: sqlite3.Connection, repo: str, digest: str) -> bool:

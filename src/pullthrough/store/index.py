@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from pullthrough.store.sqlite import open_wal
+
 T = TypeVar("T")
 
 _SCHEMA = """
@@ -153,12 +155,7 @@ class Index:
         await self._run(self._open_sync)
 
     def _open_sync(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.executescript(_SCHEMA)
+        conn = open_wal(self.path, _SCHEMA, synchronous="NORMAL")
         if conn.execute("PRAGMA user_version").fetchone()[0] < 1:
             _served_from_links(conn)
         self._conn = conn
