@@ -39,6 +39,13 @@ log = logging.getLogger(__name__)
 # run again at the next fetch.
 LOW_WATER = 0.9
 
+# A file younger than this that the index does not name is left to its writer: a server
+# (this one, a replica, or one beside ``pullthrough gc``) renames a fetched file into place
+# and indexes it just after. Adopted and swept in between, it would be removed and then
+# indexed again by that writer, an entry without a file. A file left by a crash at that
+# moment is adopted by the next reconcile once it is this old.
+ADOPT_AFTER = 60.0
+
 
 @dataclass
 class SweepReport:
@@ -152,8 +159,8 @@ class Sweeper:
 
     async def reconcile(self) -> tuple[int, int]:
         """Make the index and the files agree: index verified files that have no entry (a
-        crash between rename and index write), forget entries (and tags) whose file is
-        gone. Returns (adopted, forgotten)."""
+        crash between rename and index write; once ``ADOPT_AFTER`` old), forget entries
+        (and tags) whose file is gone. Returns (adopted, forgotten)."""
         # Tags, then entries, then files: an object stored in between (file, then entry,
         # then tag) is then in none of the lists or in the later ones only, rather than
         # looking like a tag or an entry without its file.
@@ -161,7 +168,10 @@ class Sweeper:
         known = await self.index.digests()
         files = {f.digest: f for f in await asyncio.to_thread(self.store.scan)}
         adopted = 0
+        settled = self.clock() - ADOPT_AFTER
         for digest in files.keys() - known:
+            if files[digest].mtime > settled:
+                continue
             await self.index.adopt(digest, files[digest].size, files[digest].mtime)
             adopted += 1
         forgotten = 0
