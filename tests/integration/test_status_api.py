@@ -299,3 +299,21 @@ def test_history_is_sampled_and_survives_a_restart(
         assert summed(after, "served") == overview["bytes"]["served"], name
     got = http_request("GET", f"{mirror.url}/ui/api/history?range=year")
     assert got.status == 400
+
+
+def test_upstream_latency_is_the_time_to_its_answer(
+    mirror: MirrorProcess, upstream_proxy: RecordingProxy, images, tmp_path: Path
+) -> None:
+    pull_dir(images.oci_small.on(mirror.host), tmp_path / "a")
+    (upstream,) = api(mirror, "upstreams")["upstreams"]
+    assert upstream["latency"]["samples"] > 0
+    assert 0 < upstream["latency"]["median"] <= upstream["latency"]["p90"] < 5
+
+    upstream_proxy.stall_seconds = 0.3
+    pull_dir(images.multi.on(mirror.host), tmp_path / "b", all=True)
+    (upstream,) = api(mirror, "upstreams")["upstreams"]
+    # Most answers in the window were stalled now, so the median is one of them.
+    latency = upstream["latency"]
+    assert latency["median"] >= 0.3, latency
+    page = http_request("GET", f"{mirror.url}/ui/")
+    assert f"{round(latency['median'] * 1000)} ms" in page.body.decode()

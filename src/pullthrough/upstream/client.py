@@ -51,6 +51,7 @@ from pullthrough.upstream.auth import (
 )
 from pullthrough.upstream.bodies import NETWORK_ERRORS, read_capped
 from pullthrough.upstream.breaker import Breaker, State, Ticket
+from pullthrough.upstream.latency import Latency
 from pullthrough.upstream.outbound import (
     MAX_REDIRECTS,
     Outbound,
@@ -169,6 +170,7 @@ class UpstreamClient:
         )
         self.last_ok: float | None = None  # time.time() of the last answer below 500
         self.last_error: str | None = None
+        self.latency = Latency()  # the upstream's own answers, not a redirect target's
         self._clock = clock
         self.breaker = Breaker(clock=clock, on_change=self._show_circuit)
         self._probing: asyncio.Task[None] | None = None
@@ -584,6 +586,7 @@ class UpstreamClient:
         breaker hears (a redirect target's failures are not the upstream being down)."""
         own = _origin(url) == _origin(self.base)
         for attempt, backoff in enumerate((*CONNECT_RETRY_BACKOFF, None)):
+            sent = time.perf_counter()
             try:
                 resp = await exchange(method, url, headers, params)
             except OutboundRefused as exc:  # from PolicyResolver: nothing was connected to
@@ -600,6 +603,7 @@ class UpstreamClient:
             else:
                 if own:
                     self.breaker.succeeded()
+                    self.latency.note(time.perf_counter() - sent)
                 return resp
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -11,6 +11,7 @@ upstream failed) over all lookups, manifests and blobs together, from
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
@@ -93,6 +94,8 @@ def upstream_state(upstream: UpstreamClient, *, default: bool) -> dict[str, Any]
             "throttled": limit.throttled,
             "blocked_seconds": round(blocked, 1),
         },
+        # Time to response headers over the last requests; None before the first answer.
+        "latency": asdict(lat) if (lat := upstream.latency.summary()) else None,
         "downloads": upstream.downloads.in_use,
         "max_downloads": upstream.downloads.size,
     }
