@@ -77,6 +77,18 @@ async def _story(index: IndexBackend) -> list[Any]:
     await index.switch_offline("docker.io", True)
     await index.switch_offline("docker.io", False)
     seen.append(await index.offline_switches())
+    # Pull counts: by tag and by digest, noted, read before and after a flush alike.
+    for tag in ("v1", "v1", None, "v2"):
+        index.pulled("docker.io", "library/x", tag)
+    index.pulled("ghcr.io", "org/y", "v1")
+    wanted = [("docker.io", "library/x"), ("docker.io", "library/none")]
+    before = await index.pulls(wanted)
+    await index.flush_access()
+    index.pulled("docker.io", "library/x", "v1")
+    after = await index.pulls(wanted)
+    seen.append([{name: {t: p.count for t, p in tags.items()} for name, tags in pulls.items()}
+                 for pulls in (before, after)])
+    assert all(p.last > 0 for p in after[("docker.io", "library/x")].values())
     return seen
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import bcrypt
 import pytest
 
-from tests.support.images import pull_dir
+from tests.support.images import MANIFEST_ACCEPT, pull_dir
 from tests.support.mirror import MirrorProcess
 from tests.support.net import clean_env, free_port, http_request, metrics_of
 from tests.support.proxy import RecordingProxy
@@ -317,3 +317,38 @@ def test_upstream_latency_is_the_time_to_its_answer(
     assert latency["median"] >= 0.3, latency
     page = http_request("GET", f"{mirror.url}/ui/")
     assert f"{round(latency['median'] * 1000)} ms" in page.body.decode()
+
+
+def test_pulls_are_counted_per_tag_and_survive_a_restart(
+    mirror: MirrorProcess, images, tmp_path: Path
+) -> None:
+    """A pull is a manifest GET answered 200 (as registries count them): by tag for the
+    tag, by digest for the repository; HEADs and blob GETs are not pulls."""
+    image = images.oci_small
+    manifests = f"{mirror.url}/v2/{image.repo}/manifests"
+    accept = {"Accept": MANIFEST_ACCEPT}
+    for method, ref in [("GET", image.tag)] * 3 + [("HEAD", image.tag), ("GET", image.digest)]:
+        assert http_request(method, f"{manifests}/{ref}", headers=accept).status == 200
+    for blob in image.blob_digests:
+        assert http_request("GET", f"{mirror.url}/v2/{image.repo}/blobs/{blob}").status == 200
+    assert http_request("GET", f"{manifests}/no-such-tag", headers=accept).status == 404
+
+    def counted() -> tuple[dict[str, Any], dict[str, Any]]:
+        (repo,) = api(mirror, "repositories")["repositories"]
+        (tag,) = repo["tags"]
+        return repo, tag
+
+    repo, tag = counted()  # at once: not yet written to the index
+    assert (repo["pulls"], repo["pulls_by_digest"], tag["tag"], tag["pulls"]) == (
+        3, 1, image.tag, 3)
+    assert tag["last_pulled"] is not None and repo["last_pulled"] >= tag["last_pulled"]
+    page = http_request("GET", f"{mirror.url}/ui/").body.decode()
+    assert '<span class="tag-pulls">3</span>' in page
+    assert "repository: 3 by tag, 1 by digest" in page
+
+    mirror.stop()
+    mirror.start()
+    assert counted() == (repo, tag)
+    pull_dir(image.on(mirror.host), tmp_path / "again")  # skopeo: one manifest GET by tag
+    repo, tag = counted()
+    assert (repo["pulls"], tag["pulls"]) == (4, 4)

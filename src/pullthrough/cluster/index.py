@@ -42,6 +42,7 @@ from pullthrough.cluster.connection import PREFIX, Coordination, RedisUnavailabl
 from pullthrough.errors import RegistryError
 from pullthrough.reference import parse_digest
 from pullthrough.store.index import AgedBlob, BlobRecord, TagRecord
+from pullthrough.store.pulls import PendingPulls, Pulls, by_tag
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ class RedisIndex:
         self._forget = client.register_script(_FORGET)
         self._adopt = client.register_script(_ADOPT)
         self._pending_access: dict[str, float] = {}
+        self._pending_pulls = PendingPulls()
         self._usage = (0, 0)
         self._links: _Recent[tuple[str, str, str], bool] = _Recent(REMEMBERED)
         self._served: _Recent[tuple[str, str], bool] = _Recent(REMEMBERED)
@@ -338,7 +340,13 @@ class RedisIndex:
         if len(self._pending_access) < MAX_PENDING_ACCESS or digest in self._pending_access:
             self._pending_access[digest] = time.time()
 
+    def pulled(self, upstream: str, repo: str, tag: str | None) -> None:
+        """Count a pull (by ``tag``, or by digest when None); written by the next flush."""
+        self._pending_pulls.note(upstream, repo, tag)
+
     async def flush_access(self) -> None:
+        """Write the access times and pull counts noted since the last flush."""
+        await self._flush_pulls()
         if not self._pending_access:
             return
         batch, self._pending_access = self._pending_access, {}
@@ -348,6 +356,51 @@ class RedisIndex:
         except RedisUnavailable:
             for digest, at in batch.items():  # keep them for the next flush
                 self._pending_access[digest] = max(at, self._pending_access.get(digest, 0.0))
+
+    async def _flush_pulls(self) -> None:
+        batch = self._pending_pulls.take()
+        if not batch:
+            return
+
+        async def work(r: Any) -> None:
+            # Counts add up across replicas (HINCRBY); the last pull time only moves
+            # forward (ZADD GT), whichever replica writes last.
+            async with r.pipeline(transaction=False) as pipe:
+                for (upstream, repo, tag), pulls in batch.items():
+                    pipe.hincrby(key("pulls", upstream, repo), tag, pulls.count)
+                    pipe.zadd(key("pulled", upstream, repo), {tag: pulls.last}, gt=True)
+                await pipe.execute()
+
+        try:
+            await self._call(work)
+        except RedisUnavailable:
+            self._pending_pulls.give_back(batch)
+
+    async def pulls(
+        self, repositories: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], dict[str, Pulls]]:
+        """Per (upstream, repository) asked for: tag (``BY_DIGEST`` for pulls by digest)
+        → pulls counted so far; nothing while Redis is unreachable (never fails a page)."""
+        wanted = list(repositories)
+
+        async def work(r: Any) -> dict[tuple[str, str], dict[str, Pulls]]:
+            async with r.pipeline(transaction=False) as pipe:
+                for upstream, repo in wanted:
+                    pipe.hgetall(key("pulls", upstream, repo))
+                    pipe.zrange(key("pulled", upstream, repo), 0, -1, withscores=True)
+                answers = await pipe.execute()
+            out: dict[tuple[str, str], dict[str, Pulls]] = {}
+            for i, name in enumerate(wanted):
+                counts, lasts = answers[2 * i], dict(answers[2 * i + 1])
+                rows = [(tag, _count(n) or 0, _time(lasts.get(tag))) for tag, n in counts.items()]
+                if rows:
+                    out[name] = by_tag(rows)
+            return out
+
+        none: dict[tuple[str, str], dict[str, Pulls]] = {}
+        found = await self._soft("pulls", work, none)
+        self._pending_pulls.add_to(found, wanted)
+        return found
 
     # --- what eviction and the operator commands read -------------------------------------
 
@@ -525,6 +578,12 @@ def _count(text: str) -> int | None:
     if not (text.isascii() and text.isdigit()) or len(text) > 20:
         return None
     return int(text)
+
+
+def _time(value: object) -> float:
+    """A time as the index writes it (seconds since the epoch); 0 for anything else."""
+    at = value if isinstance(value, float) else 0.0
+    return at if math.isfinite(at) and at >= 0 else 0.0
 
 
 def _tag_record(media_type: str, digest: str, checked: str) -> TagRecord | None:

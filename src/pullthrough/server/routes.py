@@ -177,11 +177,13 @@ async def manifest(request: web.Request, params: dict[str, str]) -> web.StreamRe
     mirror = request.app[MIRROR_KEY]
     upstream, repo = _route(request, params)
     ref = params["ref"]
+    tag: str | None = None
     if is_digest(ref):
         found = await mirror.manifests.by_digest(upstream, repo, parse_digest(ref))
     else:
+        tag = validate_tag(ref)
         accept = parse_accept(request.headers.getall("Accept", []))
-        found = await mirror.manifests.by_tag(upstream, repo, validate_tag(ref), accept)
+        found = await mirror.manifests.by_tag(upstream, repo, tag, accept)
     headers = {
         **API_HEADERS,
         "OCI-Namespace": upstream.name,
@@ -192,6 +194,8 @@ async def manifest(request: web.Request, params: dict[str, str]) -> web.StreamRe
     if request.method == "HEAD":
         headers["Content-Length"] = str(len(found.body))
         return web.Response(headers=headers)
+    # A pull, as registries count them: a manifest GET answered (HEADs only ask).
+    mirror.index.pulled(upstream.name, repo, tag)
     return web.Response(body=found.body, headers=headers)
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from pullthrough.store.pulls import PendingPulls, Pulls, by_tag
 from pullthrough.store.sqlite import open_wal
 
 T = TypeVar("T")
@@ -58,6 +59,14 @@ CREATE TABLE IF NOT EXISTS pins (
     upstream TEXT NOT NULL,
     repo TEXT NOT NULL,
     tag TEXT NOT NULL,
+    PRIMARY KEY (upstream, repo, tag)
+);
+CREATE TABLE IF NOT EXISTS pulls (
+    upstream TEXT NOT NULL,
+    repo TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    last REAL NOT NULL,
     PRIMARY KEY (upstream, repo, tag)
 );
 CREATE TABLE IF NOT EXISTS offline (
@@ -125,7 +134,11 @@ class IndexBackend(Protocol):
     async def tags(self, upstream: str, repo: str) -> list[str]: ...
     async def repositories(self, upstream: str) -> list[str]: ...
     def touch(self, digest: str) -> None: ...
+    def pulled(self, upstream: str, repo: str, tag: str | None) -> None: ...
     async def flush_access(self) -> None: ...
+    async def pulls(
+        self, repositories: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], dict[str, Pulls]]: ...
     async def usage(self) -> tuple[int, int]: ...
     async def least_recent(self, limit: int, *, accessed_before: float) -> list[AgedBlob]: ...
     async def digests(self) -> set[str]: ...
@@ -150,6 +163,7 @@ class Index:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index")
         self._conn: sqlite3.Connection | None = None
         self._pending_access: dict[str, float] = {}
+        self._pending_pulls = PendingPulls()
 
     async def open(self) -> None:
         await self._run(self._open_sync)
@@ -351,14 +365,50 @@ class Index:
         """Note an access now; written by the next flush, never per request."""
         self._pending_access[digest] = time.time()
 
+    def pulled(self, upstream: str, repo: str, tag: str | None) -> None:
+        """Count a pull (by ``tag``, or by digest when None); written by the next flush."""
+        self._pending_pulls.note(upstream, repo, tag)
+
     async def flush_access(self) -> None:
-        if not self._pending_access or self._conn is None:
+        """Write the access times and pull counts noted since the last flush."""
+        if self._conn is None:
             return
-        batch, self._pending_access = self._pending_access, {}
-        await self._write_many(
-            "UPDATE blobs SET last_access=MAX(last_access, ?) WHERE digest=?",
-            [(ts, d) for d, ts in batch.items()],
-        )
+        if self._pending_access:
+            batch, self._pending_access = self._pending_access, {}
+            await self._write_many(
+                "UPDATE blobs SET last_access=MAX(last_access, ?) WHERE digest=?",
+                [(ts, d) for d, ts in batch.items()],
+            )
+        pulls = self._pending_pulls.take()
+        if pulls:
+            await self._write_many(
+                "INSERT INTO pulls(upstream, repo, tag, count, last) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT DO UPDATE SET count = count + excluded.count, "
+                "last = MAX(last, excluded.last)",
+                [(*at, p.count, p.last) for at, p in pulls.items()],
+            )
+
+    async def pulls(
+        self, repositories: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], dict[str, Pulls]]:
+        """Per (upstream, repository) asked for: tag (``BY_DIGEST`` for pulls by digest)
+        → pulls counted so far (the last flush's; a repository never pulled is absent)."""
+        wanted = list(repositories)
+
+        def read() -> dict[tuple[str, str], dict[str, Pulls]]:
+            out: dict[tuple[str, str], dict[str, Pulls]] = {}
+            for upstream, repo in wanted:
+                rows = self._db.execute(
+                    "SELECT tag, count, last FROM pulls WHERE upstream=? AND repo=?",
+                    (upstream, repo),
+                ).fetchall()
+                if rows:
+                    out[(upstream, repo)] = by_tag(rows)
+            return out
+
+        found = await self._run(read)
+        self._pending_pulls.add_to(found, wanted)
+        return found
 
     # --- what eviction and the operator commands read -------------------------------------
 

@@ -2,7 +2,8 @@
 only those the viewer may pull.
 
 A tag's row is the row ``pullthrough ls`` prints for it (digest, image size as stored,
-objects stored and missing, last access): the same ``Walker`` totals it. Only the page
+objects stored and missing, last access): the same ``Walker`` totals it; with it, how often
+and when the tag was last pulled (``pullthrough.store.pulls``). Only the page
 asked for is walked (its manifests read from the store, off the event loop), so a store of
 10,000 repositories costs one index query and a page's worth of manifest reads. Untagged
 manifests (``<none>`` in ``ls``) are not listed.
@@ -17,6 +18,7 @@ from typing import Any
 from pullthrough.commands.inventory import MAX_DEPTH, Walker, iso
 from pullthrough.mirror.service import Mirror
 from pullthrough.store.index import AgedBlob
+from pullthrough.store.pulls import BY_DIGEST, Pulls
 
 
 @dataclass(slots=True)
@@ -63,7 +65,11 @@ async def repositories(
         return ContentPage(len(ordered), [])
     roots = {d for repo in page for digests in repo.tags.values() for d in digests}
     walker = await _walker_for(mirror, roots)
-    rows = [await _row(mirror, walker, repo) for repo in page]
+    pulls = await mirror.index.pulls((r.upstream, r.repository) for r in page)
+    rows = [
+        await _row(mirror, walker, repo, pulls.get((repo.upstream, repo.repository), {}))
+        for repo in page
+    ]
     return ContentPage(len(ordered), rows)
 
 
@@ -85,7 +91,9 @@ async def _walker_for(mirror: Mirror, roots: set[str]) -> Walker:
     return walker
 
 
-async def _row(mirror: Mirror, walker: Walker, repo: Repository) -> dict[str, Any]:
+async def _row(
+    mirror: Mirror, walker: Walker, repo: Repository, pulls: dict[str, Pulls]
+) -> dict[str, Any]:
     default = mirror.upstreams.default.name
     # How a client names it through this mirror: the default upstream's repositories
     # bare, every other one behind its upstream's path prefix.
@@ -107,11 +115,26 @@ async def _row(mirror: Mirror, walker: Walker, repo: Repository) -> dict[str, An
                 "objects": len(image.stored),
                 "missing": len(image.missing),
                 "last_access": iso(image.last_access),
+                **_pull_figures(pulls.get(tag)),
             }
         )
+    by_digest = pulls.get(BY_DIGEST)
     return {
         "upstream": repo.upstream,
         "repository": repo.repository,
         "name": name,
         "tags": tags,
+        # Pulls by tag of every tag ever pulled (an evicted tag's too), and pulls by
+        # digest (a multi-platform pull by tag is one of each: the index by tag, then its
+        # platform's manifest by digest).
+        "pulls": sum(p.count for t, p in pulls.items() if t != BY_DIGEST),
+        "pulls_by_digest": by_digest.count if by_digest else 0,
+        "last_pulled": iso(max((p.last for p in pulls.values()), default=None)),
+    }
+
+
+def _pull_figures(pulls: Pulls | None) -> dict[str, Any]:
+    return {
+        "pulls": pulls.count if pulls else 0,
+        "last_pulled": iso(pulls.last) if pulls else None,
     }
