@@ -92,6 +92,12 @@ def test_offline_serves_cached_tags_with_the_upstream_reachable_and_sends_it_not
     assert upstream_proxy.requests() == []
     status = pullthrough("offline", str(mirror.config_path), "docker.io")
     assert "docker.io is offline (set by pullthrough offline)" in status.stdout
+    # The status page and its API say so too.
+    (shown,) = json.loads(http_request("GET", f"{mirror.url}/ui/api/upstreams").body)["upstreams"]
+    assert shown["offline"] is True
+    assert '<span class="state bad offline">offline</span>' in (
+        http_request("GET", f"{mirror.url}/ui/").body.decode()
+    )
 
     switch(mirror, "docker.io", "off")
     wait_offline(debug, "docker.io", False)

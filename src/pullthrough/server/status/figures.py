@@ -85,6 +85,9 @@ def upstream_state(upstream: UpstreamClient, *, default: bool) -> dict[str, Any]
         # closed: asked as usual; open: believed down; half-open: one probe under way.
         "circuit": upstream.breaker.state.value,
         "reachable": upstream.breaker.state.value == "closed",
+        # Switched off by its config or ``pullthrough offline``: never contacted, so its
+        # circuit says nothing about it.
+        "offline": upstream.offline,
         "last_ok": _iso(upstream.last_ok),
         "last_error": upstream.last_error,
         "errors": int(total(upstream.metrics.upstream_errors, upstream=upstream.name)),
