@@ -22,16 +22,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pullthrough.commands.hosted_inventory import EMPTY, HostedInventory, read_inventory
-from pullthrough.commands.inventory import (
+from pullthrough.commands.offline import has_index, open_store
+from pullthrough.config import Config
+from pullthrough.mirror.pins import all_pins, pinned_digests
+from pullthrough.progress import human
+from pullthrough.store.inventory import (
     Walker,
     iso,
     stored_objects,
     table,
 )
-from pullthrough.commands.offline import has_index, open_store
-from pullthrough.commands.progress import human
-from pullthrough.config import Config
-from pullthrough.mirror.pins import all_pins, pinned_digests
 
 
 @dataclass

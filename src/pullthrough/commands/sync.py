@@ -18,8 +18,8 @@ import asyncio
 import sys
 
 from pullthrough.commands.beside import start_mirror
-from pullthrough.commands.progress import Reporter, human
 from pullthrough.config import Config
+from pullthrough.progress import Reporter, human
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

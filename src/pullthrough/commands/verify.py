@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pullthrough.commands.offline import has_index, open_store
-from pullthrough.commands.progress import Reporter, Ticker, human
 from pullthrough.config import Config
 from pullthrough.mirror.eviction import Sweeper
+from pullthrough.progress import Reporter, Ticker, human
 from pullthrough.reference import parse_digest
 from pullthrough.store.blobs import BlobStore, StoredFile
 from pullthrough.store.index import IndexBackend

@@ -2,7 +2,7 @@
 
 Every ``interval`` a run lists the repository's tags upstream (paged), keeps those the
 entry's ``tags`` matches and ``mirror.policy`` allows, resolves each and fetches what is
-missing through the walk ``pullthrough warm`` uses (``commands.warm.Warmer`` over the
+missing through the walk ``pullthrough warm`` uses (``mirror.warming.Warmer`` over the
 mirror's own single-flight fetches), so a sync and a pull of the same image share one
 download. A run never contacts an upstream that is switched offline.
 
@@ -31,25 +31,23 @@ from typing import TYPE_CHECKING, Protocol, TextIO, cast
 
 import aiohttp
 
-# The walk ``pullthrough warm`` does, reused as it is: it lives with the command that came
-# first; moving it (and StoreSource) under mirror/ would let this module stop reaching up.
-from pullthrough.commands.progress import Reporter
-from pullthrough.commands.warm import Warmer
-from pullthrough.commands.warm_images import (
+from pullthrough.config.model import SyncEntry
+from pullthrough.errors import Denied, RegistryError, TooManyRequests
+from pullthrough.manifest import KNOWN_TYPES, upstream_accept
+from pullthrough.mirror.provenance import Kind
+from pullthrough.mirror.route import Route
+from pullthrough.mirror.warm_images import (
     Got,
     ImageRef,
     Pulled,
     WarmError,
     parse_platform,
 )
-from pullthrough.commands.warm_sources import StoreSource
-from pullthrough.config.model import SyncEntry
-from pullthrough.errors import Denied, RegistryError, TooManyRequests
-from pullthrough.manifest import KNOWN_TYPES, upstream_accept
-from pullthrough.mirror.provenance import Kind
+from pullthrough.mirror.warm_sources import StoreSource
+from pullthrough.mirror.warming import Warmer
+from pullthrough.progress import Reporter
 from pullthrough.reference import Digest, is_digest, parse_digest
 from pullthrough.semver import parse_range
-from pullthrough.server.routing import Route
 from pullthrough.upstream.client import UpstreamClient
 
 if TYPE_CHECKING:

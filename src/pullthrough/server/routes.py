@@ -24,12 +24,13 @@ from pullthrough.errors import (
 )
 from pullthrough.manifest import OCI_INDEX, parse_accept
 from pullthrough.mirror.listing import Page
+from pullthrough.mirror.route import Route
 from pullthrough.mirror.service import Mirror
 from pullthrough.reference import Digest, is_digest, parse_digest, validate_tag
 from pullthrough.server import hosted_routes
 from pullthrough.server.auth import ClientAuth
 from pullthrough.server.ranges import parse_range
-from pullthrough.server.routing import Route, route, target
+from pullthrough.server.routing import route, target
 from pullthrough.server.transfer import send_blob
 from pullthrough.server.verification import ReadVerification
 from pullthrough.upstream.client import UpstreamClient

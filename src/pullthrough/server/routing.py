@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from pullthrough.config import UpstreamConfig
 from pullthrough.errors import NameUnknown
+from pullthrough.mirror.route import Route
 from pullthrough.mirror.service import Mirror
 from pullthrough.reference import normalize_docker_hub, validate_name
-from pullthrough.upstream.client import UpstreamClient
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,13 +29,6 @@ class Target:
     # (Docker Hub's ``library/`` added) for the default upstream, else prefixed with the
     # upstream's name (``ghcr.io/acme/app``), so a grant for one upstream's repository
     # never covers a namesake on another, however the client named it.
-    scope: str
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    upstream: UpstreamClient
-    repo: str
     scope: str
 
 

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pullthrough.commands.inventory import MAX_DEPTH, Walker, iso
 from pullthrough.mirror.service import Mirror
 from pullthrough.store.index import AgedBlob
+from pullthrough.store.inventory import MAX_DEPTH, Walker, iso
 from pullthrough.store.pulls import BY_DIGEST, Pulls
 
 

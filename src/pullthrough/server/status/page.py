@@ -17,8 +17,8 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from pullthrough.commands.progress import human
 from pullthrough.errors import NotFound
+from pullthrough.progress import human
 from pullthrough.server.routes import MIRROR_KEY
 from pullthrough.server.status import content, figures, inflight
 from pullthrough.server.status.figures import STARTED_KEY

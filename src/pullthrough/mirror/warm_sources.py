@@ -12,16 +12,16 @@ from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 
-from pullthrough.commands.warm_images import Got, ImageRef, Pulled, WarmError
 from pullthrough.errors import RegistryError
 from pullthrough.manifest import KNOWN_TYPES, MAX_MANIFEST_SIZE, detect_media_type
+from pullthrough.mirror.warm_images import Got, ImageRef, Pulled, WarmError
 from pullthrough.reference import Digest, is_digest, parse_digest
 
 if TYPE_CHECKING:
     # The CLI imports every command module to build its parser, for every command
     # including serve: the mirror (metrics, upstream clients) is imported when warm runs.
+    from pullthrough.mirror.route import Route
     from pullthrough.mirror.service import Mirror
-    from pullthrough.server.routing import Route
 
 # How often direct warming looks at a fetch's progress (for the bar and the stall check).
 POLL = 0.2
