@@ -130,11 +130,15 @@ def test_a_manifest_digest_reached_only_through_a_denied_tag_is_refused(
             got = http_request("GET", f"{mirror.url}{repo}/manifests/{digest}", headers=ACCEPT)
             assert got.status == 200, (digest, got.body)
             assert got.header("Docker-Content-Digest") == digest
-    # The denied tags' manifests stay refused, and their tag list is still the repository's.
+    # The denied tags' manifests stay refused, and the tag list leaves them out (paged too).
     for digest in (bad.digest, bad_index.digest, *bad_index.child_digests):
         _assert_denied(mirror, "GET", f"{repo}/manifests/{digest}", "mirror.policy[0]")
     tags = http_request("GET", f"{mirror.url}{repo}/tags/list")
-    assert tags.status == 200
+    assert tags.status == 200 and json.loads(tags.body)["tags"] == ["1.2", "2.0"]
+    first = http_request("GET", f"{mirror.url}{repo}/tags/list?n=1")
+    assert json.loads(first.body)["tags"] == ["1.2"] and "last=1.2" in first.header("Link")
+    second = http_request("GET", f"{mirror.url}{repo}/tags/list?n=1&last=1.2")
+    assert json.loads(second.body)["tags"] == ["2.0"]
 
 
 def test_a_changed_policy_file_applies_to_cached_content_without_a_restart(

@@ -39,8 +39,15 @@ class Listing:
         self.index = index
 
     async def tags(
-        self, upstream: UpstreamClient, repo: str, n: int | None, last: str | None
+        self,
+        upstream: UpstreamClient,
+        repo: str,
+        n: int | None,
+        last: str | None,
+        keep: Callable[[str], bool] | None = None,
     ) -> Page:
+        """The repository's tags, paged; only those ``keep`` allows when given (a page may
+        then hold fewer than ``n``, its Link still saying more follow)."""
         try:
             got = await upstream.tags(repo, n, last)
         except (UpstreamUnavailable, TooManyRequests) as exc:
@@ -48,13 +55,15 @@ class Listing:
             if not cached:
                 raise
             log.warning("tag list of %s from cache (stale): %s", repo, exc)
-            return page(cached, n, last)
+            return page([t for t in cached if keep is None or keep(t)], n, last)
         if got is None:
             raise NameUnknown(
                 f"repository {repo} is unknown to upstream {upstream.name}",
                 detail={"name": repo},
             )
         tags, more = got
+        if keep is not None:
+            tags = [t for t in tags if keep(t)]
         # An upstream that ignores n or last (distribution 2.x lists every tag each time)
         # is paged here; one that honours them passes through, its Link saying if more follow.
         found = page(sorted(set(tags)), n, last)

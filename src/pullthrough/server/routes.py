@@ -251,7 +251,10 @@ async def tags(request: web.Request, params: dict[str, str]) -> web.StreamRespon
     mirror = request.app[MIRROR_KEY]
     upstream, repo = _route(request, params)
     n, last = _paging(request)
-    found = await mirror.listing.tags(upstream, repo, n, last)
+    policy = mirror.policy
+    # A tag the policy refuses is not listed: a client (or a sync) would only be refused it.
+    keep = (lambda tag: policy.tag_allowed(upstream.name, repo, tag)) if policy.active else None
+    found = await mirror.listing.tags(upstream, repo, n, last, keep)
     return _page_response(request, {"name": params["name"], "tags": found.items}, found, n)
 
 
