@@ -284,6 +284,20 @@ def test_warm_failures_exit_1_with_the_registry_error(
     assert platform.returncode == 1
     assert "has no manifest for linux/s390x (it has: linux/amd64, linux/arm64)" in platform.stderr
 
+    # mirror.policy refuses a direct warm what it refuses a client, and asks no upstream.
+    denying = mirror_factory(
+        upstream_proxy.url,
+        start=False,
+        config={"mirror": {"policy": [{"upstream": "docker.io",
+                                       "repositories": ["library/oci-*"], "action": "deny"}]}},
+    )
+    upstream_proxy.reset()
+    denied = pullthrough("warm", str(denying.config_path), images.oci_small.ref)
+    assert denied.returncode == 1
+    assert f"error: {images.oci_small.ref}: DENIED:" in denied.stderr
+    assert "mirror.policy[0]" in denied.stderr
+    assert upstream_proxy.requests() == []
+
     # Warming the store of a mirror that is running would pull its temp files from under it.
     busy = pullthrough("warm", str(mirror.config_path), images.oci_small.ref)
     assert busy.returncode == 2

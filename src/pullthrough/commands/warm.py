@@ -42,6 +42,7 @@ from pullthrough.mirror.warm_images import (
 from pullthrough.mirror.warm_sources import HttpSource, Source, StoreSource
 from pullthrough.mirror.warming import Warmer, report_error
 from pullthrough.progress import Reporter
+from pullthrough.server.routing import resolve
 
 DEFAULT_JOBS = 4
 DEFAULT_TIMEOUT = 60.0
@@ -131,7 +132,9 @@ async def warm(
         if isinstance(started, int):
             return started
         mirror = started
-        source = StoreSource(mirror, time_limit)
+        source = StoreSource(
+            mirror, time_limit, lambda ref: resolve(mirror, ref.name, ref.registry)
+        )
     failures = 0
     try:
         with Reporter() as reporter:

@@ -136,24 +136,31 @@ class HttpSource:
 
 
 class StoreSource:
-    """The mirror's own policy, in this process, on the config's store."""
+    """The mirror's own policy, in this process, on the config's store: ``mirror.policy``
+    refuses here what it refuses a client (DENIED), before the upstream is asked."""
 
-    def __init__(self, mirror: Mirror, timeout: float) -> None:
+    def __init__(
+        self, mirror: Mirror, timeout: float, resolve: Callable[[ImageRef], Route] | None = None
+    ) -> None:
         self.mirror = mirror
         self.timeout = timeout
+        # How an image's name finds its upstream and repository: the server's own routing
+        # (what is stored here is what it will look up), handed in by the command.
+        self._resolve = resolve
 
     def _route(self, ref: ImageRef) -> Route:
-        from pullthrough.server.routing import resolve
-
-        # The server's own routing: what is stored here is what it will look up.
-        return resolve(self.mirror, ref.name, ref.registry)
+        assert self._resolve is not None, "a StoreSource needs resolve or its own _route"
+        return self._resolve(ref)
 
     async def manifest(self, ref: ImageRef, reference: str) -> Got:
         route = self._route(ref)
         manifests = self.mirror.manifests
         if is_digest(reference):
+            digest = str(parse_digest(reference))
+            await self.mirror.permit(route.upstream.name, route.repo, ref.name, digest=digest)
             call = manifests.by_digest(route.upstream, route.repo, parse_digest(reference))
         else:
+            await self.mirror.permit(route.upstream.name, route.repo, ref.name, tag=reference)
             call = manifests.by_tag(route.upstream, route.repo, reference, KNOWN_TYPES)
         try:
             found = await asyncio.wait_for(call, self.timeout)
@@ -167,6 +174,7 @@ class StoreSource:
         self, ref: ImageRef, digest: Digest, size: int | None, progress: Callable[[int], None]
     ) -> Pulled:
         route = self._route(ref)
+        await self.mirror.permit(route.upstream.name, route.repo, ref.name)
         try:
             body = await asyncio.wait_for(
                 self.mirror.blobs.get(route.upstream, route.repo, digest), self.timeout
