@@ -57,6 +57,7 @@ class Uploads:
         self.per_client = per_client
         self._locks: dict[str, asyncio.Lock] = {}
         self._owners: dict[str, str] = {}  # session id -> client address (this process)
+        self._held: dict[str, int] = {}  # client address -> sessions it holds open here
 
     def prepare(self) -> None:
         """Create the directory (blocking; at start-up). Sessions found there are kept."""
@@ -64,22 +65,45 @@ class Uploads:
 
     async def start(self, repo: str, client: str) -> Session:
         """A new, empty session for ``repo``; 429 when ``client`` holds too many open ones
-        (each holds a file and, while a chunk arrives, a lock)."""
-        if sum(1 for owner in self._owners.values() if owner == client) >= self.per_client:
+        (each holds a file and, while a chunk arrives, a lock). The place is taken before
+        the first await: concurrent starts from one client cannot all pass the check."""
+        if self._held.get(client, 0) >= self.per_client:
             raise TooManyRequests(
                 f"too many open upload sessions from this client (at most {self.per_client}; "
                 "finish or cancel some; mirror.hosted.max_uploads_per_client)",
                 headers={"Retry-After": "5"},
             )
         session_id = uuid.uuid4().hex
+        self._own(session_id, client)
 
         def work() -> None:
-            self._data(session_id).touch(exist_ok=False)
-            self._repo(session_id).write_text(repo)
+            try:
+                self._data(session_id).touch(exist_ok=False)
+                self._repo(session_id).write_text(repo)
+            except BaseException:
+                self._remove_sync(session_id)  # no half-made session is left behind
+                raise
 
-        await asyncio.to_thread(work)
-        self._owners[session_id] = client
+        try:
+            await asyncio.to_thread(work)
+        except BaseException:
+            self._disown(session_id)
+            raise
         return Session(session_id, repo, 0)
+
+    def _own(self, session_id: str, client: str) -> None:
+        self._owners[session_id] = client
+        self._held[client] = self._held.get(client, 0) + 1
+
+    def _disown(self, session_id: str) -> None:
+        client = self._owners.pop(session_id, None)
+        if client is None:
+            return
+        left = self._held.get(client, 0) - 1
+        if left > 0:
+            self._held[client] = left
+        else:
+            self._held.pop(client, None)
 
     async def get(self, repo: str, session_id: str) -> Session:
         """The session ``session_id`` of ``repo``; BLOB_UPLOAD_UNKNOWN for anything else."""
@@ -194,20 +218,19 @@ class Uploads:
     async def cancel(self, session_id: str) -> bool:
         """Remove the session (its file may already be in the store: then only its
         repository note goes). True if there was one."""
-        self._owners.pop(session_id, None)
+        self._disown(session_id)
         self._locks.pop(session_id, None)
+        return await asyncio.to_thread(self._remove_sync, session_id)
 
-        def work() -> bool:
-            found = False
-            for path in (self._data(session_id), self._repo(session_id)):
-                try:
-                    path.unlink()
-                    found = True
-                except FileNotFoundError:
-                    pass
-            return found
-
-        return await asyncio.to_thread(work)
+    def _remove_sync(self, session_id: str) -> bool:
+        found = False
+        for path in (self._data(session_id), self._repo(session_id)):
+            try:
+                path.unlink()
+                found = True
+            except FileNotFoundError:
+                pass
+        return found
 
     async def expire(self) -> int:
         """Remove sessions untouched for ``idle`` seconds; returns how many."""

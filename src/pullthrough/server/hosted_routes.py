@@ -234,9 +234,11 @@ async def _finish(
     try:
         start, length = _content_range(request)
         session = await uploads.append(session, _body(request), start=start, length=length)
-    except RegistryError:
+    except BaseException:
         # A chunk out of order or cut short leaves a session as it was: the client may
-        # send it again. A monolithic upload's session was made for this request only.
+        # send it again. A monolithic upload's session was made for this request only:
+        # however it failed (an OCI error, the client gone), it goes, and with it the
+        # place it held under mirror.hosted.max_uploads_per_client.
         if monolithic:
             await uploads.cancel(session.id)
         raise
