@@ -169,6 +169,11 @@ class HostedRegistry:
                 "holds (removed while the manifest was pushed; push it again)",
                 detail={"digest": exc.digest},
             ) from exc
+        if not await self.store.exists(actual):
+            # Swept between being stored and being recorded (the same bytes cached for a
+            # mirrored name, expiring); recorded now, so it stays once put back.
+            log.warning("%s was swept while it was pushed: put back", actual)
+            await self.store.put(actual, body)
         return Pushed(str(actual), parsed.subject)
 
     async def manifest(self, repo: str, reference: str) -> tuple[HostedManifest, bytes]:

@@ -242,8 +242,10 @@ async def _finish(
         if monolithic:
             await uploads.cancel(session.id)
         raise
-    size = await uploads.finish(session, digest)
-    await hosted.blob_pushed(repo, digest, size)
+    async def record(size: int) -> None:
+        await hosted.blob_pushed(repo, digest, size)
+
+    await uploads.finish(session, digest, record)
     return _created(repo, digest)
 
 
