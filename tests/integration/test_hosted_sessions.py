@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 SESSIONS = 1_000
 DEFAULT_CAP = 100  # mirror.hosted.max_uploads_per_client when not configured
-IN_FLIGHT = 250  # concurrent connections of the flooding client
+IN_FLIGHT = 1_000  # concurrent connections of the flooding client: all at once
 BOUND = 240.0  # seconds the whole flood may take before the test gives up
 
 
