@@ -9,6 +9,9 @@ import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+
+from pullthrough.errors import BlobUploadUnknown
 from pullthrough.hosted.uploads import Uploads
 from pullthrough.mirror.eviction import Sweeper
 from pullthrough.reference import parse_digest
@@ -102,3 +105,38 @@ async def test_an_upload_swept_before_it_was_recorded_is_put_back(tmp_path: Path
     assert list(uploads.dir.iterdir()) == []  # the session's link went once it was safe
     placed = FileIdentity.of(store.path_for(DIGEST).stat())
     assert store.verified.matches(DIGEST, placed)  # served without hashing it again
+
+
+async def test_an_upload_cancelled_elsewhere_as_it_finishes_is_stored_or_unknown(
+    tmp_path: Path,
+) -> None:
+    """A cancel through another replica takes no lock: after the file is in the store the
+    push still succeeds; before, it is BLOB_UPLOAD_UNKNOWN, never a 500."""
+    store = BlobStore(tmp_path)
+    store.prepare()
+    uploads = Uploads(root=tmp_path, store=store, idle=3600, per_client=5)
+    uploads.prepare()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield DATA
+
+    session = await uploads.start("acme/app", "127.0.0.1")
+    session = await uploads.append(session, body())
+
+    async def cancelled_meanwhile(size: int) -> None:
+        (uploads.dir / f"{session.id}.data").unlink()
+        (uploads.dir / f"{session.id}.repo").unlink()
+
+    assert await uploads.finish(session, DIGEST, cancelled_meanwhile) == len(DATA)
+    assert store.path_for(DIGEST).read_bytes() == DATA
+
+    store.path_for(DIGEST).unlink()
+    session = await uploads.start("acme/app", "127.0.0.1")
+    session = await uploads.append(session, body())
+
+    async def swept_and_cancelled(size: int) -> None:
+        store.path_for(DIGEST).unlink()
+        (uploads.dir / f"{session.id}.data").unlink()
+
+    with pytest.raises(BlobUploadUnknown):
+        await uploads.finish(session, DIGEST, swept_and_cancelled)

@@ -236,14 +236,23 @@ class Uploads:
             )
         os.fsync(fd)
         written = os.fstat(fd)
-        self.store.link_in_sync(path, digest, written)
+        try:
+            self.store.link_in_sync(path, digest, written)
+        except FileNotFoundError:
+            # Cancelled through another replica while it was hashed (a cancel takes no
+            # lock): nothing stored, and the session is gone.
+            raise _unknown(path.stem) from None
         return written
 
     def _settle_sync(self, path: Path, digest: Digest, written: os.stat_result) -> None:
         if not self.store.path_for(digest).is_file():
             log.warning("%s was swept while it was pushed: put back", digest)
-            self.store.link_in_sync(path, digest, written)
-        path.unlink()
+            try:
+                self.store.link_in_sync(path, digest, written)
+            except FileNotFoundError:
+                # And the session cancelled through another replica: the bytes are gone.
+                raise _unknown(path.stem) from None
+        path.unlink(missing_ok=True)  # a cancel through another replica may have gone first
         self.store.still_verified_sync(digest, written)  # the unlink moved its ctime
 
     async def cancel(self, session_id: str) -> bool:
