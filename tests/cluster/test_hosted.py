@@ -245,6 +245,7 @@ def test_a_chunk_arriving_through_two_replicas_at_once_is_refused_not_mixed(
         other = _patch(b, location, second, 0)
         assert other.status in (409, 416), other.body
         assert _code(other) in ("BLOB_UPLOAD_INVALID", "RANGE_INVALID")
+        assert other.header("Location") == location and other.header("Range")
         early = _close(b, location, first)
         assert early.status in (400, 409, 416), early.body
         assert _code(early) in ("BLOB_UPLOAD_INVALID", "RANGE_INVALID", "DIGEST_INVALID")

@@ -308,11 +308,7 @@ class Uploads:
         return len(expired)
 
     def progress_headers(self, session: Session) -> dict[str, str]:
-        return {
-            "Location": f"/v2/{session.repo}/blobs/uploads/{session.id}",
-            "Range": f"0-{max(session.size - 1, 0)}",
-            "Docker-Upload-UUID": session.id,
-        }
+        return _progress_headers(session)
 
     def _data(self, session_id: str) -> Path:
         return self.dir / f"{session_id}.data"
@@ -336,10 +332,11 @@ def _open_locked(path: Path, flags: int, session: Session) -> tuple[int, int]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            now = Session(session.id, session.repo, os.fstat(fd).st_size)
             raise RangeInvalid(
                 "another chunk of this upload is being written now (sent through another "
                 "replica?): send chunks one after another, then ask where the upload stands",
-                headers={"Docker-Upload-UUID": session.id},
+                headers=_progress_headers(now),
             ) from None
         opened = os.fstat(fd)
         try:
@@ -352,6 +349,14 @@ def _open_locked(path: Path, flags: int, session: Session) -> tuple[int, int]:
         os.close(fd)
         raise
     return fd, opened.st_size
+
+
+def _progress_headers(session: Session) -> dict[str, str]:
+    return {
+        "Location": f"/v2/{session.repo}/blobs/uploads/{session.id}",
+        "Range": f"0-{max(session.size - 1, 0)}",
+        "Docker-Upload-UUID": session.id,
+    }
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -106,9 +106,9 @@ class Sweeper:
         held: Callable[[list[str]], Awaitable[set[str]]] | None = None,
     ) -> None:
         self.on_swept = on_swept
-        # Of the digests a pass decided on, those held elsewhere (hosted repositories),
-        # asked again just before removal: another replica may have pushed one since
-        # ``busy`` was consulted, and this replica's memory does not know.
+        # Of the digests a pass decided on, those held elsewhere (hosted repositories):
+        # asked of the shared record, since another replica may have pushed one and this
+        # replica's memory (``busy``) does not know; see ``_remove``.
         self.held = held
         # Digests never evicted; counted toward the limit all the same.
         self.pinned = pinned
