@@ -69,13 +69,13 @@ def test_push_is_granted_only_where_a_rule_names_it(tmp_path: Path) -> None:
     assert not AccessRules(()).grants(None, "docker.io", "acme/app", "push")
 
 
-def test_hosted_repositories_are_refused_in_cluster_mode(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"^mirror\.hosted: .*cluster mode"):
-        _load(
-            tmp_path,
-            "mirror:\n  hosted: {repositories: [acme]}\n"
-            "  cluster: {redis: {addr: 127.0.0.1:6379, password: pw}}\n",
-        )
+def test_hosted_repositories_are_served_in_cluster_mode(tmp_path: Path) -> None:
+    config = _load(
+        tmp_path,
+        "mirror:\n  hosted: {repositories: [acme]}\n"
+        "  cluster: {redis: {addr: 127.0.0.1:6379, password: pw}}\n",
+    )
+    assert config.hosted is not None and config.cluster is not None
 
 
 def test_gc_grace_is_a_duration_an_hour_by_default(tmp_path: Path) -> None:

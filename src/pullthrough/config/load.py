@@ -260,13 +260,6 @@ def _hosted(root: Root, upstreams: tuple[UpstreamConfig, ...]) -> HostedConfig |
     section = root.mirror.hosted
     if not section.repositories:
         return None
-    if root.mirror.cluster.redis.addr:
-        # hosted.db is one SQLite file: replicas sharing it over a network filesystem
-        # would corrupt it, and pushes would not be visible through the other replicas.
-        raise ConfigError(
-            "mirror.hosted: hosted repositories are not supported in cluster mode "
-            "(mirror.cluster) yet; run them on a single pullthrough"
-        )
     names = {u.name for u in upstreams}
     prefixes = []
     for i, prefix in enumerate(section.repositories):

@@ -36,7 +36,7 @@ from pullthrough.manifest import (
 )
 from pullthrough.mirror.provenance import Provenance
 from pullthrough.reference import Digest, parse_digest
-from pullthrough.store.blobs import BlobStore, DigestMismatch
+from pullthrough.store.blobs import BlobStore, DigestMismatch, OpenBlob
 from pullthrough.store.hosted_index import ChildGone, HostedIndex, HostedManifest
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,17 @@ class HostedRegistry:
                 f"blob {digest} is unknown to repository {repo}", detail={"digest": str(digest)}
             )
         return size
+
+    async def open_blob(self, repo: str, digest: Digest) -> OpenBlob:
+        """The open file of a blob ``repo`` holds, for a GET; BLOB_UNKNOWN otherwise. The
+        caller sends it through the read check (``server.transfer``), as for the cache."""
+        size = await self.provenance.pushed_blob(repo, str(digest))
+        opened = await self.store.open(digest) if size is not None else None
+        if opened is None:
+            raise BlobUnknown(
+                f"blob {digest} is unknown to repository {repo}", detail={"digest": str(digest)}
+            )
+        return opened
 
     async def blob_pushed(self, repo: str, digest: Digest, size: int) -> None:
         self.kept.add(str(digest))
@@ -169,6 +180,11 @@ class HostedRegistry:
                 "holds (removed while the manifest was pushed; push it again)",
                 detail={"digest": exc.digest},
             ) from exc
+        if not await self.store.exists(actual):
+            # Swept between being stored and being recorded (the same bytes cached for a
+            # mirrored name, expiring); recorded now, so it stays once put back.
+            log.warning("%s was swept while it was pushed: put back", actual)
+            await self.store.put(actual, body)
         return Pushed(str(actual), parsed.subject)
 
     async def manifest(self, repo: str, reference: str) -> tuple[HostedManifest, bytes]:

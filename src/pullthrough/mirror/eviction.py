@@ -25,11 +25,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from pullthrough.config import Config, StoreLimit
 from pullthrough.mirror.pins import all_pins, pinned_digests
-from pullthrough.reference import parse_digest
+from pullthrough.reference import Digest, parse_digest
 from pullthrough.store.blobs import BlobStore
 from pullthrough.store.index import AgedBlob, IndexBackend
 
@@ -102,8 +103,13 @@ class Sweeper:
         on_swept: Callable[[SweepReport], None] | None = None,
         turns: SweepTurns | None = None,
         pinned: Callable[[], Awaitable[set[str]]] | None = None,
+        held: Callable[[list[str]], Awaitable[set[str]]] | None = None,
     ) -> None:
         self.on_swept = on_swept
+        # Of the digests a pass decided on, those held elsewhere (hosted repositories):
+        # asked of the shared record, since another replica may have pushed one and this
+        # replica's memory (``busy``) does not know; see ``_remove``.
+        self.held = held
         # Digests never evicted; counted toward the limit all the same.
         self.pinned = pinned
         self.pinned_now: set[str] = set()  # as the last pass found them
@@ -289,20 +295,73 @@ class Sweeper:
         """Remove what the pass decided on: every index entry in one transaction first
         (from then on nothing trusts them, and a request that wants one fetches it
         again), then the files, each only if it is still the file that was decided on
-        (a copy fetched again meanwhile, by this process or another, is kept)."""
+        (a copy fetched again meanwhile, by this process or another, is kept).
+
+        With ``held`` (hosted repositories), what they hold is spared, asked twice: before
+        the entries go, and again once the files are set aside, before they are unlinked.
+        A push (through any replica) records its digest, then checks its file is in the
+        store and puts it back if not: either the second question sees the record (the
+        file goes back), or the file was set aside before the push looked (the push puts
+        it back)."""
         removed = [(blob, "expired") for blob in report.expired]
         removed += [(blob, "evicted") for blob in report.evicted]
         if not removed:
             return
-        digests = [parse_digest(blob.digest) for blob, _ in removed]
-        files = await asyncio.to_thread(lambda: [self.store.identity_sync(d) for d in digests])
+        digests = {blob.digest: parse_digest(blob.digest) for blob, _ in removed}
+        files = await asyncio.to_thread(
+            lambda: {text: self.store.identity_sync(d) for text, d in digests.items()}
+        )
+        if self.held is not None:
+            keep = await self.held(list(digests))
+            if keep:
+                log.info("sweep: %d digest(s) held by hosted repositories: kept", len(keep))
+                spared = [b for b, _ in removed if b.digest in keep]
+                report.objects += len(spared)
+                report.stored_bytes += sum(b.size for b in spared)
+                report.expired = [b for b in report.expired if b.digest not in keep]
+                report.evicted = [b for b in report.evicted if b.digest not in keep]
+                removed = [(b, why) for b, why in removed if b.digest not in keep]
+                if not removed:
+                    return
         await self.index.forget_all(blob.digest for blob, _ in removed)
         if self.on_removed is not None:  # what this process remembers goes with the entries
             for blob, why in removed:
                 self.on_removed(blob, why)
-        for digest, identity in zip(digests, files, strict=True):
-            if identity is not None:
-                await asyncio.to_thread(self.store.remove_if_same_sync, digest, identity)
+        if self.held is None:
+            for blob, _ in removed:
+                identity = files[blob.digest]
+                if identity is not None:
+                    await asyncio.to_thread(
+                        self.store.remove_if_same_sync, digests[blob.digest], identity
+                    )
+            return
+        await self._remove_unless_held(
+            [(digests[b.digest], files[b.digest]) for b, _ in removed], self.held
+        )
+
+    async def _remove_unless_held(
+        self,
+        files: list[tuple[Digest, tuple[int, int] | None]],
+        held: Callable[[list[str]], Awaitable[set[str]]],
+    ) -> None:
+        aside: list[tuple[Digest, Path]] = []
+        try:
+            for digest, identity in files:
+                if identity is not None:
+                    moved = await asyncio.to_thread(self.store.set_aside_sync, digest, identity)
+                    if moved is not None:
+                        aside.append((digest, moved))
+            keep = await held([str(d) for d, _ in aside]) if aside else set()
+        except BaseException:
+            keep = {str(d) for d, _ in aside}  # not known to be free: every file goes back
+            raise
+        finally:
+            for digest, moved in aside:
+                if str(digest) in keep:
+                    log.info("sweep: %s was pushed to a hosted repository meanwhile: kept", digest)
+                    await asyncio.to_thread(self.store.put_back_sync, digest, moved)
+                else:
+                    await asyncio.to_thread(moved.unlink)
 
     async def run_forever(self, interval: float) -> None:
         """Reconcile once, then sweep every ``interval`` seconds until cancelled (with

@@ -127,6 +127,7 @@ class Mirror:
             on_removed=self._removed,
             on_swept=self._swept,
             turns=self.cluster.sweep_turns if self.cluster else None,
+            held=hosted_index.held if hosted_index is not None else None,
         )
         # Re-hashes the store in the background for bit rot that changes no metadata.
         self.scrubber = (

@@ -17,9 +17,9 @@ from pullthrough.server.errors import oci_errors
 from pullthrough.server.hosted_routes import HOSTED_KEY, UPLOADS_KEY, is_hosted_write
 from pullthrough.server.limits import body_limit
 from pullthrough.server.metrics import count_requests
-from pullthrough.server.routes import ACCESS_KEY, AUTH_KEY, MIRROR_KEY, VERIFY_KEY, dispatch
+from pullthrough.server.routes import ACCESS_KEY, AUTH_KEY, MIRROR_KEY, dispatch
 from pullthrough.server.status import api as status_api
-from pullthrough.server.verification import ReadVerification
+from pullthrough.server.verification import VERIFY_KEY, ReadVerification
 
 log = logging.getLogger(__name__)
 

@@ -15,19 +15,25 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from pullthrough.errors import (
+    BlobUnknown,
     Denied,
     NotFound,
     RangeInvalid,
     RegistryError,
     SizeInvalid,
+    StoredBlobCorrupt,
     Unauthorized,
     Unsupported,
 )
 from pullthrough.hosted.registry import HostedRegistry
 from pullthrough.hosted.uploads import Session, Uploads
 from pullthrough.manifest import OCI_INDEX
+from pullthrough.mirror.blobs import BlobBody
 from pullthrough.mirror.listing import page
 from pullthrough.reference import Digest, is_digest, parse_digest, validate_name, validate_tag
+from pullthrough.server.ranges import parse_range
+from pullthrough.server.transfer import send_blob
+from pullthrough.server.verification import VERIFY_KEY
 
 HOSTED_KEY = web.AppKey("hosted", HostedRegistry)
 UPLOADS_KEY = web.AppKey("uploads", Uploads)
@@ -97,21 +103,38 @@ async def get_manifest(request: web.Request, repo: str) -> web.StreamResponse:
 async def get_blob(request: web.Request, repo: str) -> web.StreamResponse:
     hosted = request.app[HOSTED_KEY]
     digest = parse_digest(request.match_info.get("digest") or _tail(request, "/blobs/"))
-    size = await hosted.blob_size(repo, digest)
     headers = {
         **API_HEADERS,
+        "Content-Type": "application/octet-stream",
         "Docker-Content-Digest": str(digest),
         "Accept-Ranges": "bytes",
         "ETag": f'"{digest}"',
     }
     if request.method == "HEAD":
-        headers["Content-Length"] = str(size)
-        headers["Content-Type"] = "application/octet-stream"
+        headers["Content-Length"] = str(await hosted.blob_size(repo, digest))
         return web.Response(headers=headers)
-    # FileResponse sends from the file (sendfile) and answers Range itself.
-    response = web.FileResponse(hosted.store.path_for(digest), headers=headers)
-    response.content_type = "application/octet-stream"
-    return response
+    # The same read as a cached blob's: sent unhashed (sendfile) while the file is as it
+    # was verified, hashed as it goes otherwise, the last byte only if it matches.
+    verification = request.app[VERIFY_KEY]
+    opened = await hosted.open_blob(repo, digest)
+    try:
+        byte_range = parse_range(request.headers.get("Range"), opened.size)
+    except RegistryError:
+        opened.close()
+        raise
+    body = BlobBody(digest, opened.size, cached=opened)
+    try:
+        return await send_blob(
+            request, body, byte_range, headers, verification.metrics, verification
+        )
+    except StoredBlobCorrupt:
+        # Checked whole before any header went out, and removed: there is no upstream to
+        # fetch it from, so the repository no longer holds it until it is pushed again.
+        raise BlobUnknown(
+            f"blob {digest} of repository {repo} no longer matched its digest on disk and "
+            "was removed; push it again",
+            detail={"digest": str(digest)},
+        ) from None
 
 
 async def get_tags(request: web.Request, repo: str) -> web.StreamResponse:
@@ -234,14 +257,18 @@ async def _finish(
     try:
         start, length = _content_range(request)
         session = await uploads.append(session, _body(request), start=start, length=length)
-    except RegistryError:
+    except BaseException:
         # A chunk out of order or cut short leaves a session as it was: the client may
-        # send it again. A monolithic upload's session was made for this request only.
+        # send it again. A monolithic upload's session was made for this request only:
+        # however it failed (an OCI error, the client gone), it goes, and with it the
+        # place it held under mirror.hosted.max_uploads_per_client.
         if monolithic:
             await uploads.cancel(session.id)
         raise
-    size = await uploads.finish(session, digest)
-    await hosted.blob_pushed(repo, digest, size)
+    async def record(size: int) -> None:
+        await hosted.blob_pushed(repo, digest, size)
+
+    await uploads.finish(session, digest, record)
     return _created(repo, digest)
 
 

@@ -32,7 +32,7 @@ from pullthrough.server.auth import ClientAuth
 from pullthrough.server.ranges import parse_range
 from pullthrough.server.routing import route, target
 from pullthrough.server.transfer import send_blob
-from pullthrough.server.verification import ReadVerification
+from pullthrough.server.verification import VERIFY_KEY, ReadVerification
 from pullthrough.upstream.client import UpstreamClient
 
 MIRROR_KEY = web.AppKey("mirror", Mirror)
@@ -41,7 +41,6 @@ AUTH_KEY = web.AppKey("auth", ClientAuth)
 ACCESS_KEY = web.AppKey("access", AccessRules)
 USER_KEY = "pullthrough.user"  # who authorize() said the client is (None: anonymous)
 ROUTE_KEY = "pullthrough.route"  # the resolved (upstream, repository) of a named request
-VERIFY_KEY = web.AppKey("verify", ReadVerification)
 
 API_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
 READ_METHODS = ("GET", "HEAD")

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from aiohttp import web
+
 from pullthrough.metrics import Metrics
 from pullthrough.reference import Digest
 from pullthrough.store.identity import FileIdentity, VerifiedFiles
@@ -31,7 +33,7 @@ class ReadVerification:
         self.enabled = enabled
         self._verified = verified
         self._quarantine = quarantine
-        self._metrics = metrics
+        self.metrics = metrics
 
     def trusted(self, digest: Digest, identity: FileIdentity) -> bool:
         """Whether a file with ``identity`` is the one verified as ``digest``."""
@@ -44,5 +46,8 @@ class ReadVerification:
     async def failed(self, digest: Digest) -> None:
         """The stored file does not match: count it, drop it (the next request fetches)."""
         self._verified.forget(digest)
-        self._metrics.corrupt_blobs.labels("read").inc()
+        self.metrics.corrupt_blobs.labels("read").inc()
         await self._quarantine(digest)
+
+
+VERIFY_KEY = web.AppKey("verify", ReadVerification)

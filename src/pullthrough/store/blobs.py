@@ -177,18 +177,7 @@ class BlobStore:
         # decided on, and links a fresh copy like this one back). In either case nothing is
         # recorded and the first read hashes the file, rather than failing a verified
         # download.
-        try:
-            placed = FileIdentity.of(final.stat())
-        except FileNotFoundError:
-            pass
-        else:
-            if (placed.dev, placed.ino, placed.size, placed.mtime_ns) == (
-                written.st_dev,
-                written.st_ino,
-                written.st_size,
-                written.st_mtime_ns,
-            ):
-                self.verified.record(digest, placed)
+        self.still_verified_sync(digest, written)
         dir_fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dir_fd)
@@ -233,6 +222,16 @@ class BlobStore:
         first, so the comparison and the removal concern the same file; a fresh copy
         moved aside by mistake is linked back (unless a newer one is in place already).
         False when nothing was removed."""
+        aside = self.set_aside_sync(digest, identity)
+        if aside is None:
+            return False
+        aside.unlink()
+        return True
+
+    def set_aside_sync(self, digest: Digest, identity: tuple[int, int]) -> Path | None:
+        """The first half of ``remove_if_same_sync``: move the stored file out of the store
+        if it is the one ``identity`` names, and return where it is now (to be unlinked,
+        or ``put_back_sync``); None when the file is gone or another one (put back)."""
         path = self.path_for(digest)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         # Not a temp_path name: no download adopts it; tmp/ is emptied of leftovers.
@@ -240,16 +239,47 @@ class BlobStore:
         try:
             os.rename(path, aside)
         except (FileNotFoundError, NotADirectoryError):
-            return False
+            return None
         try:
             st = aside.stat()
             if (st.st_dev, st.st_ino) == identity:
-                return True
+                return aside
             with contextlib.suppress(FileExistsError):
                 os.link(aside, path)
-            return False
-        finally:
-            aside.unlink()
+        except BaseException:
+            self.put_back_sync(digest, aside)
+            raise
+        aside.unlink()
+        return None
+
+    def put_back_sync(self, digest: Digest, aside: Path) -> None:
+        """Return a file ``set_aside_sync`` moved out (unless a newer copy is in place)."""
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, self.path_for(digest))
+        aside.unlink()
+
+    def link_in_sync(self, source: Path, digest: Digest, written: os.stat_result) -> None:
+        """Put a verified, fsynced file into the store as ``digest`` while ``source`` keeps
+        its own name for it (a hard link, then ``commit_sync``): the caller can put it back
+        if eviction takes it before the caller's record protects it."""
+        temp = self.temp_path(digest)
+        os.link(source, temp)
+        self.commit_sync(temp, digest, written)
+
+    def still_verified_sync(self, digest: Digest, written: os.stat_result) -> None:
+        """Record the stored file as verified again if it is still the file written (its
+        ctime moved: a link to it was added or removed)."""
+        try:
+            placed = FileIdentity.of(self.path_for(digest).stat())
+        except FileNotFoundError:
+            return
+        if (placed.dev, placed.ino, placed.size, placed.mtime_ns) == (
+            written.st_dev,
+            written.st_ino,
+            written.st_size,
+            written.st_mtime_ns,
+        ):
+            self.verified.record(digest, placed)
 
     def scan(self) -> list[StoredFile]:
         """Every blob file on disk (blocking: call from a thread or an offline command).

@@ -2,7 +2,10 @@
 
 Its own SQLite file beside the mirror's index (``<root>/hosted.db``): the mirror's index
 is a cache whose rows eviction and reconciliation may drop at any time, while these rows
-are the only record of content that exists nowhere else. The bytes themselves are in the
+are the only record of content that exists nowhere else. In cluster mode every replica
+opens this same file under the shared root (nothing of it is cached in memory), so what
+one replica records is what the next statement of any other reads; it stays beside the
+bytes it describes rather than in Redis, which need not be durable. The bytes themselves are in the
 shared content-addressed store; a row here is rule (d) of "Who may read a digest" (pushed
 to R and verified) and keeps the file from eviction.
 """
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pullthrough.store.sqlite import open_wal
+from pullthrough.store.sqlite import open_shared
 
 T = TypeVar("T")
 
@@ -32,6 +35,8 @@ CREATE TABLE IF NOT EXISTS hosted_manifests (
     subject TEXT, artifact_type TEXT, annotations TEXT, created REAL NOT NULL,
     PRIMARY KEY (repo, digest));
 CREATE INDEX IF NOT EXISTS hosted_manifests_subject ON hosted_manifests(repo, subject);
+CREATE INDEX IF NOT EXISTS hosted_blobs_digest ON hosted_blobs(digest);
+CREATE INDEX IF NOT EXISTS hosted_manifests_digest ON hosted_manifests(digest);
 CREATE TABLE IF NOT EXISTS hosted_children (
     repo TEXT NOT NULL, manifest TEXT NOT NULL, child TEXT NOT NULL,
     PRIMARY KEY (repo, manifest, child));
@@ -307,14 +312,35 @@ class HostedIndex:
         )
         return [_manifest(r) for r in rows]
 
+    async def held(self, digests: Iterable[str]) -> set[str]:
+        """Those of ``digests`` some hosted repository holds (blob or manifest)."""
+        wanted = list(dict.fromkeys(digests))
+
+        def work() -> set[str]:
+            db = self._db
+            return {
+                d
+                for d in wanted
+                if db.execute(
+                    "SELECT 1 FROM hosted_blobs WHERE digest=? UNION ALL "
+                    "SELECT 1 FROM hosted_manifests WHERE digest=? LIMIT 1",
+                    (d, d),
+                ).fetchone()
+                is not None
+            }
+
+        return await self._run(work)
+
     async def digests(self) -> set[str]:
         """Every digest a hosted repository holds (blob or manifest): never evicted."""
         return await self._run(lambda: digests_sync(self._db))
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """Open (creating) ``hosted.db`` with the schema in place."""
-    return open_wal(path, _SCHEMA, synchronous="FULL")  # the only record of pushed content
+    """Open (creating) ``hosted.db`` with the schema in place. A rollback journal, not WAL:
+    in cluster mode every replica uses this one file on the shared filesystem, and pushes
+    are few beside pulls. FULL: it is the only record of pushed content."""
+    return open_shared(path, _SCHEMA, synchronous="FULL")
 
 
 def _holds(db: sqlite3.Connection, repo: str, digest: str) -> bool:
