@@ -6,7 +6,9 @@ from __future__ import annotations
 import time
 
 import pytest
+import redis
 
+from pullthrough.cluster.connection import key
 from tests.cluster.redis_server import RedisServer
 from tests.support.images import ImageSet
 from tests.support.net import free_port, http_request, metrics_of
@@ -32,6 +34,13 @@ def test_replicas_report_their_part_redis_and_the_sweeper(
     path = f"/v2/{images.oci_small.repo}/blobs/{layer}"
     assert http_request("GET", first.url + path, timeout=30).status == 200
     assert layer in first.stored_files()  # put in place just after the client's last byte
+    # ... and indexed in Redis just after that: only then does the other replica find it.
+    db = redis.Redis(host="127.0.0.1", port=redis_server.port, decode_responses=True)
+    deadline = time.monotonic() + 10
+    while not db.exists(key("blob", layer)):
+        assert time.monotonic() < deadline, "the first replica never indexed the layer"
+        time.sleep(0.02)
+    db.close()
     assert http_request("GET", second.url + path, timeout=30).status == 200
 
     one, two = metrics_of(debug[0]), metrics_of(debug[1])
