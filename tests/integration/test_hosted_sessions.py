@@ -145,3 +145,7 @@ def test_monolithic_pushes_cut_short_give_their_sessions_back(
     for _ in range(5):  # every place is free again
         resp = http_request("POST", f"{mirror.url}/v2/acme/app/blobs/uploads/")
         assert resp.status == 202, resp.body
+    # A client hanging up is not the mirror's error: no traceback, no 500 in its log.
+    log = mirror.log_text()
+    assert "Traceback" not in log and "Error handling request" not in log, log[-3000:]
+    assert '" 500 ' not in log

@@ -36,6 +36,9 @@ def _plain(status: int, code: str, message: str) -> RegistryError:
     return err
 
 
+CLIENT_CLOSED = 499
+
+
 @web.middleware
 async def oci_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Registry errors become their OCI bodies; anything unexpected is logged with its
@@ -51,7 +54,13 @@ async def oci_errors(request: web.Request, handler: Handler) -> web.StreamRespon
             raise
         code = _HTTP_CODES.get(exc.status, "UNKNOWN")
         return error_response(request, _plain(exc.status, code, exc.reason))
-    except (ConnectionResetError, TimeoutError):
+    except ConnectionResetError:
+        # The client hung up (mid-push, mid-download): nobody is left to answer, and it
+        # is not the mirror's error. Logged as what it is; the status (nginx's "client
+        # closed request") only reaches the access log.
+        log.info("%s %s: the client closed the connection", request.method, request.path)
+        return web.Response(status=CLIENT_CLOSED, reason="Client Closed Request")
+    except TimeoutError:
         raise
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
