@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -255,6 +256,31 @@ def test_upload_sessions_per_client_are_capped(hosted: MirrorProcess) -> None:
     assert http_request("DELETE", urls[0]).status == 204
     assert http_request("GET", urls[0]).status == 404
     _session(hosted, "acme/app")  # a cancelled session gives its place back
+
+
+def test_an_idle_upload_session_expires_and_an_active_one_does_not(
+    mirror_factory: MirrorFactory, upstream_proxy: RecordingProxy
+) -> None:
+    config = copy.deepcopy(PUSHERS)
+    config["mirror"]["hosted"]["upload_idle"] = "2s"
+    mirror = mirror_factory(upstream_proxy.url, config=config)
+    idle = _session(mirror, "acme/app")
+    busy = _session(mirror, "acme/app")
+    sent = 0
+    deadline = time.monotonic() + 20
+    while http_request("GET", idle).status != 404:  # bounded: the pass runs every second
+        assert time.monotonic() < deadline, "an idle session was never removed"
+        chunk = b"x" * 100  # the other session keeps being written to
+        got = http_request("PATCH", busy, data=chunk,
+                           headers={"Content-Range": f"{sent}-{sent + len(chunk) - 1}"})
+        assert got.status == 202, got.body
+        sent += len(chunk)
+        time.sleep(0.5)
+    gone = http_request("PATCH", idle, data=b"late", headers={"Content-Range": "0-3"})
+    assert gone.status == 404 and _code(gone) == "BLOB_UPLOAD_UNKNOWN"
+    assert http_request("GET", busy).header("Range") == f"0-{sent - 1}"
+    left = {p.stem for p in (mirror.root / "uploads").iterdir()}
+    assert left == {busy.rsplit("/", 1)[1]}, left  # the idle session's files are gone
 
 
 def test_hosted_content_is_never_evicted(
