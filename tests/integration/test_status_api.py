@@ -16,7 +16,7 @@ from typing import Any
 import bcrypt
 import pytest
 
-from tests.support.images import MANIFEST_ACCEPT, pull_dir
+from tests.support.images import MANIFEST_ACCEPT, make_image, pull_dir, push
 from tests.support.mirror import MirrorProcess
 from tests.support.net import clean_env, free_port, http_request, metrics_of
 from tests.support.proxy import RecordingProxy
@@ -352,3 +352,43 @@ def test_pulls_are_counted_per_tag_and_survive_a_restart(
     pull_dir(image.on(mirror.host), tmp_path / "again")  # skopeo: one manifest GET by tag
     repo, tag = counted()
     assert (repo["pulls"], tag["pulls"]) == (4, 4)
+
+
+def test_hosted_repositories_are_listed_apart_for_those_who_may_pull_them(
+    mirror_factory, upstream_proxy: RecordingProxy, tmp_path: Path
+) -> None:
+    users = tmp_path / "htpasswd"
+    users.write_text("".join(
+        f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=6)).decode()}\n"
+        for u, p in (ALICE, BOB)
+    ))
+    mirror = mirror_factory(upstream_proxy.url, config={
+        "auth": {"htpasswd": {"realm": "pullthrough-test", "path": str(users)}},
+        "mirror": {
+            "hosted": {"repositories": ["acme"]},
+            "access": [
+                {"repositories": ["acme/app"], "actions": ["pull", "push"]},
+                {"repositories": ["acme/**"], "users": ["alice"], "actions": ["pull", "push"]},
+            ],
+        },
+    })
+    image = make_image(tmp_path / "layout", layers=(4096, 2048), seed="hosted-status")
+    pushed = {repo: push(image, mirror.host, repo, "v1", creds=ALICE)
+              for repo in ("acme/app", "acme/secret")}
+    size = sum(f.stat().st_size for f in (tmp_path / "layout" / "blobs" / "sha256").iterdir())
+
+    mine = api(mirror, "hosted", ALICE)
+    assert mine["total"] == 2
+    assert [r["repository"] for r in mine["repositories"]] == ["acme/app", "acme/secret"]
+    (tag,) = mine["repositories"][0]["tags"]
+    assert (tag["tag"], tag["digest"], tag["objects"], tag["size"]) == (
+        "v1", pushed["acme/app"], 4, size)
+    bobs = api(mirror, "hosted", BOB)
+    assert [r["repository"] for r in bobs["repositories"]] == ["acme/app"]
+    assert api(mirror, "hosted?q=SECRET", ALICE)["total"] == 1
+    # Hosted names are not cached content: the cache table stays empty.
+    assert api(mirror, "repositories", ALICE)["total"] == 0
+
+    page = http_request("GET", f"{mirror.url}/ui/", auth=BOB).body.decode()
+    assert 'data-repository="acme/app" data-tag="v1"' in page
+    assert "acme/secret" not in page

@@ -17,11 +17,11 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pullthrough.commands.hosted_inventory import HostedInventory, read_inventory
 from pullthrough.commands.offline import has_index, open_store
 from pullthrough.config import Config
 from pullthrough.progress import human
 from pullthrough.store.blobs import BlobStore
+from pullthrough.store.hosted_inventory import HostedInventory, read_inventory
 from pullthrough.store.inventory import DiskUsage, disk_usage, stored_objects, table
 
 

@@ -21,11 +21,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pullthrough.commands.hosted_inventory import EMPTY, HostedInventory, read_inventory
 from pullthrough.commands.offline import has_index, open_store
 from pullthrough.config import Config
 from pullthrough.mirror.pins import all_pins, pinned_digests
 from pullthrough.progress import human
+from pullthrough.store.hosted_inventory import EMPTY, HostedInventory, read_inventory
 from pullthrough.store.inventory import (
     Walker,
     iso,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +26,8 @@ from pullthrough.store.history import RESOLUTIONS
 
 PER_PAGE = 50
 MAX_PER_PAGE = 200
+# content.repositories or content.hosted_repositories
+Lister = Callable[..., Awaitable[content.ContentPage]]
 MAX_SEARCH = 200
 
 # What a browser must not do with these answers: cache them, or guess another type.
@@ -39,6 +42,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/ui/api/upstreams", upstreams)
     app.router.add_get("/ui/api/fetches", fetches)
     app.router.add_get("/ui/api/repositories", repositories)
+    app.router.add_get("/ui/api/hosted", hosted)
     app.router.add_get("/ui/api/history", history)
     add_page_routes(app)
 
@@ -68,13 +72,22 @@ async def repositories(request: web.Request) -> web.StreamResponse:
     """Cached repositories and tags the viewer may pull: ``q`` searches
     ``upstream/repository`` (substring, any case), ``page`` (from 1) and ``per_page``
     (1 to 200) page them."""
+    return await _content(request, content.repositories)
+
+
+async def hosted(request: web.Request) -> web.StreamResponse:
+    """Hosted repositories and tags the viewer may pull, searched and paged as above."""
+    return await _content(request, content.hosted_repositories)
+
+
+async def _content(request: web.Request, lister: Lister) -> web.StreamResponse:
     who = await viewer(request)
     page = _whole(request, "page", 1, 1, 10**6)
     per_page = _whole(request, "per_page", PER_PAGE, 1, MAX_PER_PAGE)
     search = request.query.get("q", "").strip()
     if len(search) > MAX_SEARCH:
         raise PaginationInvalid(f"q is longer than {MAX_SEARCH} characters")
-    found = await content.repositories(
+    found = await lister(
         request.app[MIRROR_KEY],
         may_pull=who.may_pull,
         search=search,

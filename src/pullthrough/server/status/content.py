@@ -11,11 +11,13 @@ manifests (``<none>`` in ``ls``) are not listed.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pullthrough.mirror.service import Mirror
+from pullthrough.store.hosted_inventory import read_inventory
 from pullthrough.store.index import AgedBlob
 from pullthrough.store.inventory import MAX_DEPTH, Walker, iso
 from pullthrough.store.pulls import BY_DIGEST, Pulls
@@ -138,3 +140,47 @@ def _pull_figures(pulls: Pulls | None) -> dict[str, Any]:
         "pulls": pulls.count if pulls else 0,
         "last_pulled": iso(pulls.last) if pulls else None,
     }
+
+
+async def hosted_repositories(
+    mirror: Mirror,
+    *,
+    may_pull: Callable[[str, str], bool],
+    search: str,
+    offset: int,
+    limit: int,
+) -> ContentPage:
+    """Hosted repositories whose name contains ``search`` (any case) and that the viewer
+    may pull (a hosted name is the default registry's, as a pull of it is decided), each
+    with its tags as ``pullthrough ls`` lists them; empty when nothing is hosted."""
+    if mirror.hosted is None:
+        return ContentPage(0, [])
+    inventory = await asyncio.to_thread(read_inventory, mirror.config.root / "hosted.db")
+    registry = mirror.config.default_upstream
+    needle = search.lower()
+    found: dict[str, dict[str, Any]] = {}
+    for usage in inventory.usage:
+        name = usage.repository
+        if name is None or (needle and needle not in name.lower()):
+            continue
+        if may_pull(registry, name):
+            found[name] = {
+                "repository": name,
+                "objects": usage.objects,
+                "bytes": usage.bytes,
+                "tags": [],
+            }
+    for image in inventory.images:
+        row = found.get(image.repository)
+        if row is not None and image.tag is not None:
+            row["tags"].append(
+                {
+                    "tag": image.tag,
+                    "digest": image.digest,
+                    "media_type": image.media_type,
+                    "size": image.size,
+                    "objects": image.objects,
+                }
+            )
+    ordered = [found[name] for name in sorted(found)]
+    return ContentPage(len(ordered), ordered[offset : offset + limit])

@@ -93,8 +93,17 @@ async def page(request: web.Request) -> web.StreamResponse:
         mirror, may_pull=who.may_pull, search=search, offset=(number - 1) * PER_PAGE,
         limit=PER_PAGE,
     )
+    # Hosted repositories (the first page of them, by name) when any are configured.
+    hosted = (
+        await content.hosted_repositories(
+            mirror, may_pull=who.may_pull, search=search, offset=0, limit=PER_PAGE
+        )
+        if mirror.hosted is not None
+        else None
+    )
     default = mirror.upstreams.default
     context: dict[str, Any] = {
+        "hosted": hosted,
         "user": who.user,
         "overview": figures.overview(mirror, request.app[STARTED_KEY]),
         "upstreams": [figures.upstream_state(u, default=u is default) for u in mirror.upstreams],
