@@ -98,22 +98,22 @@ def test_a_denied_repository_answers_403_naming_the_rule_and_costs_zero_upstream
 def test_a_manifest_digest_reached_only_through_a_denied_tag_is_refused(
     mirror_factory, upstream_proxy: RecordingProxy, image_factory
 ) -> None:
-    good = image_factory("library/tagged", tag="1.2")
-    bad = image_factory("library/tagged", tag="0.9-old")
-    good_index = image_factory("library/tagged", tag="2.0", index=True)
-    bad_index = image_factory("library/tagged", tag="0.8-old", index=True)
+    good = image_factory("library/tag-rules", tag="1.2")
+    bad = image_factory("library/tag-rules", tag="0.9-old")
+    good_index = image_factory("library/tag-rules", tag="2.0", index=True)
+    bad_index = image_factory("library/tag-rules", tag="0.8-old", index=True)
     mirror: MirrorProcess = mirror_factory(
         upstream_proxy.url,
         config={
             "mirror": {
                 "policy": [
-                    {"upstream": "docker.io", "repositories": ["library/tagged"],
+                    {"upstream": "docker.io", "repositories": ["library/tag-rules"],
                      "tags": ["*-old"], "action": "deny"},
                 ]
             }
         },
     )
-    repo = "/v2/library/tagged"
+    repo = "/v2/library/tag-rules"
     upstream_proxy.reset()
     _assert_denied(mirror, "GET", f"{repo}/manifests/{bad.tag}", "mirror.policy[0]")
     # Never reached through a tag at all: refused without asking the upstream.
