@@ -27,6 +27,7 @@ from tests.support.net import clean_env
 
 REPO = Path(__file__).resolve().parents[2]
 MMDEBSTRAP = "/usr/bin/mmdebstrap"
+MERGED_USR_HOOK = "/usr/share/mmdebstrap/hooks/merged-usr"
 UID = 10001  # the Dockerfile's default
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 # podman run fails to set the machine's own rlimits ("error setting rlimit type 7");
@@ -134,8 +135,14 @@ def built_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltImage
             [
                 MMDEBSTRAP,
                 "--quiet",
-                "--variant=minbase",
-                "--include=python3,python3-venv,ca-certificates",
+                # Debian's Essential set and what we name, without apt (minbase's 15 MB):
+                # nothing in the image installs packages. passwd is for useradd.
+                "--variant=essential",
+                # /usr merged by symlinks as debootstrap (and so Debian's own images) does:
+                # without it, bookworm's init-system-helpers pulls usrmerge, and usrmerge
+                # perl (46 MB) into a server that runs no perl.
+                f"--hook-dir={MERGED_USR_HOOK}",
+                "--include=python3,python3-venv,ca-certificates,passwd",
                 *excludes,
                 _suite(),
                 str(rootfs),
