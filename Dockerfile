@@ -4,11 +4,13 @@
 #   docker run -d -p 5000:5000 -v ./config.yml:/etc/docker/registry/config.yml \
 #     -v cache:/var/lib/registry pullthrough
 # buildah/podman: add --format docker, or the HEALTHCHECK is dropped (OCI has none).
-# BASE is any image with python3 (>= 3.11, with the venv module) at the same path in both
-# stages; rebuild on your own with --build-arg BASE=...
+# BASE is any image with python3 (>= 3.11) at the same path in both stages; rebuild on your
+# own with --build-arg BASE=... The build stage runs on BUILD_BASE (BASE unless given): the
+# same python3 with its venv module, and binutils' strip (installed with apt-get if missing).
 ARG BASE=python:3.11-slim
+ARG BUILD_BASE=${BASE}
 
-FROM ${BASE} AS build
+FROM ${BUILD_BASE} AS build
 # Wheels of exactly the pinned set (requirements.lock) and of this project, then a venv made
 # of only those wheels; the final stage copies the venv, not pip's cache or a compiler.
 WORKDIR /src
@@ -23,8 +25,15 @@ RUN python3 -m venv /opt/build \
  && /opt/pullthrough/bin/pip install -q --no-cache-dir --disable-pip-version-check \
       --no-index --find-links /wheels pullthrough \
  && /opt/pullthrough/bin/pip uninstall -q -y setuptools pip \
- && rm -f /opt/pullthrough/bin/activate* \
+ && rm -f /opt/pullthrough/bin/activate* /opt/pullthrough/bin/Activate.ps1 \
  && /opt/pullthrough/bin/pullthrough --version
+# The wheels' compiled extensions carry their debug symbols: 46 MB of .so, 21 MB stripped
+# (uvloop alone 13.6 MB to 1.6 MB). Tracebacks of Python code are unchanged.
+RUN command -v strip >/dev/null \
+ || { apt-get update -q && apt-get install -q -y --no-install-recommends binutils; } \
+ && find /opt/pullthrough -name '*.so' -exec strip --strip-unneeded {} + \
+ && /opt/pullthrough/bin/python -c 'import uvloop, cryptography.hazmat.bindings._rust, \
+      pydantic_core, aiohttp, yaml, bcrypt, multidict, yarl, frozenlist, propcache'
 
 FROM ${BASE}
 # A fixed UID, so a volume's ownership means the same in every container and on the host.
