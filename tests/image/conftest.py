@@ -1,9 +1,10 @@
 """The image, built from the repository's Dockerfile once per session, and podman to run it.
 
-No container registry is reachable from the test machines, so the base is made here: a
-minimal Debian root filesystem with Debian's python3 (``mmdebstrap``, from the machine's own
-apt sources), imported with ``podman import`` and given to the build as ``BASE``. The build
-stage's ``pip wheel`` reaches the Python package index with the host network and CA bundle.
+No container registry is reachable from the test machines, so the bases are made here:
+minimal Debian root filesystems with Debian's python3 (``mmdebstrap``, from the machine's own
+apt sources), imported with ``podman import`` and given to the build as ``BASE`` and, with
+the venv module and binutils added, ``BUILD_BASE``. The build stage's ``pip wheel`` reaches
+the Python package index with the host network and CA bundle.
 Everything lives in a private vfs store in a temp dir, removed at the end of the session;
 containers are removed by name when each test ends.
 """
