@@ -1,9 +1,10 @@
 """The image, built from the repository's Dockerfile once per session, and podman to run it.
 
-No container registry is reachable from the test machines, so the base is made here: a
-minimal Debian root filesystem with Debian's python3 (``mmdebstrap``, from the machine's own
-apt sources), imported with ``podman import`` and given to the build as ``BASE``. The build
-stage's ``pip wheel`` reaches the Python package index with the host network and CA bundle.
+No container registry is reachable from the test machines, so the bases are made here:
+minimal Debian root filesystems with Debian's python3 (``mmdebstrap``, from the machine's own
+apt sources), imported with ``podman import`` and given to the build as ``BASE`` and, with
+the venv module and binutils added, ``BUILD_BASE``. The build stage's ``pip wheel`` reaches
+the Python package index with the host network and CA bundle.
 Everything lives in a private vfs store in a temp dir, removed at the end of the session;
 containers are removed by name when each test ends.
 """
@@ -27,6 +28,7 @@ from tests.support.net import clean_env
 
 REPO = Path(__file__).resolve().parents[2]
 MMDEBSTRAP = "/usr/bin/mmdebstrap"
+MERGED_USR_HOOK = "/usr/share/mmdebstrap/hooks/merged-usr"
 UID = 10001  # the Dockerfile's default
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 # podman run fails to set the machine's own rlimits ("error setting rlimit type 7");
@@ -117,6 +119,58 @@ class BuiltImage:
     build_seconds: float
 
 
+# The runtime base: Debian's Essential set, python3 and CA certificates; passwd for useradd.
+# The build base adds the venv module and binutils (strip) for the build stage alone.
+RUN_BASE = "localhost/pullthrough-base:test"
+RUN_PACKAGES = "python3,ca-certificates,passwd"
+BUILD_BASE = "localhost/pullthrough-build:test"
+BUILD_PACKAGES = f"{RUN_PACKAGES},python3-venv,binutils"
+
+
+def _import_bases(containers: Containers) -> None:
+    """Both bases, made at once from the same apt sources (so the same python3), imported."""
+    # Docs, man pages and translations are of no use in a server image; nor are glibc's
+    # iconv modules (8.4 MB): Python's codecs are its own, and nothing here calls iconv.
+    excludes = [
+        f"--dpkgopt=path-exclude={path}"
+        for path in (
+            *(f"/usr/share/{d}/*" for d in ("man", "doc", "locale", "info")),
+            "/usr/lib/*/gconv/*.so",
+        )
+    ]
+    made = []
+    for ref, packages in ((RUN_BASE, RUN_PACKAGES), (BUILD_BASE, BUILD_PACKAGES)):
+        rootfs = containers.workdir / f"{ref.rpartition('/')[2].replace(':', '-')}.tar"
+        cmd = [
+            MMDEBSTRAP,
+            "--quiet",
+            # Debian's Essential set and what we name, without apt (minbase's ~20 MB):
+            # nothing in the image installs packages.
+            "--variant=essential",
+            # /usr merged by symlinks as debootstrap (and so Debian's own images) does:
+            # without it, bookworm's init-system-helpers pulls usrmerge, and usrmerge
+            # perl (46 MB) into a server that runs no perl.
+            f"--hook-dir={MERGED_USR_HOOK}",
+            f"--include={packages}",
+            *excludes,
+            _suite(),
+            str(rootfs),
+        ]  # fmt: skip
+        env = clean_env({"TMPDIR": str(containers.workdir / "tmp")})
+        made.append((ref, rootfs, subprocess.Popen(cmd, env=env)))
+    try:
+        for ref, _, proc in made:
+            assert proc.wait(timeout=300) == 0, f"mmdebstrap for {ref}: exit {proc.returncode}"
+    finally:
+        for _, _, proc in made:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for ref, rootfs, _ in made:
+        containers.podman(["import", str(rootfs), ref])
+        rootfs.unlink()
+
+
 @pytest.fixture(scope="session")
 def built_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltImage]:
     """``localhost/pullthrough:test``, built from the Dockerfile on a fresh Debian base."""
@@ -125,27 +179,7 @@ def built_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltImage
     containers = Containers(tmp_path_factory.mktemp("image"))
     try:
         start = time.monotonic()
-        rootfs = containers.workdir / "rootfs.tar"
-        # Docs, man pages and translations are of no use in a server image.
-        excludes = [
-            f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("man", "doc", "locale", "info")
-        ]
-        subprocess.run(
-            [
-                MMDEBSTRAP,
-                "--quiet",
-                "--variant=minbase",
-                "--include=python3,python3-venv,ca-certificates",
-                *excludes,
-                _suite(),
-                str(rootfs),
-            ],  # fmt: skip
-            check=True,
-            timeout=300,
-            env=clean_env({"TMPDIR": str(containers.workdir / "tmp")}),
-        )
-        containers.podman(["import", str(rootfs), "localhost/pullthrough-base:test"])
-        rootfs.unlink()
+        _import_bases(containers)
         base_seconds = time.monotonic() - start
         start = time.monotonic()
         containers.buildah(
@@ -161,7 +195,9 @@ def built_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltImage
                 "-v",
                 f"{CA_BUNDLE}:{CA_BUNDLE}:ro",
                 "--build-arg",
-                "BASE=localhost/pullthrough-base:test",
+                f"BASE={RUN_BASE}",
+                "--build-arg",
+                f"BUILD_BASE={BUILD_BASE}",
                 "-t",
                 "localhost/pullthrough:test",
                 str(REPO),

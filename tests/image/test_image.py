@@ -1,8 +1,8 @@
 """The Dockerfile's image, built and run with podman as people run registry:2: a config at
 /etc/docker/registry/config.yml, a volume at /var/lib/registry, a read-only root.
 
-Slow (a Debian base and a build once per session, 1.5-3.5 min on a 2-core machine; 4-6 min
-in all), but run in CI.
+Slow (two Debian bases and a build once per session: 67 s on an idle 2-core machine, up to
+3.5 min on a loaded one; 2-6 min in all), but run in CI.
 """
 
 from __future__ import annotations
