@@ -8,7 +8,7 @@ import sys
 
 DRAW_BARS = """
 import io, sys
-from pullthrough.commands.progress import Reporter
+from pullthrough.progress import Reporter
 out = io.StringIO()
 with Reporter(tty=True, out=out) as reporter:
     task = reporter.add("sha256:abc", 4)
