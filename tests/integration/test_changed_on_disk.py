@@ -16,7 +16,7 @@ import pytest
 
 from tests.support import MiB
 from tests.support.mirror import MirrorProcess
-from tests.support.net import free_port, http_request, metrics_of
+from tests.support.net import free_port, get_expecting_a_failed_transfer, http_request, metrics_of
 from tests.support.proxy import RecordingProxy
 
 pytestmark = pytest.mark.integration
@@ -52,18 +52,6 @@ def _flip_byte(path: Path, offset: int, *, restore_mtime: bool = False) -> None:
     assert path.stat().st_size == before.st_size
 
 
-def _get_expecting_a_failed_transfer(mirror: MirrorProcess, path: str) -> None:
-    conn = http.client.HTTPConnection(mirror.host, timeout=30)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        assert resp.status == 200  # headers go out before the last byte is checked
-        with pytest.raises((http.client.IncompleteRead, ConnectionError)):
-            resp.read()
-    finally:
-        conn.close()
-
-
 @pytest.mark.parametrize("restore_mtime", [False, True], ids=["flipped", "flipped-mtime-restored"])
 def test_a_byte_flipped_in_a_stored_blob_is_never_served_and_is_fetched_again(
     image_factory,
@@ -82,7 +70,7 @@ def test_a_byte_flipped_in_a_stored_blob_is_never_served_and_is_fetched_again(
     _flip_byte(mirror.stored_files()[layer], MiB, restore_mtime=restore_mtime)
 
     upstream_proxy.reset()
-    _get_expecting_a_failed_transfer(mirror, path)
+    get_expecting_a_failed_transfer(mirror.host, path)
     assert layer not in mirror.stored_files()  # quarantined
     assert metrics_of(debug)['pullthrough_corrupt_blobs_total{found="read"}'] == 1
 

@@ -5,7 +5,6 @@ fetch it from: the registry says it does not hold it, and a push puts it back)."
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 
 import pytest
@@ -15,7 +14,7 @@ from tests.integration.test_changed_on_disk import _flip_byte
 from tests.integration.test_hosted import PUSHERS
 from tests.support import MiB
 from tests.support.mirror import MirrorProcess
-from tests.support.net import http_request
+from tests.support.net import get_expecting_a_failed_transfer, http_request
 from tests.support.proxy import RecordingProxy
 
 pytestmark = pytest.mark.integration
@@ -26,18 +25,6 @@ def _push(mirror: MirrorProcess, data: bytes) -> str:
     url = f"{mirror.url}/v2/acme/app/blobs/uploads/?digest={digest}"
     assert http_request("POST", url, data=data).status == 201
     return digest
-
-
-def _whole_get_fails(mirror: MirrorProcess, path: str) -> None:
-    conn = http.client.HTTPConnection(mirror.host, timeout=30)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        assert resp.status == 200  # headers go out before the last byte is checked
-        with pytest.raises((http.client.IncompleteRead, ConnectionError)):
-            resp.read()
-    finally:
-        conn.close()
 
 
 @pytest.mark.parametrize(
@@ -64,7 +51,7 @@ def test_a_hosted_blob_changed_on_disk_is_never_served(
         assert resp.status == 404
         assert json.loads(resp.body)["errors"][0]["code"] == "BLOB_UNKNOWN"
     else:
-        _whole_get_fails(mirror, path)
+        get_expecting_a_failed_transfer(mirror.host, path)
     for method in ("HEAD", "GET"):
         resp = http_request(method, f"{mirror.url}{path}")
         assert resp.status == 404  # removed: the registry holds no such bytes any more

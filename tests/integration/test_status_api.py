@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import bcrypt
 import pytest
 
+from tests.support.htpasswd import write_htpasswd
 from tests.support.images import MANIFEST_ACCEPT, make_image, pull_dir, push
 from tests.support.mirror import MirrorProcess
 from tests.support.net import clean_env, free_port, http_request, metrics_of
@@ -146,11 +146,7 @@ def test_repositories_are_searched_and_paged(mirror: MirrorProcess, images, tmp_
 def test_a_viewer_sees_only_the_repositories_they_may_pull(
     mirror_factory, upstream_proxy: RecordingProxy, images, tmp_path: Path
 ) -> None:
-    users = tmp_path / "htpasswd"
-    users.write_text("".join(
-        f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=6)).decode()}\n"
-        for u, p in (ALICE, BOB)
-    ))
+    users = write_htpasswd(tmp_path / "htpasswd", (ALICE, BOB))
     mirror = mirror_factory(upstream_proxy.url, config={
         "auth": {"htpasswd": {"realm": "pullthrough-test", "path": str(users)}},
         "mirror": {"access": [
@@ -357,11 +353,7 @@ def test_pulls_are_counted_per_tag_and_survive_a_restart(
 def test_hosted_repositories_are_listed_apart_for_those_who_may_pull_them(
     mirror_factory, upstream_proxy: RecordingProxy, tmp_path: Path
 ) -> None:
-    users = tmp_path / "htpasswd"
-    users.write_text("".join(
-        f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=6)).decode()}\n"
-        for u, p in (ALICE, BOB)
-    ))
+    users = write_htpasswd(tmp_path / "htpasswd", (ALICE, BOB))
     mirror = mirror_factory(upstream_proxy.url, config={
         "auth": {"htpasswd": {"realm": "pullthrough-test", "path": str(users)}},
         "mirror": {

@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import bcrypt
 import pytest
 
 from tests.integration.test_status_api import ls_rows
 from tests.support.browser import Browser, available
+from tests.support.htpasswd import write_htpasswd
 from tests.support.images import pull_dir
 from tests.support.net import free_port, http_request, metrics_of
 from tests.support.proxy import RecordingProxy
@@ -114,11 +114,7 @@ def test_page_shows_the_numbers_of_metrics_and_ls(
 def test_a_limited_viewer_sees_only_their_repositories(
     mirror_factory, upstream_proxy: RecordingProxy, images, browser_factory, tmp_path: Path
 ) -> None:
-    users = tmp_path / "htpasswd"
-    users.write_text("".join(
-        f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=6)).decode()}\n"
-        for u, p in (ALICE, BOB)
-    ))
+    users = write_htpasswd(tmp_path / "htpasswd", (ALICE, BOB))
     mirror = mirror_factory(upstream_proxy.url, config={
         "auth": {"htpasswd": {"realm": "pullthrough-test", "path": str(users)}},
         "mirror": {"access": [

@@ -169,3 +169,19 @@ def metrics_of(debug_url: str) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             values[name] = float(value)
     return values
+
+
+def get_expecting_a_failed_transfer(host: str, path: str) -> None:
+    """GET ``path``: the headers say 200 (they go out before the last byte is checked),
+    and the body is cut short, never completed."""
+    import pytest  # only the tests that use this need it
+
+    conn = http.client.HTTPConnection(host, timeout=30)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        assert resp.status == 200
+        with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+            resp.read()
+    finally:
+        conn.close()
