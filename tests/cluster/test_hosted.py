@@ -3,7 +3,6 @@ sessions, so a push through one replica is pulled through any other at once."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -15,6 +14,7 @@ import pytest
 
 from tests.cluster.conftest import ReplicaFactory
 from tests.support import KiB
+from tests.support.hosted import OCI_MANIFEST, digest_of, error_code, image_manifest
 from tests.support.images import ImageFactory
 from tests.support.mirror import MirrorProcess
 from tests.support.net import HTTPResponse, http_request
@@ -22,7 +22,6 @@ from tests.support.proxy import RecordingProxy
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.integration]
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 HOSTED: dict[str, Any] = {
     "storage": {"delete": {"enabled": True}},
     "mirror": {
@@ -35,16 +34,10 @@ HOSTED: dict[str, Any] = {
 }
 
 
-def _digest(data: bytes) -> str:
-    return f"sha256:{hashlib.sha256(data).hexdigest()}"
-
-
-def _code(resp: HTTPResponse) -> str:
-    return str(json.loads(resp.body)["errors"][0]["code"])
 
 
 def _monolithic(replica: MirrorProcess, repo: str, data: bytes) -> HTTPResponse:
-    url = f"{replica.url}/v2/{repo}/blobs/uploads/?digest={_digest(data)}"
+    url = f"{replica.url}/v2/{repo}/blobs/uploads/?digest={digest_of(data)}"
     return http_request("POST", url, data=data, timeout=60)
 
 
@@ -61,7 +54,7 @@ def _patch(replica: MirrorProcess, location: str, data: bytes, start: int) -> HT
 
 def _close(replica: MirrorProcess, location: str, data: bytes) -> HTTPResponse:
     sep = "&" if "?" in location else "?"
-    return http_request("PUT", f"{replica.url}{location}{sep}digest={_digest(data)}", timeout=60)
+    return http_request("PUT", f"{replica.url}{location}{sep}digest={digest_of(data)}", timeout=60)
 
 
 def _chunked(
@@ -79,21 +72,6 @@ def _chunked(
     return _close(replicas[turn % len(replicas)], location, data)
 
 
-def _manifest(config: tuple[str, int], layers: list[tuple[str, int]]) -> bytes:
-    doc = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": config[0],
-            "size": config[1],
-        },
-        "layers": [
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": n}
-            for d, n in layers
-        ],
-    }
-    return json.dumps(doc).encode()
 
 
 def _stored(replica: MirrorProcess, digest: str) -> list[str]:
@@ -110,9 +88,10 @@ def test_a_push_through_one_replica_is_pulled_through_the_other_at_once(
     assert _monolithic(a, "acme/app", config).status == 201
     assert _monolithic(a, "acme/app", layer1).status == 201
     assert _chunked([a], "acme/app", layer2).status == 201
-    manifest = _manifest(
-        (_digest(config), len(config)),
-        [(_digest(layer1), len(layer1)), (_digest(layer2), len(layer2))],
+    manifest = image_manifest(
+        digest_of(config),
+        len(config),
+        [(digest_of(layer1), len(layer1)), (digest_of(layer2), len(layer2))],
     )
     put = http_request(
         "PUT",
@@ -121,19 +100,19 @@ def test_a_push_through_one_replica_is_pulled_through_the_other_at_once(
         headers={"Content-Type": OCI_MANIFEST},
     )
     assert put.status == 201, put.body
-    assert put.header("Docker-Content-Digest") == _digest(manifest)
+    assert put.header("Docker-Content-Digest") == digest_of(manifest)
 
     # At once, through the other replica: no wait, no retry.
     by_tag = http_request("GET", f"{b.url}/v2/acme/app/manifests/v1")
     assert by_tag.status == 200, by_tag.body
     assert by_tag.body == manifest
-    assert by_tag.header("Docker-Content-Digest") == _digest(manifest)
-    by_digest = http_request("GET", f"{b.url}/v2/acme/app/manifests/{_digest(manifest)}")
+    assert by_tag.header("Docker-Content-Digest") == digest_of(manifest)
+    by_digest = http_request("GET", f"{b.url}/v2/acme/app/manifests/{digest_of(manifest)}")
     assert by_digest.status == 200 and by_digest.body == manifest
     for data in (config, layer1, layer2):
-        blob = http_request("GET", f"{b.url}/v2/acme/app/blobs/{_digest(data)}", timeout=30)
-        assert blob.status == 200 and blob.header("Docker-Content-Digest") == _digest(data)
-        assert _digest(blob.body) == _digest(data)
+        blob = http_request("GET", f"{b.url}/v2/acme/app/blobs/{digest_of(data)}", timeout=30)
+        assert blob.status == 200 and blob.header("Docker-Content-Digest") == digest_of(data)
+        assert digest_of(blob.body) == digest_of(data)
     tags = http_request("GET", f"{b.url}/v2/acme/app/tags/list")
     assert json.loads(tags.body) == {"name": "acme/app", "tags": ["v1"]}
     assert upstream_proxy.requests() == []  # a hosted name never reaches the upstream
@@ -166,13 +145,13 @@ def test_the_same_blob_pushed_through_two_replicas_at_once_is_one_correct_file(
         for t in threads:
             t.join(120)
         assert answers == [201] * 4
-        files = _stored(a, _digest(data))
+        files = _stored(a, digest_of(data))
         assert len(files) == 1
         with open(files[0], "rb") as f:
-            assert _digest(f.read()) == _digest(data)
+            assert digest_of(f.read()) == digest_of(data)
         for replica in (a, b):
-            got = http_request("GET", f"{replica.url}/v2/acme/same/blobs/{_digest(data)}")
-            assert got.status == 200 and _digest(got.body) == _digest(data)
+            got = http_request("GET", f"{replica.url}/v2/acme/same/blobs/{digest_of(data)}")
+            assert got.status == 200 and digest_of(got.body) == digest_of(data)
     assert list((a.root / "uploads").iterdir()) == []  # every session ended
 
 
@@ -182,7 +161,7 @@ def test_a_tag_deleted_on_one_replica_is_gone_on_the_other(
     a, b = replicas(upstream_proxy.url, n=2, config=HOSTED)
     config = b'{"os":"linux"}'
     assert _monolithic(a, "acme/app", config).status == 201
-    manifest = _manifest((_digest(config), len(config)), [])
+    manifest = image_manifest(digest_of(config), len(config), [])
     for tag in ("v1", "v2"):
         put = http_request(
             "PUT",
@@ -193,15 +172,15 @@ def test_a_tag_deleted_on_one_replica_is_gone_on_the_other(
         assert put.status == 201, put.body
     assert http_request("DELETE", f"{a.url}/v2/acme/app/manifests/v1").status == 202
     gone = http_request("GET", f"{b.url}/v2/acme/app/manifests/v1")
-    assert gone.status == 404 and _code(gone) == "MANIFEST_UNKNOWN"
+    assert gone.status == 404 and error_code(gone) == "MANIFEST_UNKNOWN"
     assert http_request("GET", f"{b.url}/v2/acme/app/manifests/v2").status == 200
     tags = http_request("GET", f"{b.url}/v2/acme/app/tags/list")
     assert json.loads(tags.body)["tags"] == ["v2"]
-    digest = _digest(manifest)
+    digest = digest_of(manifest)
     assert http_request("DELETE", f"{b.url}/v2/acme/app/manifests/{digest}").status == 202
     for replica in (a, b):
         resp = http_request("GET", f"{replica.url}/v2/acme/app/manifests/v2")
-        assert resp.status == 404 and _code(resp) == "MANIFEST_UNKNOWN"
+        assert resp.status == 404 and error_code(resp) == "MANIFEST_UNKNOWN"
 
 
 def test_an_upload_started_on_one_replica_continues_on_the_other(
@@ -211,14 +190,14 @@ def test_an_upload_started_on_one_replica_continues_on_the_other(
     data = os.urandom(1024 * KiB)
     assert _chunked([a, b], "acme/app", data, chunk=200 * KiB).status == 201
     for replica in (a, b):
-        got = http_request("GET", f"{replica.url}/v2/acme/app/blobs/{_digest(data)}")
+        got = http_request("GET", f"{replica.url}/v2/acme/app/blobs/{digest_of(data)}")
         assert got.status == 200 and got.body == data
     # A session is one repository's, whichever replica is asked.
     location = _open_session(b, "acme/app")
     status = http_request("GET", f"{a.url}{location}")
     assert status.status == 204 and status.header("Range") == "0-0"
     elsewhere = http_request("GET", f"{a.url}{location.replace('acme/app', 'acme/other')}")
-    assert elsewhere.status == 404 and _code(elsewhere) == "BLOB_UPLOAD_UNKNOWN"
+    assert elsewhere.status == 404 and error_code(elsewhere) == "BLOB_UPLOAD_UNKNOWN"
     assert http_request("DELETE", f"{a.url}{location}").status == 204
     assert http_request("GET", f"{b.url}{location}").status == 404
 
@@ -244,11 +223,11 @@ def test_a_chunk_arriving_through_two_replicas_at_once_is_refused_not_mixed(
         # ...while another chunk, and then the end of the upload, come through B.
         other = _patch(b, location, second, 0)
         assert other.status in (409, 416), other.body
-        assert _code(other) in ("BLOB_UPLOAD_INVALID", "RANGE_INVALID")
+        assert error_code(other) in ("BLOB_UPLOAD_INVALID", "RANGE_INVALID")
         assert other.header("Location") == location and other.header("Range")
         early = _close(b, location, first)
         assert early.status in (400, 409, 416), early.body
-        assert _code(early) in ("BLOB_UPLOAD_INVALID", "RANGE_INVALID", "DIGEST_INVALID")
+        assert error_code(early) in ("BLOB_UPLOAD_INVALID", "RANGE_INVALID", "DIGEST_INVALID")
         slow.sendall(first[len(first) // 2 :])
         reply = slow.recv(4096)
         assert reply.startswith(b"HTTP/1.1 202"), reply[:200]
@@ -256,7 +235,7 @@ def test_a_chunk_arriving_through_two_replicas_at_once_is_refused_not_mixed(
         slow.close()
     done = _close(b, location, first)
     assert done.status == 201, done.body
-    got = http_request("GET", f"{a.url}/v2/acme/app/blobs/{_digest(first)}")
+    got = http_request("GET", f"{a.url}/v2/acme/app/blobs/{digest_of(first)}")
     assert got.status == 200 and got.body == first
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import os
 import subprocess
@@ -16,6 +14,7 @@ import pytest
 
 from tests.integration.conftest import MirrorFactory
 from tests.support import KiB
+from tests.support.hosted import OCI_MANIFEST, digest_of, error_code, image_manifest
 from tests.support.images import make_image, pull_dir, push
 from tests.support.mirror import MirrorProcess
 from tests.support.net import http_request
@@ -23,7 +22,6 @@ from tests.support.proxy import RecordingProxy
 
 pytestmark = pytest.mark.integration
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 PUSHERS: dict[str, Any] = {
     "storage": {"delete": {"enabled": True}},
     "mirror": {
@@ -36,12 +34,6 @@ PUSHERS: dict[str, Any] = {
 }
 
 
-def _digest(data: bytes) -> str:
-    return f"sha256:{hashlib.sha256(data).hexdigest()}"
-
-
-def _code(resp: Any) -> str:
-    return str(json.loads(resp.body)["errors"][0]["code"])
 
 
 def _session(mirror: MirrorProcess, repo: str) -> str:
@@ -54,7 +46,7 @@ def _session(mirror: MirrorProcess, repo: str) -> str:
 def _push_blob(
     mirror: MirrorProcess, repo: str, data: bytes, auth: tuple[str, str] | None = None
 ) -> str:
-    digest = _digest(data)
+    digest = digest_of(data)
     resp = http_request(
         "POST", f"{mirror.url}/v2/{repo}/blobs/uploads/?digest={digest}", data=data, auth=auth
     )
@@ -62,21 +54,6 @@ def _push_blob(
     return digest
 
 
-def _image_manifest(config: str, config_size: int, layers: list[tuple[str, int]]) -> bytes:
-    doc = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": config,
-            "size": config_size,
-        },
-        "layers": [
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": n}
-            for d, n in layers
-        ],
-    }
-    return json.dumps(doc).encode()
 
 
 @pytest.fixture
@@ -92,11 +69,11 @@ def test_anonymous_push_is_refused_unless_a_rule_grants_it(
     )
     data = b"not welcome"
     for method, path in (
-        ("POST", f"/v2/acme/app/blobs/uploads/?digest={_digest(data)}"),
+        ("POST", f"/v2/acme/app/blobs/uploads/?digest={digest_of(data)}"),
         ("PUT", "/v2/acme/app/manifests/v1"),
     ):
         resp = http_request(method, f"{mirror.url}{path}", data=data)
-        assert resp.status == 403 and _code(resp) == "DENIED"
+        assert resp.status == 403 and error_code(resp) == "DENIED"
     assert not (mirror.root / "blobs").exists() or mirror.stored_files() == {}
     assert upstream_proxy.requests() == []
 
@@ -111,17 +88,17 @@ def test_chunks_out_of_order_are_416_and_the_session_keeps_its_bytes(
     url = f"{hosted.url}{first.header('Location')}"
     for bad in ("500-1499", "1001-1500"):  # an overlap, a gap
         resp = http_request("PATCH", url, data=data[1000:2000], headers={"Content-Range": bad})
-        assert resp.status == 416 and _code(resp) == "RANGE_INVALID"
+        assert resp.status == 416 and error_code(resp) == "RANGE_INVALID"
     status = http_request("GET", url)
     assert status.status == 204 and status.header("Range") == "0-999"
     done = http_request(
         "PUT",
-        f"{url}?digest={_digest(data)}",
+        f"{url}?digest={digest_of(data)}",
         data=data[1000:],
         headers={"Content-Range": f"1000-{len(data) - 1}"},
     )
     assert done.status == 201
-    got = http_request("GET", f"{hosted.url}/v2/acme/app/blobs/{_digest(data)}")
+    got = http_request("GET", f"{hosted.url}/v2/acme/app/blobs/{digest_of(data)}")
     assert got.status == 200 and got.body == data
 
 
@@ -129,44 +106,44 @@ def test_a_digest_that_does_not_match_is_400_and_nothing_is_stored(
     hosted: MirrorProcess,
 ) -> None:
     data = b"the bytes that arrive"
-    claimed = _digest(b"the bytes the client meant")
+    claimed = digest_of(b"the bytes the client meant")
     resp = http_request(
         "POST", f"{hosted.url}/v2/acme/app/blobs/uploads/?digest={claimed}", data=data
     )
-    assert resp.status == 400 and _code(resp) == "DIGEST_INVALID"
+    assert resp.status == 400 and error_code(resp) == "DIGEST_INVALID"
     url = _session(hosted, "acme/app")
     resp = http_request(
         "PUT", f"{url}&digest={claimed}" if "?" in url else f"{url}?digest={claimed}", data=data
     )
-    assert resp.status == 400 and _code(resp) == "DIGEST_INVALID"
+    assert resp.status == 400 and error_code(resp) == "DIGEST_INVALID"
     assert hosted.stored_files() == {}
     assert list((hosted.root / "uploads").iterdir()) == []
-    for digest in (claimed, _digest(data)):
+    for digest in (claimed, digest_of(data)):
         assert http_request("HEAD", f"{hosted.url}/v2/acme/app/blobs/{digest}").status == 404
 
 
 def test_manifest_put_is_checked(hosted: MirrorProcess) -> None:
     config = _push_blob(hosted, "acme/app", b"{}")
-    missing = _digest(b"a layer never pushed")
+    missing = digest_of(b"a layer never pushed")
     url = f"{hosted.url}/v2/acme/app/manifests/v1"
     ct = {"Content-Type": OCI_MANIFEST}
 
-    refs_missing = _image_manifest(config, 2, [(missing, 20)])
+    refs_missing = image_manifest(config, 2, [(missing, 20)])
     resp = http_request("PUT", url, data=refs_missing, headers=ct)
-    assert resp.status == 400 and _code(resp) == "MANIFEST_BLOB_UNKNOWN"
+    assert resp.status == 400 and error_code(resp) == "MANIFEST_BLOB_UNKNOWN"
 
     odd_type = json.dumps({"schemaVersion": 2, "mediaType": "text/html"}).encode()
     resp = http_request("PUT", url, data=odd_type, headers={"Content-Type": "text/html"})
-    assert resp.status == 400 and _code(resp) == "MANIFEST_INVALID"
+    assert resp.status == 400 and error_code(resp) == "MANIFEST_INVALID"
 
     resp = http_request("PUT", url, data=b"{not json", headers=ct)
-    assert resp.status == 400 and _code(resp) == "MANIFEST_INVALID"
+    assert resp.status == 400 and error_code(resp) == "MANIFEST_INVALID"
 
-    good = _image_manifest(config, 2, [])
+    good = image_manifest(config, 2, [])
     resp = http_request(
-        "PUT", f"{hosted.url}/v2/acme/app/manifests/{_digest(b'x')}", data=good, headers=ct
+        "PUT", f"{hosted.url}/v2/acme/app/manifests/{digest_of(b'x')}", data=good, headers=ct
     )
-    assert resp.status == 400 and _code(resp) == "DIGEST_INVALID"
+    assert resp.status == 400 and error_code(resp) == "DIGEST_INVALID"
 
     huge = good + b" " * (4 * 1024 * 1024)
     resp = http_request("PUT", url, data=huge, headers=ct, timeout=30)
@@ -174,13 +151,13 @@ def test_manifest_put_is_checked(hosted: MirrorProcess) -> None:
 
     # A blob another repository holds is not this one's: pushed content is per repository.
     other = _push_blob(hosted, "acme/other", b"layer of another repository")
-    resp = http_request("PUT", url, data=_image_manifest(config, 2, [(other, 27)]), headers=ct)
-    assert resp.status == 400 and _code(resp) == "MANIFEST_BLOB_UNKNOWN"
+    resp = http_request("PUT", url, data=image_manifest(config, 2, [(other, 27)]), headers=ct)
+    assert resp.status == 400 and error_code(resp) == "MANIFEST_BLOB_UNKNOWN"
     assert http_request("GET", f"{hosted.url}/v2/acme/app/blobs/{other}").status == 404
 
     assert http_request("GET", url).status == 404  # nothing of the above was stored
     resp = http_request("PUT", url, data=good, headers=ct)
-    assert resp.status == 201 and resp.header("Docker-Content-Digest") == _digest(good)
+    assert resp.status == 201 and resp.header("Docker-Content-Digest") == digest_of(good)
     got = http_request("GET", url, headers={"Accept": OCI_MANIFEST})
     assert got.body == good and got.header("Content-Type") == OCI_MANIFEST
 
@@ -193,7 +170,7 @@ def test_deletes_need_storage_delete_enabled(
     mirror = mirror_factory(upstream_proxy.url, config=config)
     blob = _push_blob(mirror, "acme/app", b"kept")
     resp = http_request("DELETE", f"{mirror.url}/v2/acme/app/blobs/{blob}")
-    assert resp.status == 405 and _code(resp) == "UNSUPPORTED"
+    assert resp.status == 405 and error_code(resp) == "UNSUPPORTED"
     assert http_request("GET", f"{mirror.url}/v2/acme/app/blobs/{blob}").body == b"kept"
 
 
@@ -244,15 +221,15 @@ def test_a_chunked_upload_resumes_after_a_restart(hosted: MirrorProcess) -> None
     hosted.start()
     url = f"{hosted.url}{first.header('Location')}"
     assert http_request("GET", url).header("Range") == "0-3999"
-    done = http_request("PUT", f"{url}?digest={_digest(data)}", data=data[4000:])
+    done = http_request("PUT", f"{url}?digest={digest_of(data)}", data=data[4000:])
     assert done.status == 201
-    assert http_request("GET", f"{hosted.url}/v2/acme/app/blobs/{_digest(data)}").body == data
+    assert http_request("GET", f"{hosted.url}/v2/acme/app/blobs/{digest_of(data)}").body == data
 
 
 def test_upload_sessions_per_client_are_capped(hosted: MirrorProcess) -> None:
     urls = [_session(hosted, "acme/app") for _ in range(5)]
     over = http_request("POST", f"{hosted.url}/v2/acme/app/blobs/uploads/")
-    assert over.status == 429 and _code(over) == "TOOMANYREQUESTS"
+    assert over.status == 429 and error_code(over) == "TOOMANYREQUESTS"
     assert http_request("DELETE", urls[0]).status == 204
     assert http_request("GET", urls[0]).status == 404
     _session(hosted, "acme/app")  # a cancelled session gives its place back
@@ -261,7 +238,7 @@ def test_upload_sessions_per_client_are_capped(hosted: MirrorProcess) -> None:
 def test_an_idle_upload_session_expires_and_an_active_one_does_not(
     mirror_factory: MirrorFactory, upstream_proxy: RecordingProxy
 ) -> None:
-    config = copy.deepcopy(PUSHERS)
+    config = json.loads(json.dumps(PUSHERS))
     config["mirror"]["hosted"]["upload_idle"] = "2s"
     mirror = mirror_factory(upstream_proxy.url, config=config)
     idle = _session(mirror, "acme/app")
@@ -277,7 +254,7 @@ def test_an_idle_upload_session_expires_and_an_active_one_does_not(
         sent += len(chunk)
         time.sleep(0.5)
     gone = http_request("PATCH", idle, data=b"late", headers={"Content-Range": "0-3"})
-    assert gone.status == 404 and _code(gone) == "BLOB_UPLOAD_UNKNOWN"
+    assert gone.status == 404 and error_code(gone) == "BLOB_UPLOAD_UNKNOWN"
     assert http_request("GET", busy).header("Range") == f"0-{sent - 1}"
     left = {p.stem for p in (mirror.root / "uploads").iterdir()}
     assert left == {busy.rsplit("/", 1)[1]}, left  # the idle session's files are gone
@@ -355,7 +332,7 @@ def test_token_scopes_decide_push_on_the_hosted_name(
             config={"auth": auth, "mirror": {"hosted": {"repositories": ["acme"]}}},
         )
         data = b"pushed with a token"
-        url = f"{mirror.url}/v2/acme/app/blobs/uploads/?digest={_digest(data)}"
+        url = f"{mirror.url}/v2/acme/app/blobs/uploads/?digest={digest_of(data)}"
 
         def bearer(*scopes: str) -> dict[str, str]:
             return {"Authorization": f"Bearer {issuer.issue_token(scopes, user='ci')}"}
@@ -370,7 +347,7 @@ def test_token_scopes_decide_push_on_the_hosted_name(
             "POST", url, data=data, headers=bearer("repository:acme/app:pull,push")
         )
         assert granted.status == 201
-        blob = f"{mirror.url}/v2/acme/app/blobs/{_digest(data)}"
+        blob = f"{mirror.url}/v2/acme/app/blobs/{digest_of(data)}"
         assert http_request("GET", blob, headers=bearer("repository:acme/app:pull")).body == data
     finally:
         issuer.stop()
@@ -378,39 +355,39 @@ def test_token_scopes_decide_push_on_the_hosted_name(
 
 def test_a_corrupted_hosted_manifest_is_never_served(hosted: MirrorProcess) -> None:
     config = _push_blob(hosted, "acme/app", b"{}")
-    body = _image_manifest(config, 2, [])
+    body = image_manifest(config, 2, [])
     url = f"{hosted.url}/v2/acme/app/manifests/v1"
     assert http_request("PUT", url, data=body, headers={"Content-Type": OCI_MANIFEST}).status == 201
-    hosted.stored_files()[_digest(body)].write_bytes(body.replace(b"2", b"3"))
+    hosted.stored_files()[digest_of(body)].write_bytes(body.replace(b"2", b"3"))
     resp = http_request("GET", url)
-    assert resp.status == 404 and _code(resp) == "MANIFEST_UNKNOWN"
+    assert resp.status == 404 and error_code(resp) == "MANIFEST_UNKNOWN"
 
 
 def test_referrers_list_manifests_with_a_subject_filtered_by_artifact_type(
     hosted: MirrorProcess,
 ) -> None:
     config = _push_blob(hosted, "acme/app", b"{}")
-    image = _image_manifest(config, 2, [])
+    image = image_manifest(config, 2, [])
     base = f"{hosted.url}/v2/acme/app"
     ct = {"Content-Type": OCI_MANIFEST}
     assert http_request("PUT", f"{base}/manifests/v1", data=image, headers=ct).status == 201
-    subject = {"mediaType": OCI_MANIFEST, "digest": _digest(image), "size": len(image)}
+    subject = {"mediaType": OCI_MANIFEST, "digest": digest_of(image), "size": len(image)}
     pushed = {}
     for kind in ("application/vnd.example.sbom", "application/vnd.example.signature"):
         doc = json.loads(image)
         doc.update({"artifactType": kind, "subject": subject, "annotations": {"k": kind}})
         body = json.dumps(doc).encode()
-        resp = http_request("PUT", f"{base}/manifests/{_digest(body)}", data=body, headers=ct)
-        assert resp.status == 201 and resp.header("OCI-Subject") == _digest(image)
-        pushed[kind] = _digest(body)
+        resp = http_request("PUT", f"{base}/manifests/{digest_of(body)}", data=body, headers=ct)
+        assert resp.status == 201 and resp.header("OCI-Subject") == digest_of(image)
+        pushed[kind] = digest_of(body)
 
-    every = http_request("GET", f"{base}/referrers/{_digest(image)}")
+    every = http_request("GET", f"{base}/referrers/{digest_of(image)}")
     assert every.status == 200 and every.header("OCI-Filters-Applied") is None
     listed = json.loads(every.body)
     assert listed["mediaType"] == "application/vnd.oci.image.index.v1+json"
     assert {m["digest"] for m in listed["manifests"]} == set(pushed.values())
     sboms = http_request(
-        "GET", f"{base}/referrers/{_digest(image)}?artifactType=application/vnd.example.sbom"
+        "GET", f"{base}/referrers/{digest_of(image)}?artifactType=application/vnd.example.sbom"
     )
     assert sboms.header("OCI-Filters-Applied") == "artifactType"
     assert [m["digest"] for m in json.loads(sboms.body)["manifests"]] == [
@@ -419,7 +396,7 @@ def test_referrers_list_manifests_with_a_subject_filtered_by_artifact_type(
     # Kept up to date on delete (deletes are enabled in PUSHERS).
     gone = pushed["application/vnd.example.sbom"]
     assert http_request("DELETE", f"{base}/manifests/{gone}").status == 202
-    after = json.loads(http_request("GET", f"{base}/referrers/{_digest(image)}").body)
+    after = json.loads(http_request("GET", f"{base}/referrers/{digest_of(image)}").body)
     assert [m["digest"] for m in after["manifests"]] == [
         pushed["application/vnd.example.signature"]
     ]
@@ -440,7 +417,9 @@ def test_an_upload_id_the_registry_did_not_make_is_unknown(
     for method in ("GET", "PATCH", "PUT", "DELETE"):
         resp = http_request(method, f"{hosted.url}{path}", data=b"x" if method != "GET" else None)
         assert resp.status in (400, 404), (method, resp.status)
-        assert _code(resp) in ("BLOB_UPLOAD_UNKNOWN", "NAME_INVALID", "NOT_FOUND", "DIGEST_INVALID")
+        assert error_code(resp) in (
+            "BLOB_UPLOAD_UNKNOWN", "NAME_INVALID", "NOT_FOUND", "DIGEST_INVALID"
+        )
     # Nothing outside the uploads directory was touched, and nothing was left in it.
     assert (hosted.root / "hosted.db").is_file()
     assert list((hosted.root / "uploads").iterdir()) == []
@@ -465,11 +444,11 @@ def test_a_full_disk_refuses_the_push_cleanly_and_keeps_nothing_partial(
         data = os.urandom(12 * 1024 * 1024)  # more than the disk holds
         resp = http_request(
             "POST",
-            f"{mirror.url}/v2/acme/app/blobs/uploads/?digest={_digest(data)}",
+            f"{mirror.url}/v2/acme/app/blobs/uploads/?digest={digest_of(data)}",
             data=data,
             timeout=30,
         )
-        assert resp.status == 507 and _code(resp) == "UNAVAILABLE"
+        assert resp.status == 507 and error_code(resp) == "UNAVAILABLE"
         assert list((mirror.root / "uploads").iterdir()) == []
         assert mirror.stored_files() == {}
         small = _push_blob(mirror, "acme/app", b"still works")  # the space was given back
@@ -487,23 +466,23 @@ def test_bytes_an_upstream_brought_are_not_a_hosted_repositorys_and_pushed_ones_
     image = images.oci_small
     layer = image.source.layer_digests[0]
     cached = http_request("GET", f"{hosted.url}/v2/{image.repo}/blobs/{layer}")
-    assert cached.status == 200 and _digest(cached.body) == layer  # in the store now
+    assert cached.status == 200 and digest_of(cached.body) == layer  # in the store now
 
     resp = http_request("GET", f"{hosted.url}/v2/acme/app/blobs/{layer}")
-    assert resp.status == 404 and _code(resp) == "BLOB_UNKNOWN"
+    assert resp.status == 404 and error_code(resp) == "BLOB_UNKNOWN"
     config = _push_blob(hosted, "acme/app", b"{}")
-    manifest = _image_manifest(config, 2, [(layer, len(cached.body))])
+    manifest = image_manifest(config, 2, [(layer, len(cached.body))])
     resp = http_request(
         "PUT",
         f"{hosted.url}/v2/acme/app/manifests/v1",
         data=manifest,
         headers={"Content-Type": OCI_MANIFEST},
     )
-    assert resp.status == 400 and _code(resp) == "MANIFEST_BLOB_UNKNOWN"
+    assert resp.status == 400 and error_code(resp) == "MANIFEST_BLOB_UNKNOWN"
 
     pushed = _push_blob(hosted, "acme/app", b"only ever pushed")
     upstream_proxy.reset()
     resp = http_request("GET", f"{hosted.url}/v2/{image.repo}/blobs/{pushed}")
-    assert resp.status == 404 and _code(resp) == "BLOB_UNKNOWN"
+    assert resp.status == 404 and error_code(resp) == "BLOB_UNKNOWN"
     # Asked of the upstream, which does not have it: the file on disk was not served.
     assert [e.status for e in upstream_proxy.requests("GET", pushed)] == [404]

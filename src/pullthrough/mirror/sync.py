@@ -441,14 +441,13 @@ class _SyncSource(StoreSource):
     every manifest GET."""
 
     def __init__(self, syncer: Syncer, upstream: UpstreamClient, run: SyncRun) -> None:
-        super().__init__(syncer.mirror, STALL_TIMEOUT)
+        # The entry names its upstream and repository as the index keeps them already.
+        super().__init__(
+            syncer.mirror, STALL_TIMEOUT, lambda ref: Route(upstream, ref.name, ref.name)
+        )
         self.syncer = syncer
         self.upstream = upstream
         self.run = run
-
-    def _route(self, ref: ImageRef) -> Route:
-        # The entry names its upstream and repository as the index keeps them already.
-        return Route(self.upstream, ref.name, ref.name)
 
     async def manifest(self, ref: ImageRef, reference: str) -> Got:
         quota = self.syncer.quota(self.upstream)

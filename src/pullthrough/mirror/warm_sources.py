@@ -140,25 +140,21 @@ class StoreSource:
     refuses here what it refuses a client (DENIED), before the upstream is asked."""
 
     def __init__(
-        self, mirror: Mirror, timeout: float, resolve: Callable[[ImageRef], Route] | None = None
+        self, mirror: Mirror, timeout: float, resolve: Callable[[ImageRef], Route]
     ) -> None:
         self.mirror = mirror
         self.timeout = timeout
-        # How an image's name finds its upstream and repository: the server's own routing
-        # (what is stored here is what it will look up), handed in by the command.
-        self._resolve = resolve
-
-    def _route(self, ref: ImageRef) -> Route:
-        assert self._resolve is not None, "a StoreSource needs resolve or its own _route"
-        return self._resolve(ref)
+        # How an image's name finds its upstream and repository: for ``warm``, the server's
+        # own routing (what is stored here is what it will look up), handed in by the command.
+        self._route = resolve
 
     async def manifest(self, ref: ImageRef, reference: str) -> Got:
         route = self._route(ref)
         manifests = self.mirror.manifests
         if is_digest(reference):
-            digest = str(parse_digest(reference))
-            await self.mirror.permit(route.upstream.name, route.repo, ref.name, digest=digest)
-            call = manifests.by_digest(route.upstream, route.repo, parse_digest(reference))
+            digest = parse_digest(reference)
+            await self.mirror.permit(route.upstream.name, route.repo, ref.name, digest=str(digest))
+            call = manifests.by_digest(route.upstream, route.repo, digest)
         else:
             await self.mirror.permit(route.upstream.name, route.repo, ref.name, tag=reference)
             call = manifests.by_tag(route.upstream, route.repo, reference, KNOWN_TYPES)

@@ -31,7 +31,6 @@ from pullthrough.manifest import OCI_INDEX
 from pullthrough.mirror.blobs import BlobBody
 from pullthrough.mirror.listing import page
 from pullthrough.reference import Digest, is_digest, parse_digest, validate_name, validate_tag
-from pullthrough.server.ranges import parse_range
 from pullthrough.server.transfer import send_blob
 from pullthrough.server.verification import VERIFY_KEY
 
@@ -117,16 +116,9 @@ async def get_blob(request: web.Request, repo: str) -> web.StreamResponse:
     # was verified, hashed as it goes otherwise, the last byte only if it matches.
     verification = request.app[VERIFY_KEY]
     opened = await hosted.open_blob(repo, digest)
-    try:
-        byte_range = parse_range(request.headers.get("Range"), opened.size)
-    except RegistryError:
-        opened.close()
-        raise
     body = BlobBody(digest, opened.size, cached=opened)
     try:
-        return await send_blob(
-            request, body, byte_range, headers, verification.metrics, verification
-        )
+        return await send_blob(request, body, headers, verification.metrics, verification)
     except StoredBlobCorrupt:
         # Checked whole before any header went out, and removed: there is no upstream to
         # fetch it from, so the repository no longer holds it until it is pushed again.

@@ -29,7 +29,6 @@ from pullthrough.mirror.service import Mirror
 from pullthrough.reference import Digest, is_digest, parse_digest, validate_tag
 from pullthrough.server import hosted_routes
 from pullthrough.server.auth import ClientAuth
-from pullthrough.server.ranges import parse_range
 from pullthrough.server.routing import route, target
 from pullthrough.server.transfer import send_blob
 from pullthrough.server.verification import VERIFY_KEY, ReadVerification
@@ -235,15 +234,7 @@ async def _send_blob(
 ) -> web.StreamResponse:
     mirror = request.app[MIRROR_KEY]
     body = await mirror.blobs.get(upstream, repo, digest)
-    try:
-        byte_range = (
-            parse_range(request.headers.get("Range"), body.size) if body.size is not None else None
-        )
-    except RegistryError:
-        if body.cached is not None:
-            body.cached.close()
-        raise
-    return await send_blob(request, body, byte_range, headers, mirror.metrics, verification)
+    return await send_blob(request, body, headers, mirror.metrics, verification)
 
 
 async def tags(request: web.Request, params: dict[str, str]) -> web.StreamResponse:

@@ -27,7 +27,7 @@ from pullthrough.mirror.fetch import Fetch
 from pullthrough.mirror.taps import Tap
 from pullthrough.reference import Digest
 from pullthrough.server.disconnects import DISCONNECTS_KEY, ClientGone, Disconnects
-from pullthrough.server.ranges import ByteRange
+from pullthrough.server.ranges import ByteRange, parse_range
 from pullthrough.server.sendfile import CHUNK, send_span
 from pullthrough.server.verification import ReadVerification
 from pullthrough.store.blobs import OpenBlob, hasher_for
@@ -40,14 +40,25 @@ log = logging.getLogger(__name__)
 async def send_blob(
     request: web.Request,
     body: BlobBody,
-    byte_range: ByteRange | None,
     headers: dict[str, str],
     metrics: Metrics,
     verification: ReadVerification | None = None,
 ) -> web.StreamResponse:
-    """Stream ``body`` (or ``byte_range`` of it) as the response to a blob GET. A client
-    that hangs up once the headers are out ends the response quietly: it is not an error of
-    the mirror (no traceback, not counted as a 500)."""
+    """Stream ``body`` (or the part the request's ``Range`` asks for) as the response to a
+    blob GET, cached and hosted alike. A Range that cannot be served (416) lets go of the
+    body first: its open file, or its tap on a fetch. A client that hangs up once the
+    headers are out ends the response quietly: it is not an error of the mirror (no
+    traceback, not counted as a 500)."""
+    try:
+        byte_range = (
+            parse_range(request.headers.get("Range"), body.size) if body.size is not None else None
+        )
+    except RegistryError:
+        if body.cached is not None:
+            body.cached.close()
+        if body.fetch is not None and body.tap is not None:
+            body.fetch.detach(body.tap)
+        raise
     resp = web.StreamResponse(headers=headers)
     try:
         return await _send(request, resp, body, byte_range, metrics, verification)

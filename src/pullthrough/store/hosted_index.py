@@ -5,9 +5,9 @@ is a cache whose rows eviction and reconciliation may drop at any time, while th
 are the only record of content that exists nowhere else. In cluster mode every replica
 opens this same file under the shared root (nothing of it is cached in memory), so what
 one replica records is what the next statement of any other reads; it stays beside the
-bytes it describes rather than in Redis, which need not be durable. The bytes themselves are in the
-shared content-addressed store; a row here is rule (d) of "Who may read a digest" (pushed
-to R and verified) and keeps the file from eviction.
+bytes it describes rather than in Redis, which need not be durable. The bytes themselves
+are in the shared content-addressed store; a row here is rule (d) of "Who may read a
+digest" (pushed to R and verified) and keeps the file from eviction.
 """
 
 from __future__ import annotations

@@ -38,12 +38,14 @@ class PendingPulls:
         self._pending: dict[PullKey, Pulls] = {}
 
     def note(self, upstream: str, repo: str, tag: str | None) -> None:
-        at = (upstream, repo, BY_DIGEST if tag is None else tag)
+        self._add((upstream, repo, BY_DIGEST if tag is None else tag), Pulls(1, time.time()))
+
+    def _add(self, at: PullKey, pulls: Pulls) -> None:
         found = self._pending.get(at)
         if found is not None:
-            found.add(Pulls(1, time.time()))
+            found.add(pulls)
         elif len(self._pending) < MAX_PENDING:
-            self._pending[at] = Pulls(1, time.time())
+            self._pending[at] = pulls
 
     def take(self) -> dict[PullKey, Pulls]:
         batch, self._pending = self._pending, {}
@@ -64,11 +66,7 @@ class PendingPulls:
     def give_back(self, batch: dict[PullKey, Pulls]) -> None:
         """A batch the index could not take: counted again at the next flush."""
         for at, pulls in batch.items():
-            found = self._pending.get(at)
-            if found is not None:
-                found.add(pulls)
-            elif len(self._pending) < MAX_PENDING:
-                self._pending[at] = pulls
+            self._add(at, pulls)
 
 
 def by_tag(rows: list[tuple[str, int, float]]) -> dict[str, Pulls]:

@@ -1,0 +1,37 @@
+"""Pieces a test pushing to hosted repositories by hand uses: digests, OCI error codes,
+an image manifest naming given blobs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+def digest_of(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def error_code(resp: Any) -> str:
+    """The first OCI error code of a response's body."""
+    return str(json.loads(resp.body)["errors"][0]["code"])
+
+
+def image_manifest(config: str, config_size: int, layers: list[tuple[str, int]]) -> bytes:
+    """An OCI image manifest naming the config ``config`` and ``layers`` (digest, size)."""
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config,
+            "size": config_size,
+        },
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": n}
+            for d, n in layers
+        ],
+    }
+    return json.dumps(doc).encode()
