@@ -85,10 +85,10 @@ class Follower:
         try:
             while True:
                 if await self._stored():
-                    # The owner recorded it for its repository (ours, or one the upstream
-                    # confirmed ours alongside); asking now makes this replica remember
-                    # that for when Redis is down.
-                    await self._provenance.recorded(fetch.upstream.name, fetch.repo, self._digest)
+                    # The owner verified it for its repository (ours, or one the upstream
+                    # confirmed ours alongside) and records that in the index after the
+                    # rename: remember it here, for when Redis is down.
+                    self._provenance.followed(fetch.upstream.name, fetch.repo, self._digest)
                     return "gone", None
                 now = time.monotonic()
                 if now - checked >= (CHECK_EVERY if self._started else POLL * 2):

@@ -103,6 +103,15 @@ class Provenance:
             return True
         return False
 
+    def followed(self, upstream: str, repo: str, digest: str) -> None:
+        """Rule (a) as a cluster follower sees it: ``upstream``'s download of ``digest`` by
+        another replica, for ``repo`` (or for a repository the upstream confirmed ``repo``
+        alongside), was verified and renamed into place, and this replica served it to
+        ``repo``'s clients. The owner writes the facts to the index, but only after its
+        rename, so asking the index at once can miss them; remembering here is what lets
+        this replica serve the blob again while Redis is down."""
+        self._remember(upstream, repo, digest)
+
     async def confirm(self, upstream: UpstreamClient, repo: str, digest: str, kind: Kind) -> None:
         """Rule (c)'s HEAD: the upstream says ``repo`` holds ``digest``, or this raises.
         Also asked before a client of ``repo`` joins the upstream's download of ``digest``
