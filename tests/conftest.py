@@ -42,6 +42,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "integration: starts real docker-registry / skopeo processes"
     )
+    config.addinivalue_line("markers", "s3: storage.s3 against an S3 server on loopback")
 
 
 @pytest.fixture(autouse=True)

@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mirror.pins: {pin} is kept for good")
         for entry in config.sync:
             print(f"{entry.key}: syncs {entry.describe()}")
+        if config.s3 is not None and _check_bucket(config) != 0:
+            return 1
         return _check_policy(config)
     if args.command in commands:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -118,6 +120,33 @@ def main(argv: list[str] | None = None) -> int:
     for warning in config.warnings:
         log.warning("config: %s", warning)
     return _run(config)
+
+
+def _check_bucket(config: Config) -> int:
+    """storage.s3: connect to the bucket and try what the mirror does with it (list,
+    write, read back, delete a small object); never prints a credential."""
+    import asyncio
+
+    from pullthrough.store.bucket import Bucket, BucketUnavailable
+
+    s3 = config.s3
+    assert s3 is not None
+    where = f"bucket {s3.bucket} at {s3.endpoint}" + (f" under {s3.prefix}/" if s3.prefix else "")
+    creds = "accesskey from the config" if s3.access_key else "the AWS credential chain"
+    print(f"storage.s3: {where} ({creds}; local cache {s3.local_path}, {s3.local_cache} bytes)")
+
+    async def probe() -> list[str]:
+        return await Bucket(s3).probe()
+
+    try:
+        lines = asyncio.run(probe())
+    except BucketUnavailable as exc:
+        print(exc.message)
+        print(f"storage.s3: the {where} cannot be used", file=sys.stderr)
+        return 1
+    for line in lines:
+        print(line)
+    return 0
 
 
 def _check_policy(config: Config) -> int:

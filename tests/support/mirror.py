@@ -44,7 +44,14 @@ class MirrorProcess:
             "mirror": {"upstream_connect_timeout": "2s", "upstream_read_timeout": "10s"},
         }
         _merge(doc, config or {})
-        self.root = Path(doc["storage"]["filesystem"]["rootdirectory"])  # as configured
+        if "s3" in doc["storage"]:
+            # A bucket: the local directory (downloads, index, cache) is mirror.s3's.
+            local = doc["storage"].pop("filesystem")["rootdirectory"]
+            cache = doc["mirror"].setdefault("s3", {}).setdefault("localcache", {})
+            cache.setdefault("path", local)
+            self.root = Path(cache["path"])
+        else:
+            self.root = Path(doc["storage"]["filesystem"]["rootdirectory"])  # as configured
         self.config_path = workdir / "config.yml"
         self.config_path.write_text(yaml.safe_dump(doc))
         self.log_path = workdir / "mirror.log"

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from pullthrough.commands.hosted_gc import collect_hosted
 from pullthrough.commands.offline import open_store
 from pullthrough.config import Config
+from pullthrough.mirror.bucket_tier import BucketTier
 from pullthrough.mirror.eviction import Sweeper, SweepReport
 from pullthrough.store.blobs import BlobStore
 from pullthrough.store.hosted_index import hosted_digests
@@ -53,8 +54,14 @@ async def _gc(config: Config, *, dry_run: bool) -> int:
             if config.hosted is not None
             else set()
         )
+        # storage.s3: reconciled with the bucket, and what goes is deleted from it.
+        tier = (
+            BucketTier(config.s3, opened.store.bucket, opened.store, opened.index)
+            if config.s3 is not None and opened.store.bucket is not None
+            else None
+        )
         sweeper = Sweeper.for_config(
-            config, store=opened.store, index=opened.index, busy=kept.__contains__
+            config, store=opened.store, index=opened.index, busy=kept.__contains__, bucket=tier
         )
         if not dry_run:
             adopted, forgotten = await sweeper.reconcile()

@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import hashlib
 import os
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -70,6 +71,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
+    if config.s3 is not None:
+        # It hashes files under the storage root: with a bucket that is only the cache.
+        print(
+            "pullthrough verify: not available with storage.s3 yet (the local directory "
+            "is only a cache; objects in the bucket were verified before they were uploaded)",
+            file=sys.stderr,
+        )
+        return 2
     return asyncio.run(verify(config, repair=args.repair, jobs=max(1, args.jobs)))
 
 

@@ -31,6 +31,7 @@ from pullthrough.config.model import (
 )
 from pullthrough.config.policy import pins, policy_rules
 from pullthrough.config.redact import shown, validation_message
+from pullthrough.config.s3 import s3_config
 from pullthrough.config.schema import Root, _Cluster, apply_env, unknown_keys
 from pullthrough.config.sync import sync_entries, sync_jobs, sync_quota_reserve
 from pullthrough.config.values import (
@@ -43,7 +44,7 @@ from pullthrough.config.values import (
 )
 from pullthrough.upstream.outbound import OutboundPolicy
 
-_STORAGE_DRIVERS = {"s3", "azure", "gcs", "swift", "oss", "inmemory"}
+_STORAGE_DRIVERS = {"azure", "gcs", "swift", "oss", "inmemory"}
 # An upstream name is a registry host (``ghcr.io``, ``registry.example.com:5000``): it is
 # what containerd sends as ``?ns=`` and what a path prefix names.
 _UPSTREAM_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?$")
@@ -76,7 +77,10 @@ def _validate(raw: dict[str, Any], warnings: list[str], path: Path | None = None
     storage_extra = set(root.storage.model_extra or {}) & _STORAGE_DRIVERS
     if storage_extra:
         other = sorted(storage_extra)[0]
-        raise ConfigError(f"storage.{other}: only storage.filesystem is supported by pullthrough")
+        raise ConfigError(
+            f"storage.{other}: pullthrough supports storage.filesystem and storage.s3"
+        )
+    s3 = s3_config(root)
 
     host, port = parse_addr(root.http.addr, "http.addr")
     tls = root.http.tls
@@ -92,9 +96,12 @@ def _validate(raw: dict[str, Any], warnings: list[str], path: Path | None = None
                 f"http.tls.certificate: cannot load {tls.certificate} with key {tls.key}: {exc}"
             ) from None
 
-    rootdir = Path(root.storage.filesystem.rootdirectory)
-    if not str(rootdir).strip():
-        raise ConfigError("storage.filesystem.rootdirectory: must not be empty")
+    if s3 is not None:
+        rootdir = s3.local_path  # downloads in progress, the index and the local cache
+    else:
+        rootdir = Path(root.storage.filesystem.rootdirectory)
+        if not str(rootdir).strip():
+            raise ConfigError("storage.filesystem.rootdirectory: must not be empty")
 
     upstreams = _upstreams(root)
     debug = root.http.debug
@@ -134,6 +141,13 @@ def _validate(raw: dict[str, Any], warnings: list[str], path: Path | None = None
     cluster = _cluster(
         root.mirror.cluster, host, port, https=bool(tls.certificate), warnings=warnings
     )
+    if s3 is not None and cluster is not None:
+        raise ConfigError(
+            "mirror.cluster: not supported with storage.s3 yet (replicas coordinate over a "
+            "shared storage root); run one process per bucket, or storage.filesystem"
+        )
+    if s3 is not None and hosted is not None:
+        raise ConfigError("mirror.hosted: not supported with storage.s3 yet")
     level = {"warn": "warning", "panic": "critical", "fatal": "critical", "trace": "debug"}.get(
         root.log.level, root.log.level
     )
@@ -178,6 +192,7 @@ def _validate(raw: dict[str, Any], warnings: list[str], path: Path | None = None
             root.mirror.ui.history_interval, "mirror.ui.history_interval"
         ),
         hosted=hosted,
+        s3=s3,
         warnings=tuple(warnings),
     )
 

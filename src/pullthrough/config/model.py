@@ -99,6 +99,32 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class S3Config:
+    """``storage.s3``: blobs live in a bucket (distribution's S3 driver's parameters),
+    with a local directory for downloads in progress, the index and an optional cache."""
+
+    bucket: str
+    region: str
+    endpoint: str  # scheme://host[:port], from regionendpoint or the region
+    path_style: bool  # bucket in the path (most S3-compatible servers), not the host name
+    access_key: str | None = field(default=None, repr=False)  # None: the AWS chain
+    secret_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    prefix: str = ""  # rootdirectory, without slashes at either end
+    verify_tls: bool = True
+    chunk_size: int = 10 * 1024 * 1024  # multipart part size
+    encrypt: bool = False
+    kms_key_id: str | None = None
+    storage_class: str | None = "STANDARD"  # None: let the bucket decide ("NONE")
+    object_acl: str = "private"
+    user_agent: str | None = None
+    redirect: bool = True  # blob GETs answered with a presigned URL (storage.redirect)
+    redirect_expiry: float = 1200.0
+    local_path: Path = Path("./data")
+    local_cache: int = 0  # bytes of blobs kept on local disk; 0: none
+
+
+@dataclass(frozen=True, slots=True)
 class HostedConfig:
     """``mirror.hosted``: repository names clients push to (kept, never evicted), beside
     the mirrored ones. A name is hosted when it is one of ``prefixes`` or lies under one."""
@@ -226,6 +252,7 @@ class Config:
     ui_enabled: bool = True  # mirror.ui.enabled: the status page and its API under /ui/
     ui_history_interval: float = 60.0  # mirror.ui.history_interval: charts sampled this often
     hosted: HostedConfig | None = None  # None: every name is mirrored
+    s3: S3Config | None = None  # storage.s3; None: the filesystem under ``root``
     warnings: tuple[str, ...] = ()
 
     @property

@@ -29,7 +29,7 @@ _IGNORED_SECTIONS = {
 _IGNORED_KEYS = {
     "log": {"fields", "hooks", "reportcaller"},
     "log.accesslog": set(),
-    "storage": {"cache", "maintenance", "redirect", "tag"},
+    "storage": {"cache", "maintenance", "tag"},
     "http": {
         "secret",
         "headers",
@@ -71,8 +71,43 @@ class _Delete(_Section):
     enabled: bool = False
 
 
+class _S3(_Section):
+    """``storage.s3`` as distribution reads it (its S3 driver's parameters); checked, and
+    turned into an ``S3Config``, by ``config.s3``."""
+
+    bucket: str | None = None
+    region: str | None = None
+    regionendpoint: str | None = None
+    forcepathstyle: bool | None = None
+    accesskey: str | None = None
+    secretkey: str | None = None
+    sessiontoken: str | None = None
+    rootdirectory: str | None = None
+    secure: bool = True
+    skipverify: bool = False
+    v4auth: bool = True
+    chunksize: Any = None
+    multipartcopychunksize: Any = None
+    multipartcopymaxconcurrency: Any = None
+    multipartcopythresholdsize: Any = None
+    encrypt: bool = False
+    keyid: str | None = None
+    storageclass: str | None = None
+    objectacl: str | None = None
+    useragent: str | None = None
+    usedualstack: bool = False
+    accelerate: bool = False
+    loglevel: Any = None
+
+
+class _Redirect(_Section):
+    disable: bool = False
+
+
 class _Storage(_Section):
     filesystem: _Filesystem = _Filesystem()
+    s3: _S3 | None = None
+    redirect: _Redirect = _Redirect()  # s3: answer blob GETs with a presigned URL or not
     delete: _Delete = _Delete()  # hosted repositories: may clients delete blobs/manifests
 
 
@@ -194,6 +229,16 @@ class _UI(_Section):
     history_interval: Any = "1m"  # how often the charts' history is sampled
 
 
+class _LocalCache(_Section):
+    path: str = "./data"  # staging for downloads, the index, and the cached blobs
+    maxsize: Any = 0  # bytes of blobs kept on local disk in front of the bucket; 0: none
+
+
+class _MirrorS3(_Section):
+    localcache: _LocalCache = _LocalCache()
+    redirect_expiry: Any = "20m"  # how long a presigned blob URL is valid
+
+
 class _Mirror(_Section):
     limits: _Limits = _Limits()
     access: list[_AccessRule] = []
@@ -224,6 +269,7 @@ class _Mirror(_Section):
     adhoc_upstreams: _AdhocUpstreams = _AdhocUpstreams()
     ui: _UI = _UI()
     hosted: _Hosted = _Hosted()
+    s3: _MirrorS3 = _MirrorS3()  # used with storage.s3
 
 
 class Root(_Section):
@@ -249,10 +295,20 @@ def _known_paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> dict[s
     for name, info in model.model_fields.items():
         path = (*prefix, name)
         out["_".join(path).upper()] = _EnvKey(path, _is_text(info.annotation))
-        sub = info.annotation
-        if isinstance(sub, type) and issubclass(sub, BaseModel):
+        sub = _section_type(info.annotation)
+        if sub is not None:
             out.update(_known_paths(sub, path))
     return out
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    """The section a key holds (``_S3`` for ``_S3 | None``), or None for a plain value."""
+    if get_origin(annotation) in (Union, UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        annotation = members[0] if len(members) == 1 else None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
 
 
 def _is_text(annotation: Any) -> bool:
@@ -310,8 +366,10 @@ def unknown_keys(model: BaseModel, path: str = "") -> list[str]:
             continue
         if key in _IGNORED_KEYS.get(path, set()):
             continue
-        if path == "storage" and key != "filesystem":
+        if path == "storage" and key not in ("filesystem", "s3"):
             continue  # other storage drivers are rejected separately, with a clearer message
+        if path == "storage.s3":
+            continue  # an error, not a warning: config.s3 rejects it naming the key
         found.append(f"unknown key {dotted}: ignored")
     for name in type(model).model_fields:
         value = getattr(model, name)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from pullthrough.errors import BlobUnknown
 from pullthrough.metrics import Metrics
+from pullthrough.mirror.bucket_tier import BucketTier
 from pullthrough.mirror.fetch import Fetch
 from pullthrough.mirror.fetches import Fetches
 from pullthrough.mirror.provenance import Kind, Provenance, unknown
@@ -36,6 +37,7 @@ class BlobBody:
     cached: OpenBlob | None = None
     fetch: Fetch | None = None
     tap: Tap | None = None
+    redirect: str | None = None  # storage.s3: a presigned URL the client reads it from
 
 
 class BlobService:
@@ -47,12 +49,14 @@ class BlobService:
         provenance: Provenance,
         fetches: Fetches,
         metrics: Metrics,
+        bucket: BucketTier | None = None,
     ) -> None:
         self.store = store
         self.index = index
         self.provenance = provenance
         self.fetches = fetches
         self.metrics = metrics
+        self.bucket = bucket  # storage.s3: what the local cache lacks, the bucket has
 
     async def get(self, upstream: UpstreamClient, repo: str, digest: Digest) -> BlobBody:
         """The blob for a GET: the cached file, or the upstream's (shared) fetch after the
@@ -62,6 +66,11 @@ class BlobService:
             self.index.touch(str(digest))
             self.metrics.cache.labels("blob", "hit", upstream.name).inc()
             return BlobBody(digest, cached.size, cached=cached)
+        remote = await self._in_bucket(upstream, repo, digest)
+        if remote is not None:
+            self.index.touch(str(digest))
+            self.metrics.cache.labels("blob", "hit", upstream.name).inc()
+            return await self._from_bucket(repo, digest, remote)
         self.metrics.cache.labels("blob", "miss", upstream.name).inc()
         fetch = self.fetches.get(upstream, digest)
         if fetch is not None and fetch.repo != repo:
@@ -91,6 +100,10 @@ class BlobService:
             cached.close()
             self.index.touch(str(digest))
             return cached.size
+        remote = await self._in_bucket(upstream, repo, digest)
+        if remote is not None:
+            self.index.touch(str(digest))
+            return remote
         size = await upstream.head_blob(repo, str(digest))
         if size is None:
             raise unknown(Kind.BLOB, upstream.name, repo, str(digest))
@@ -102,9 +115,10 @@ class BlobService:
         """The stored file, open, if this (upstream, repository) may read it."""
         cached = await self.store.open(digest)
         if cached is None:
-            # Gone (perhaps removed by ``pullthrough gc`` in another process): whatever
-            # was remembered about who may read it no longer stands.
-            self.provenance.forget(str(digest))
+            if self.bucket is None:
+                # Gone (perhaps removed by ``pullthrough gc`` in another process): whatever
+                # was remembered about who may read it no longer stands.
+                self.provenance.forget(str(digest))
             return None
         try:
             if await self.provenance.readable(upstream, repo, str(digest), Kind.BLOB):
@@ -117,6 +131,44 @@ class BlobService:
             "blob %s is stored, but %s never served it: a miss for %s", digest, upstream.name, repo
         )
         return None
+
+
+    async def _in_bucket(self, upstream: UpstreamClient, repo: str, digest: Digest) -> int | None:
+        """storage.s3: the blob's size if the bucket holds it and this (upstream,
+        repository) may read it; None otherwise (then it is a miss, as without a bucket)."""
+        if self.bucket is None:
+            return None
+        size = await self.bucket.size(digest)
+        if size is None:
+            return None
+        if not await self.provenance.readable(upstream, repo, str(digest), Kind.BLOB):
+            log.info(
+                "blob %s is in the bucket, but %s never served it: a miss for %s",
+                digest,
+                upstream.name,
+                repo,
+            )
+            return None
+        return size
+
+    async def _from_bucket(self, repo: str, digest: Digest, size: int) -> BlobBody:
+        """A presigned URL to the object (``storage.redirect``), or the bucket's bytes
+        streamed through this process (and into its local cache), verified as an
+        upstream's are."""
+        assert self.bucket is not None
+        if self.bucket.config.redirect:
+            return BlobBody(digest, size, redirect=await self.bucket.url(digest))
+        source = self.bucket.client_of()
+        fetch = self.fetches.get(source, digest)
+        if fetch is None:
+            fetch = self.fetches.start(digest, source, repo)
+        tap = fetch.attach()  # before any await: no byte may pass this reader by
+        try:
+            await fetch.started()
+        except BaseException:
+            fetch.detach(tap)
+            raise
+        return BlobBody(digest, fetch.size, fetch=fetch, tap=tap)
 
 
 async def open_fetch_file(fetch: Fetch) -> int:

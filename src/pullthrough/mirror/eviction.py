@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from pullthrough.config import Config, StoreLimit
+from pullthrough.mirror.bucket_tier import BucketTier
 from pullthrough.mirror.pins import all_pins, pinned_digests
 from pullthrough.reference import Digest, parse_digest
 from pullthrough.store.blobs import BlobStore
@@ -104,8 +105,12 @@ class Sweeper:
         turns: SweepTurns | None = None,
         pinned: Callable[[], Awaitable[set[str]]] | None = None,
         held: Callable[[list[str]], Awaitable[set[str]]] | None = None,
+        bucket: BucketTier | None = None,
     ) -> None:
         self.on_swept = on_swept
+        # storage.s3: the index is reconciled with the bucket (the local store is only a
+        # cache), and what a pass removes is deleted from the bucket too.
+        self.bucket = bucket
         # Of the digests a pass decided on, those held elsewhere (hosted repositories):
         # asked of the shared record, since another replica may have pushed one and this
         # replica's memory (``busy``) does not know; see ``_remove``.
@@ -172,7 +177,10 @@ class Sweeper:
         # looking like a tag or an entry without its file.
         tagged = {row[3] for row in await self.index.catalog_rows()}
         known = await self.index.digests()
-        files = {f.digest: f for f in await asyncio.to_thread(self.store.scan)}
+        if self.bucket is not None:
+            files = {f.digest: f for f in await self.bucket.listing()}
+        else:
+            files = {f.digest: f for f in await asyncio.to_thread(self.store.scan)}
         adopted = 0
         settled = self.clock() - ADOPT_AFTER
         for digest in files.keys() - known:
@@ -327,6 +335,9 @@ class Sweeper:
         if self.on_removed is not None:  # what this process remembers goes with the entries
             for blob, why in removed:
                 self.on_removed(blob, why)
+        if self.bucket is not None:
+            for blob, _ in removed:
+                await self.bucket.delete(blob.digest)
         if self.held is None:
             for blob, _ in removed:
                 identity = files[blob.digest]

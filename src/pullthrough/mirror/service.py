@@ -17,6 +17,7 @@ from pullthrough.hosted.registry import HostedRegistry
 from pullthrough.hosted.uploads import Uploads
 from pullthrough.metrics import Metrics
 from pullthrough.mirror.blobs import BlobService
+from pullthrough.mirror.bucket_tier import BucketTier
 from pullthrough.mirror.eviction import Sweeper, SweepReport
 from pullthrough.mirror.fetch import Fetch
 from pullthrough.mirror.fetches import Fetches
@@ -31,6 +32,7 @@ from pullthrough.mirror.scrub import Scrubber
 from pullthrough.mirror.upstreams import Upstreams
 from pullthrough.reference import Digest
 from pullthrough.store.blobs import BlobStore
+from pullthrough.store.bucket import Bucket, BucketUnavailable
 from pullthrough.store.hosted_index import HostedIndex
 from pullthrough.store.index import AgedBlob, Index, IndexBackend
 
@@ -46,7 +48,8 @@ class Mirror:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.store = BlobStore(config.root)
+        bucket = Bucket(config.s3) if config.s3 is not None else None
+        self.store = BlobStore(config.root, bucket)
         self.cluster: Cluster | None = None
         self.index: IndexBackend
         if config.cluster is None:
@@ -58,6 +61,12 @@ class Mirror:
                 config.cluster, self.store, gc_interval=config.gc_interval, metrics=self.metrics
             )
             self.index = self.cluster.index
+        # storage.s3: the bucket keeps every blob; the store above is this process's cache.
+        self.bucket_tier = (
+            BucketTier(config.s3, bucket, self.store, self.index)
+            if config.s3 is not None and bucket is not None
+            else None
+        )
         self.upstreams = Upstreams(config, self.metrics)
         self.offline = OfflineSwitches(index=self.index, upstreams=self.upstreams)
         # Who may read which digest: every read path below asks this one object.
@@ -92,6 +101,7 @@ class Mirror:
             provenance=self.provenance,
             fetches=self.fetches,
             metrics=self.metrics,
+            bucket=self.bucket_tier,
         )
         self.manifests = ManifestService(
             store=self.store,
@@ -128,6 +138,7 @@ class Mirror:
             on_swept=self._swept,
             turns=self.cluster.sweep_turns if self.cluster else None,
             held=hosted_index.held if hosted_index is not None else None,
+            bucket=self.bucket_tier,
         )
         # Re-hashes the store in the background for bit rot that changes no metadata.
         self.scrubber = (
@@ -162,6 +173,8 @@ class Mirror:
             loop.create_task(self._flush_forever()),
             loop.create_task(self.sweeper.run_forever(self.config.gc_interval)),
         ]
+        if self.bucket_tier is not None:
+            self._background.append(loop.create_task(self._trim_forever()))
         if self.config.allow_any_upstream:
             self._background.append(loop.create_task(self._reclaim_forever()))
         if self.policy_file is not None:
@@ -188,6 +201,8 @@ class Mirror:
                 await task
         await self.fetches.wait_all(seconds=5.0)
         await self.upstreams.close()
+        if self.bucket_tier is not None:
+            await self.bucket_tier.close()
         await self.index.close()
         if self.hosted is not None:
             await self.hosted.index.close()
@@ -200,6 +215,17 @@ class Mirror:
         return self.fetches.busy(digest) or (
             self.hosted is not None and digest in self.hosted.kept
         )
+
+    async def _trim_forever(self) -> None:
+        """Keep the local cache in front of the bucket within its size."""
+        assert self.bucket_tier is not None
+        while True:
+            await asyncio.sleep(min(self.config.gc_interval, 30.0))
+            try:
+                busy = {d for d in await self.index.digests() if self.fetches.busy(d)}
+                await self.bucket_tier.trim(busy)
+            except Exception:  # try again next time
+                log.exception("trimming the local cache failed")
 
     async def _expire_uploads_forever(self) -> None:
         assert self.uploads is not None
@@ -252,6 +278,16 @@ class Mirror:
         self.policy = policy
 
     async def _blob_stored(self, fetch: Fetch) -> None:
+        tier = self.bucket_tier
+        if tier is not None:
+            if tier.from_bucket(fetch):
+                return  # read back from the bucket into the local cache: known already
+            try:
+                await tier.upload(fetch)
+            except BucketUnavailable as exc:
+                # Its clients have their bytes; unrecorded, the next request fetches again.
+                log.warning("%s is not kept: %s", fetch.digest, exc.message)
+                return
         await self.provenance.served(
             fetch.upstream.name, fetch.repo, str(fetch.digest), fetch.written
         )

@@ -49,6 +49,10 @@ async def send_blob(
     body first: its open file, or its tap on a fetch. A client that hangs up once the
     headers are out ends the response quietly: it is not an error of the mirror (no
     traceback, not counted as a 500)."""
+    if body.redirect is not None:
+        # storage.s3: the client reads the object itself (it follows a 307 with the same
+        # method and Range, and checks the digest, as with a registry that redirects).
+        return web.Response(status=307, headers={**headers, "Location": body.redirect})
     try:
         byte_range = (
             parse_range(request.headers.get("Range"), body.size) if body.size is not None else None

@@ -20,7 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pullthrough.reference import Digest
+from pullthrough.store.bucket import Bucket
 from pullthrough.store.identity import FileIdentity, VerifiedFiles
+
+# The largest object read back from the bucket in one piece (a manifest: see
+# mirror.hosted.max_manifest_size and the manifest fetch limit).
+SMALL_OBJECT_LIMIT = 16 * 1024 * 1024
 
 
 class DigestMismatch(Exception):
@@ -69,11 +74,22 @@ def hasher_for(digest: Digest) -> hashlib._Hash:
     return hashlib.new(digest.algorithm)
 
 
+def _matches(digest: Digest, data: bytes) -> bool:
+    hasher = hasher_for(digest)
+    hasher.update(data)
+    return hasher.hexdigest() == digest.hex
+
+
 class BlobStore:
     """Verified blobs (layers, configs and manifests alike) under one root directory."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, bucket: Bucket | None = None) -> None:
         self.root = root
+        # storage.s3: the durable copy of every blob is in the bucket, and this root holds
+        # downloads in progress and a cache. Small objects (manifests) are written through
+        # to the bucket here and read back from it when the cache no longer has them; large
+        # blobs are uploaded by the mirror once a download is verified (mirror.bucket_tier).
+        self.bucket = bucket
         self.blob_dir = root / "blobs"
         self.tmp_dir = root / "tmp"
         # What each file looked like when its bytes were verified: reads trust a file
@@ -135,22 +151,28 @@ class BlobStore:
     def read_verified_sync(self, digest: Digest) -> bytes | None:
         """``read_verified`` for a caller already off the event loop."""
         data = self._read_sync(self.path_for(digest))
-        if data is not None:
-            hasher = hasher_for(digest)
-            hasher.update(data)
-            if hasher.hexdigest() != digest.hex:
-                raise DigestMismatch(f"stored {digest} no longer matches its digest")
+        if data is None and self.bucket is not None:
+            data = self.bucket.read_sync(digest, SMALL_OBJECT_LIMIT)
+            if data is not None and _matches(digest, data):
+                self._put_sync(digest, data, upload=False)  # cached again
+                return data
+            if data is not None:
+                raise DigestMismatch(f"{digest} in the bucket does not match its digest")
+        if data is not None and not _matches(digest, data):
+            raise DigestMismatch(f"stored {digest} no longer matches its digest")
         return data
 
     async def put(self, digest: Digest, data: bytes) -> None:
         """Store ``data`` as ``digest``: verify, write to a temp file, fsync, rename."""
         await asyncio.to_thread(self._put_sync, digest, data)
 
-    def _put_sync(self, digest: Digest, data: bytes) -> None:
-        hasher = hasher_for(digest)
-        hasher.update(data)
-        if hasher.hexdigest() != digest.hex:
+    def _put_sync(self, digest: Digest, data: bytes, *, upload: bool = True) -> None:
+        if not _matches(digest, data):
             raise DigestMismatch(f"content does not match {digest}")
+        if upload and self.bucket is not None:
+            # The bucket first: a manifest recorded in the index must be in the bucket,
+            # and the caller records it only once this returns.
+            self.bucket.put_sync(digest, data)
         temp = self.temp_path(digest)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:

@@ -1,0 +1,187 @@
+"""``storage.s3`` on the mirror's side: the bucket holds the durable copy of every blob,
+the local store downloads in progress and a cache of what this process served.
+
+- A download from an upstream is verified and renamed into the local store as always
+  (clients get their last byte once the digest matched); then the file is uploaded, and
+  only once the bucket has it is it recorded in the index. So an index entry means "in the
+  bucket"; a local file means "cached here". A failed upload records nothing and drops
+  the local copy: the next request fetches again.
+- A blob the index has but the local cache does not is answered with a presigned URL to
+  the object (``storage.redirect``, the default, as distribution does), or, with
+  ``redirect.disable``, fetched from the bucket like from an upstream (``BucketSource``):
+  streamed to its clients while it lands in the local cache, its last byte held back
+  until the digest matched, one download however many clients ask.
+- The local cache is kept under ``mirror.s3.localcache.maxsize`` by dropping the least
+  recently used cached blobs (never manifests, never a download in progress); the index
+  and the bucket are untouched by that.
+
+Who may read a digest is ``mirror.provenance``'s decision before any of this is asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import cast
+
+from aiohttp import ThreadedResolver
+
+from pullthrough.config.model import S3Config, UpstreamConfig
+from pullthrough.errors import UpstreamUnavailable
+from pullthrough.mirror.fetch import Fetch
+from pullthrough.reference import Digest, parse_digest
+from pullthrough.store.blobs import BlobStore, StoredFile
+from pullthrough.store.bucket import Bucket
+from pullthrough.store.index import IndexBackend
+from pullthrough.upstream.client import BlobStream, UpstreamClient
+from pullthrough.upstream.wire import WireSession
+
+log = logging.getLogger(__name__)
+
+BUCKET_NAME = "s3"  # how reads from the bucket are named in logs and metrics
+BUCKET_DOWNLOADS = 64  # reads from the bucket at once (stream mode)
+
+
+class BucketSource:
+    """The bucket as a source of blob bodies for a ``Fetch`` (stream mode): the same
+    download thread, resume with Range, stall detection and verification as an upstream.
+    It offers only what ``Fetch`` and ``Fetches`` ask of an upstream."""
+
+    def __init__(self, bucket: Bucket, config: S3Config) -> None:
+        self.name = BUCKET_NAME
+        self._bucket = bucket
+        self.config = UpstreamConfig(name=BUCKET_NAME, url=config.endpoint)
+        self._slots = asyncio.Semaphore(BUCKET_DOWNLOADS)
+        self._wire: WireSession | None = None
+
+    @property
+    def wire(self) -> WireSession:
+        if self._wire is None:
+            # The operator named the endpoint: no outbound policy (it is often a private
+            # address, which upstreams may not be).
+            self._wire = WireSession(
+                resolver=ThreadedResolver(),
+                connect_timeout=self.config.connect_timeout,
+                read_timeout=self.config.read_timeout,
+            )
+        return self._wire
+
+    @asynccontextmanager
+    async def download_slot(self) -> AsyncIterator[None]:
+        async with self._slots:
+            yield
+
+    @asynccontextmanager
+    async def blob(
+        self, repo: str, digest: str, offset: int = 0
+    ) -> AsyncIterator[BlobStream | None]:
+        url = await self._bucket.presign(parse_digest(digest))
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            resp = await self.wire.request("GET", url, headers=headers)
+        except Exception as exc:  # connection refused, reset, time-out
+            raise self.unavailable(exc) from None
+        try:
+            if resp.status == 404:
+                yield None
+                return
+            if resp.status not in (200, 206) or (offset and resp.status != 206):
+                raise UpstreamUnavailable(f"the storage bucket answered {resp.status}")
+            length = resp.content_length
+            size = None if length is None else offset + length
+            yield BlobStream(resp, offset, size)
+        finally:
+            resp.release()
+
+    def unavailable(self, exc: BaseException) -> UpstreamUnavailable:
+        return UpstreamUnavailable(f"the storage bucket could not be read: {exc or type(exc)}")
+
+    async def close(self) -> None:
+        if self._wire is not None:
+            await self._wire.close()
+
+
+class BucketTier:
+    """Uploads, remote reads and the local cache's size, for one mirror process."""
+
+    def __init__(
+        self, config: S3Config, bucket: Bucket, store: BlobStore, index: IndexBackend
+    ) -> None:
+        self.config = config
+        self.bucket = bucket
+        self.store = store
+        self.index = index
+        self.source = BucketSource(self.bucket, config)
+
+    def client_of(self) -> UpstreamClient:
+        """The source as the type ``Fetch`` is written for (it uses only what
+        ``BucketSource`` has)."""
+        return cast(UpstreamClient, self.source)
+
+    def from_bucket(self, fetch: Fetch) -> bool:
+        return fetch.upstream is cast(object, self.source)
+
+    async def upload(self, fetch: Fetch) -> None:
+        """Put a verified download into the bucket; on failure the local copy goes too
+        (unrecorded, it must not be served or adopted) and this raises."""
+        try:
+            await self.bucket.upload(fetch.digest, fetch.final_path, fetch.written)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                await self.store.remove(fetch.digest)
+            raise
+
+    async def size(self, digest: Digest) -> int | None:
+        """The blob's size if the bucket holds it (the index says so), else None."""
+        record = await self.index.blob(str(digest))
+        return None if record is None else record.size
+
+    async def url(self, digest: Digest) -> str:
+        return await self.bucket.presign(digest)
+
+    async def listing(self) -> list[StoredFile]:
+        """The bucket's blobs, as the store's scan reports local files (for reconcile)."""
+        return [
+            StoredFile(o.digest, o.size, o.modified, self.store.path_for(parse_digest(o.digest)))
+            async for o in self.bucket.objects()
+        ]
+
+    async def delete(self, digest: str) -> None:
+        try:
+            await self.bucket.delete(parse_digest(digest))
+        except Exception as exc:  # left for the next reconcile (it is not indexed any more)
+            log.warning("could not delete %s from the bucket: %s", digest, exc)
+
+    async def trim(self, busy: set[str]) -> int:
+        """Drop least recently used cached blobs until the local cache fits its size.
+        Returns the bytes freed."""
+        files = await asyncio.to_thread(self.store.scan)
+        total = sum(f.size for f in files)
+        if total <= self.config.local_cache:
+            return 0
+        aged = await self.index.objects(f.digest for f in files)
+        # Manifests stay: small, and read on every pull. An unindexed file is a download
+        # being recorded (or a leftover reconcile deals with).
+        candidates = sorted(
+            (
+                f
+                for f in files
+                if f.digest in aged and not aged[f.digest].is_manifest and f.digest not in busy
+            ),
+            key=lambda f: aged[f.digest].last_access,
+        )
+        freed = 0
+        for f in candidates:
+            if total - freed <= self.config.local_cache:
+                break
+            if await self.store.remove(parse_digest(f.digest)):
+                freed += f.size
+        if freed:
+            log.info("local cache: dropped %d bytes of blobs (the bucket keeps them)", freed)
+        return freed
+
+    async def close(self) -> None:
+        await self.source.close()

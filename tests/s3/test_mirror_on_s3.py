@@ -1,0 +1,134 @@
+"""storage.s3 as a user runs it: a registry:2 S3 config, a real S3 server on loopback, real
+pulls with skopeo. What lands in the bucket is checked byte for byte, and what the
+upstream was asked for is counted."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import obstore
+import pytest
+from obstore.store import S3Store
+
+from tests.s3.conftest import S3Bucket
+from tests.support import MiB
+from tests.support.images import (
+    ImageFactory,
+    blob_digests_in_dir,
+    manifest_digest_in_dir,
+    pull_dir,
+)
+from tests.support.net import http_request, wait_until
+from tests.support.proxy import RecordingProxy
+
+pytestmark = [pytest.mark.integration, pytest.mark.s3]
+
+BLOBS = "docker/registry/v2/blobs"
+
+
+def bucket_contents(bucket: S3Bucket, prefix: str = "") -> dict[str, bytes]:
+    """Every blob object in the bucket, by the digest its key names (read with a client of
+    the test's own, not through the mirror)."""
+    store = S3Store(
+        bucket.bucket,
+        config={
+            "endpoint": bucket.endpoint,
+            "region": bucket.region,
+            "access_key_id": bucket.access_key,
+            "secret_access_key": bucket.secret_key,
+        },
+        client_options={"allow_http": True},
+    )
+    root = f"{prefix}/{BLOBS}" if prefix else BLOBS
+    found: dict[str, bytes] = {}
+    for batch in obstore.list(store, root + "/"):
+        for meta in batch:
+            algorithm, _, hex_ = meta["path"].removeprefix(root + "/").split("/")[:3]
+            found[f"{algorithm}:{hex_}"] = bytes(obstore.get(store, meta["path"]).bytes())
+    return found
+
+
+def access_statuses(log: str, path_part: str) -> list[str]:
+    return [
+        line.split('" ')[1].split()[0]
+        for line in log.splitlines()
+        if "aiohttp.access" in line and path_part in line and '" ' in line
+    ]
+
+
+def test_a_cold_pull_lands_in_the_bucket_and_a_lost_cache_is_served_from_it(
+    s3_bucket: S3Bucket,
+    image_factory: ImageFactory,
+    upstream_proxy: RecordingProxy,
+    mirror_factory,
+    tmp_path: Path,
+) -> None:
+    image = image_factory("library/s3-cold", layers=(12 * MiB, 1 * MiB))
+    mirror = mirror_factory(
+        upstream_proxy.url,
+        config={"storage": s3_bucket.storage(rootdirectory="/registry", chunksize="5MiB")},
+    )
+    pull_dir(image.on(mirror.host), tmp_path / "cold")
+    assert manifest_digest_in_dir(tmp_path / "cold") == image.digest
+    expected = {*image.blob_digests, image.digest}
+    # Uploaded once verified, after the client had its last byte: wait for the bucket.
+    wait_until(
+        lambda: set(bucket_contents(s3_bucket, "registry")) == expected,
+        timeout=20,
+        message="every blob and the manifest in the bucket",
+    )
+    objects = bucket_contents(s3_bucket, "registry")
+    for digest, data in objects.items():
+        assert "sha256:" + hashlib.sha256(data).hexdigest() == digest
+
+    # The local directory is only a cache: lose it, and the bucket still serves the pull.
+    mirror.stop()
+    shutil.rmtree(mirror.root / "blobs")
+    mirror.start()
+    upstream_proxy.reset()
+    pull_dir(image.on(mirror.host), tmp_path / "again")
+    assert manifest_digest_in_dir(tmp_path / "again") == image.digest
+    assert image.blob_digests <= set(blob_digests_in_dir(tmp_path / "again"))
+    assert upstream_proxy.count("GET", "/blobs/") == 0
+    # Blob GETs were answered with a redirect to the bucket (storage.redirect's default).
+    assert set(access_statuses(mirror.log_text(), "/blobs/")) >= {"307"}
+
+
+def test_with_redirect_disabled_the_bucket_is_streamed_through_the_mirror(
+    s3_bucket: S3Bucket,
+    image_factory: ImageFactory,
+    upstream_proxy: RecordingProxy,
+    mirror_factory,
+    tmp_path: Path,
+) -> None:
+    image = image_factory("library/s3-stream", layers=(6 * MiB,))
+    storage = {**s3_bucket.storage(), "redirect": {"disable": True}}
+    mirror = mirror_factory(upstream_proxy.url, config={"storage": storage})
+    pull_dir(image.on(mirror.host), tmp_path / "cold")
+    wait_until(
+        lambda: len(bucket_contents(s3_bucket)) == len(image.blob_digests) + 1,
+        timeout=20,
+        message="the image in the bucket",
+    )
+    mirror.stop()
+    shutil.rmtree(mirror.root / "blobs")
+    mirror.start()
+    upstream_proxy.reset()
+
+    layer = image.source.layer_digests[0]
+    got = http_request("GET", f"{mirror.url}/v2/{image.repo}/blobs/{layer}", timeout=30)
+    assert got.status == 200
+    assert "sha256:" + hashlib.sha256(got.body).hexdigest() == layer
+    ranged = http_request(
+        "GET",
+        f"{mirror.url}/v2/{image.repo}/blobs/{layer}",
+        headers={"Range": "bytes=100-199"},
+        timeout=30,
+    )
+    assert ranged.status == 206 and ranged.body == got.body[100:200]
+    assert upstream_proxy.count("GET", "/blobs/") == 0
+    assert "307" not in access_statuses(mirror.log_text(), "/blobs/")
+    # Read back, it is in the local cache again.
+    assert layer in mirror.stored_files()
