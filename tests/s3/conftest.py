@@ -57,9 +57,13 @@ def s3_endpoint() -> Iterator[str]:
     proc.wait(10)
 
 
+def create_bucket(bucket: S3Bucket) -> None:
+    req = urllib.request.Request(f"{bucket.endpoint}/{bucket.bucket}", data=b"", method="PUT")
+    urllib.request.urlopen(req, timeout=5).read()
+
+
 @pytest.fixture
 def s3_bucket(s3_endpoint: str) -> S3Bucket:
-    name = f"pt-{uuid.uuid4().hex[:12]}"
-    req = urllib.request.Request(f"{s3_endpoint}/{name}", data=b"", method="PUT")
-    urllib.request.urlopen(req, timeout=5).read()
-    return S3Bucket(s3_endpoint, name)
+    bucket = S3Bucket(s3_endpoint, f"pt-{uuid.uuid4().hex[:12]}")
+    create_bucket(bucket)
+    return bucket

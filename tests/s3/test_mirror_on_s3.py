@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import uuid
 from pathlib import Path
 
 import obstore
 import pytest
 from obstore.store import S3Store
 
-from tests.s3.conftest import S3Bucket
+from tests.s3.conftest import S3Bucket, create_bucket
 from tests.support import MiB
 from tests.support.images import (
     ImageFactory,
@@ -46,7 +47,10 @@ def bucket_contents(bucket: S3Bucket, prefix: str = "") -> dict[str, bytes]:
     for batch in obstore.list(store, root + "/"):
         for meta in batch:
             algorithm, _, hex_ = meta["path"].removeprefix(root + "/").split("/")[:3]
-            found[f"{algorithm}:{hex_}"] = bytes(obstore.get(store, meta["path"]).bytes())
+            try:
+                found[f"{algorithm}:{hex_}"] = bytes(obstore.get(store, meta["path"]).bytes())
+            except FileNotFoundError:
+                continue  # deleted between the listing and the read
     return found
 
 
@@ -132,3 +136,74 @@ def test_with_redirect_disabled_the_bucket_is_streamed_through_the_mirror(
     assert "307" not in access_statuses(mirror.log_text(), "/blobs/")
     # Read back, it is in the local cache again.
     assert layer in mirror.stored_files()
+
+
+def test_expired_blobs_are_deleted_from_the_bucket(
+    s3_bucket: S3Bucket,
+    image_factory: ImageFactory,
+    upstream_proxy: RecordingProxy,
+    mirror_factory,
+    tmp_path: Path,
+) -> None:
+    image = image_factory("library/s3-ttl", layers=(2 * MiB,))
+    mirror = mirror_factory(
+        upstream_proxy.url,
+        config={
+            "storage": s3_bucket.storage(),
+            "proxy": {"ttl": "2s"},
+            "mirror": {"gc_interval": "0.5s"},
+        },
+    )
+    pull_dir(image.on(mirror.host), tmp_path / "cold")
+    wait_until(
+        lambda: len(bucket_contents(s3_bucket)) == len(image.blob_digests) + 1,
+        timeout=20,
+        message="the image in the bucket",
+    )
+    wait_until(
+        lambda: not bucket_contents(s3_bucket) and not mirror.stored_files(settle=0),
+        timeout=30,
+        message="the expired image gone from the bucket and the local cache",
+    )
+    # Expired means fetched again: from the upstream, into the bucket again.
+    upstream_proxy.reset()
+    pull_dir(image.on(mirror.host), tmp_path / "again")
+    assert upstream_proxy.count("GET", "/blobs/") == len(image.blob_digests)
+    wait_until(
+        lambda: len(bucket_contents(s3_bucket)) == len(image.blob_digests) + 1,
+        timeout=20,
+        message="the image in the bucket again",
+    )
+
+
+def test_a_failed_upload_serves_the_client_and_keeps_nothing(
+    s3_endpoint: str,
+    image_factory: ImageFactory,
+    upstream_proxy: RecordingProxy,
+    mirror_factory,
+    tmp_path: Path,
+) -> None:
+    # A bucket that does not exist (yet): every upload fails.
+    missing = S3Bucket(s3_endpoint, f"pt-missing-{uuid.uuid4().hex[:8]}")
+    image = image_factory("library/s3-no-bucket", layers=(7 * MiB,))
+    mirror = mirror_factory(upstream_proxy.url, config={"storage": missing.storage()})
+    pull_dir(image.on(mirror.host), tmp_path / "served")
+    assert manifest_digest_in_dir(tmp_path / "served") == image.digest
+    assert image.blob_digests <= set(blob_digests_in_dir(tmp_path / "served"))
+    layer = image.source.layer_digests[0]
+    wait_until(
+        lambda: f"{layer} is not kept" in mirror.log_text(),
+        timeout=20,
+        message="the failed upload logged",
+    )
+    assert layer not in mirror.stored_files()  # no local copy the index does not vouch for
+    # Once the bucket exists, the next pull fetches again and keeps it.
+    create_bucket(missing)
+    upstream_proxy.reset()
+    pull_dir(image.on(mirror.host), tmp_path / "kept")
+    assert upstream_proxy.count("GET", f"/blobs/{layer}") == 1
+    wait_until(
+        lambda: layer in bucket_contents(missing),
+        timeout=20,
+        message="the layer in the bucket",
+    )

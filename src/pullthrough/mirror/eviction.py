@@ -33,6 +33,7 @@ from pullthrough.mirror.bucket_tier import BucketTier
 from pullthrough.mirror.pins import all_pins, pinned_digests
 from pullthrough.reference import Digest, parse_digest
 from pullthrough.store.blobs import BlobStore
+from pullthrough.store.bucket import BucketUnavailable
 from pullthrough.store.index import AgedBlob, IndexBackend
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,11 @@ class Sweeper:
         tagged = {row[3] for row in await self.index.catalog_rows()}
         known = await self.index.digests()
         if self.bucket is not None:
-            files = {f.digest: f for f in await self.bucket.listing()}
+            try:
+                files = {f.digest: f for f in await self.bucket.listing()}
+            except BucketUnavailable as exc:
+                log.warning("index not reconciled with the bucket: %s", exc.message)
+                return 0, 0
         else:
             files = {f.digest: f for f in await asyncio.to_thread(self.store.scan)}
         adopted = 0

@@ -43,6 +43,7 @@ from pullthrough.mirror.recent import RecentManifests
 from pullthrough.reference import Digest, parse_digest
 from pullthrough.singleflight import SingleFlight
 from pullthrough.store.blobs import BlobStore, DigestMismatch
+from pullthrough.store.bucket import BucketUnavailable
 from pullthrough.store.index import IndexBackend, TagRecord
 from pullthrough.upstream.client import ManifestHead, UpstreamClient
 
@@ -320,7 +321,13 @@ class ManifestService:
                 f"upstream {upstream.name} sent a manifest for {reference} {exc}; "
                 "it was not stored"
             ) from exc
-        await self.store.put(digest, got.body)
+        try:
+            await self.store.put(digest, got.body)
+        except BucketUnavailable as exc:
+            # storage.s3 and the bucket refused it: the client still gets the verified
+            # manifest, and nothing records it (the next request fetches it again).
+            log.warning("manifest %s is served but not kept: %s", digest, exc.message)
+            return Manifest(str(digest), media_type, got.body, children=refs)
         await self.provenance.served(
             upstream.name,
             repo,

@@ -36,6 +36,9 @@ if TYPE_CHECKING:  # obstore's option types exist only in its stubs
 log = logging.getLogger(__name__)
 
 BLOBS = "docker/registry/v2/blobs"
+# What obstore raises: its own errors, and builtins for some statuses (404 as
+# FileNotFoundError, 403 as PermissionError) and for the network (ConnectionError, time-outs).
+ERRORS = (BaseError, OSError)
 # Parts of one upload in flight at once: memory is about this many parts.
 UPLOAD_PARTS_IN_FLIGHT = 4
 
@@ -96,7 +99,7 @@ class Bucket:
                 chunk_size=self.config.chunk_size,
                 max_concurrency=UPLOAD_PARTS_IN_FLIGHT,
             )
-        except BaseError as exc:
+        except ERRORS as exc:
             raise _unavailable("upload", digest, exc) from None
 
     async def put(self, digest: Digest, data: bytes) -> None:
@@ -105,14 +108,14 @@ class Bucket:
             await obstore.put_async(
                 self._store, self.key(digest), data, attributes=self._attributes or None
             )
-        except BaseError as exc:
+        except ERRORS as exc:
             raise _unavailable("upload", digest, exc) from None
 
     def put_sync(self, digest: Digest, data: bytes) -> None:
         """``put`` for a caller in a worker thread (the store's manifest writes)."""
         try:
             obstore.put(self._store, self.key(digest), data, attributes=self._attributes or None)
-        except BaseError as exc:
+        except ERRORS as exc:
             raise _unavailable("upload", digest, exc) from None
 
     def read_sync(self, digest: Digest, limit: int) -> bytes | None:
@@ -124,7 +127,7 @@ class Bucket:
             return bytes(obstore.get(self._store, self.key(digest)).bytes())
         except (NotFoundError, FileNotFoundError):
             return None
-        except BaseError as exc:
+        except ERRORS as exc:
             raise _unavailable("read", digest, exc) from None
 
     async def read(self, digest: Digest, limit: int) -> bytes | None:
@@ -137,7 +140,7 @@ class Bucket:
             return bytes(await result.bytes_async())
         except (NotFoundError, FileNotFoundError):
             return None
-        except BaseError as exc:
+        except ERRORS as exc:
             raise _unavailable("read", digest, exc) from None
 
     async def head(self, digest: Digest) -> BucketObject | None:
@@ -145,7 +148,7 @@ class Bucket:
             meta = await obstore.head_async(self._store, self.key(digest))
         except (NotFoundError, FileNotFoundError):
             return None
-        except BaseError as exc:
+        except ERRORS as exc:
             raise _unavailable("look up", digest, exc) from None
         return BucketObject(
             str(digest), meta["size"], meta["last_modified"].timestamp(), meta["e_tag"]
@@ -157,7 +160,7 @@ class Bucket:
             await obstore.delete_async(self._store, self.key(digest))
         except (NotFoundError, FileNotFoundError):
             pass
-        except BaseError as exc:
+        except ERRORS as exc:
             raise _unavailable("delete", digest, exc) from None
 
     async def presign(self, digest: Digest) -> str:
@@ -169,7 +172,7 @@ class Bucket:
                 self.key(digest),
                 timedelta(seconds=self.config.redirect_expiry),
             )
-        except BaseError as exc:
+        except ERRORS as exc:
             raise _unavailable("sign a URL for", digest, exc) from None
 
     async def objects(self) -> AsyncIterator[BucketObject]:
@@ -183,7 +186,7 @@ class Bucket:
                         yield BucketObject(
                             digest, meta["size"], meta["last_modified"].timestamp(), meta["e_tag"]
                         )
-        except BaseError as exc:
+        except ERRORS as exc:
             raise BucketUnavailable(f"cannot list the bucket: {_reason(exc)}") from None
 
     def _digest_of(self, key: str) -> str | None:
@@ -216,7 +219,7 @@ class Bucket:
         for name, step in steps:
             try:
                 await asyncio.wait_for(step(), 30)
-            except (BaseError, TimeoutError) as exc:
+            except ERRORS as exc:
                 lines.append(f"  {name}: FAILED: {_reason(exc)}")
                 raise BucketUnavailable("\n".join(lines)) from None
             lines.append(f"  {name}: ok")
