@@ -207,3 +207,32 @@ def test_a_failed_upload_serves_the_client_and_keeps_nothing(
         timeout=20,
         message="the layer in the bucket",
     )
+
+
+def test_a_new_process_with_an_empty_disk_serves_what_the_bucket_holds(
+    s3_bucket: S3Bucket,
+    image_factory: ImageFactory,
+    upstream_proxy: RecordingProxy,
+    mirror_factory,
+    tmp_path: Path,
+) -> None:
+    """A pod replaced on another node: no local directory, the same bucket. It starts from
+    the index snapshot in the bucket, so the upstream is not asked for the blobs again."""
+    image = image_factory("library/s3-new-pod", layers=(4 * MiB, 1 * MiB))
+    first = mirror_factory(upstream_proxy.url, config={"storage": s3_bucket.storage()})
+    pull_dir(image.on(first.host), tmp_path / "first")
+    wait_until(
+        lambda: len(bucket_contents(s3_bucket)) == len(image.blob_digests) + 1,
+        timeout=20,
+        message="the image in the bucket",
+    )
+    first.stop()  # writes the index snapshot
+
+    upstream_proxy.reset()
+    second = mirror_factory(upstream_proxy.url, config={"storage": s3_bucket.storage()})
+    assert second.root != first.root and not second.stored_files(settle=0)
+    pull_dir(image.on(second.host), tmp_path / "second")
+    assert manifest_digest_in_dir(tmp_path / "second") == image.digest
+    assert image.blob_digests <= set(blob_digests_in_dir(tmp_path / "second"))
+    assert upstream_proxy.count("GET", "/blobs/") == 0
+    assert "index restored from the bucket's snapshot" in second.log_text()

@@ -23,8 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import cast
 
 from aiohttp import ThreadedResolver
@@ -43,6 +46,8 @@ log = logging.getLogger(__name__)
 
 BUCKET_NAME = "s3"  # how reads from the bucket are named in logs and metrics
 BUCKET_DOWNLOADS = 64  # reads from the bucket at once (stream mode)
+INDEX_SNAPSHOT = "index.db"  # the index's last copy, under <rootdirectory>/pullthrough/
+SNAPSHOT_INTERVAL = 60.0
 
 
 class BucketSource:
@@ -183,5 +188,65 @@ class BucketTier:
             log.info("local cache: dropped %d bytes of blobs (the bucket keeps them)", freed)
         return freed
 
+    # --- the index's snapshot ---------------------------------------------------------
+
+    async def restore_index(self, index_path: Path) -> bool:
+        """A process without an index (a new pod, a lost disk) starts from the last
+        snapshot in the bucket, so what it knew of who may read which blob is not lost
+        with the disk (rebuilt from the listing alone, every blob would have to be
+        fetched again before anyone could read it). Reconciling with the listing then
+        drops what the bucket no longer holds. False when there is nothing to restore."""
+        if await asyncio.to_thread(index_path.exists):
+            return False
+        await asyncio.to_thread(index_path.parent.mkdir, parents=True, exist_ok=True)
+        temp = index_path.with_name(index_path.name + ".restoring")
+        try:
+            if not await self.bucket.get_file(INDEX_SNAPSHOT, temp):
+                return False
+            if not await asyncio.to_thread(_sound_sqlite, temp):
+                log.warning("the index snapshot in the bucket is not a sound database: ignored")
+                return False
+            await asyncio.to_thread(os.replace, temp, index_path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(temp.unlink)
+        log.info("index restored from the bucket's snapshot")
+        return True
+
+    async def snapshot_index(self, index_path: Path) -> None:
+        """Copy the index (SQLite's online backup: consistent while the server writes)
+        into the bucket."""
+        temp = index_path.with_name(index_path.name + ".snapshot")
+        try:
+            await asyncio.to_thread(_backup, index_path, temp)
+            await self.bucket.put_file(INDEX_SNAPSHOT, temp)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(temp.unlink)
+
     async def close(self) -> None:
         await self.source.close()
+
+
+def _backup(source: Path, target: Path) -> None:
+    src = sqlite3.connect(source)
+    try:
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+
+
+def _sound_sqlite(path: Path) -> bool:
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = conn.execute("PRAGMA quick_check").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+    return row is not None and row[0] == "ok"

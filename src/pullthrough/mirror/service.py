@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from typing import TYPE_CHECKING, cast
 
 from pullthrough.config import Config
@@ -17,7 +18,7 @@ from pullthrough.hosted.registry import HostedRegistry
 from pullthrough.hosted.uploads import Uploads
 from pullthrough.metrics import Metrics
 from pullthrough.mirror.blobs import BlobService
-from pullthrough.mirror.bucket_tier import BucketTier
+from pullthrough.mirror.bucket_tier import SNAPSHOT_INTERVAL, BucketTier
 from pullthrough.mirror.eviction import Sweeper, SweepReport
 from pullthrough.mirror.fetch import Fetch
 from pullthrough.mirror.fetches import Fetches
@@ -161,6 +162,11 @@ class Mirror:
             await asyncio.to_thread(self.store.prepare)
         else:
             await self.cluster.start()  # the shared temp directory is not emptied
+        if self.bucket_tier is not None:
+            try:
+                await self.bucket_tier.restore_index(self.config.index_path)
+            except BucketUnavailable as exc:
+                log.warning("index not restored from the bucket: %s", exc.message)
         await self.index.open()
         if self.hosted is not None and self.uploads is not None:
             # Before the sweeper's first pass: it must know what is kept.
@@ -175,6 +181,7 @@ class Mirror:
         ]
         if self.bucket_tier is not None:
             self._background.append(loop.create_task(self._trim_forever()))
+            self._background.append(loop.create_task(self._snapshot_forever()))
         if self.config.allow_any_upstream:
             self._background.append(loop.create_task(self._reclaim_forever()))
         if self.policy_file is not None:
@@ -201,9 +208,10 @@ class Mirror:
                 await task
         await self.fetches.wait_all(seconds=5.0)
         await self.upstreams.close()
-        if self.bucket_tier is not None:
-            await self.bucket_tier.close()
         await self.index.close()
+        if self.bucket_tier is not None:
+            await self._snapshot()  # what this process learnt outlives its disk
+            await self.bucket_tier.close()
         if self.hosted is not None:
             await self.hosted.index.close()
         if self.cluster is not None:
@@ -226,6 +234,18 @@ class Mirror:
                 await self.bucket_tier.trim(busy)
             except Exception:  # try again next time
                 log.exception("trimming the local cache failed")
+
+    async def _snapshot_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SNAPSHOT_INTERVAL)
+            await self._snapshot()
+
+    async def _snapshot(self) -> None:
+        assert self.bucket_tier is not None
+        try:
+            await self.bucket_tier.snapshot_index(self.config.index_path)
+        except (BucketUnavailable, OSError, sqlite3.Error) as exc:
+            log.warning("index snapshot not written to the bucket: %s", exc)
 
     async def _expire_uploads_forever(self) -> None:
         assert self.uploads is not None

@@ -175,6 +175,41 @@ class Bucket:
         except ERRORS as exc:
             raise _unavailable("sign a URL for", digest, exc) from None
 
+    def _own(self, name: str) -> str:
+        """A key of pullthrough's own beside the blobs (never a digest's)."""
+        return f"{self.config.prefix}/pullthrough/{name}" if self.config.prefix else (
+            f"pullthrough/{name}"
+        )
+
+    async def put_file(self, name: str, path: Path) -> None:
+        """Upload ``path`` as pullthrough's own object ``name`` (the index snapshot)."""
+        try:
+            await obstore.put_async(
+                self._store,
+                self._own(name),
+                path,
+                chunk_size=self.config.chunk_size,
+                max_concurrency=UPLOAD_PARTS_IN_FLIGHT,
+            )
+        except ERRORS as exc:
+            raise BucketUnavailable(f"cannot upload {name}: {_reason(exc)}") from None
+
+    async def get_file(self, name: str, path: Path) -> bool:
+        """Download pullthrough's own object ``name`` into ``path``; False if there is none."""
+        try:
+            result = await obstore.get_async(self._store, self._own(name))
+            out = await asyncio.to_thread(path.open, "wb")
+            try:
+                async for chunk in result.stream(min_chunk_size=8 * 1024 * 1024):
+                    await asyncio.to_thread(out.write, memoryview(chunk))
+            finally:
+                await asyncio.to_thread(out.close)
+        except (NotFoundError, FileNotFoundError):
+            return False
+        except ERRORS as exc:
+            raise BucketUnavailable(f"cannot download {name}: {_reason(exc)}") from None
+        return True
+
     async def objects(self) -> AsyncIterator[BucketObject]:
         """Every blob object under the prefix; keys that name no digest are skipped."""
         stream = obstore.list(self._store, self._blobs + "/", chunk_size=1000)
