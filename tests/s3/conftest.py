@@ -20,8 +20,8 @@ class S3Bucket:
     endpoint: str
     bucket: str
     region: str = "us-east-1"
-    access_key: str = "test"
-    secret_key: str = "test"
+    access_key: str = "pt-access-key"
+    secret_key: str = "pt-secret-0d9f3a"
 
     def storage(self, **extra: object) -> dict[str, object]:
         return {
