@@ -118,3 +118,31 @@ def test_kubernetes_pods_are_locked_down_probed_and_protected_from_drains() -> N
     assert pod["terminationGracePeriodSeconds"] > drain
     budget = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
     assert budget["spec"]["selector"] == deployment["spec"]["selector"]
+
+
+def test_s3_deployments_carry_configs_pullthrough_accepts(tmp_path: Path) -> None:
+    secrets = {"REGISTRY_STORAGE_S3_ACCESSKEY": "ak", "REGISTRY_STORAGE_S3_SECRETKEY": "sk"}
+    compose = yaml.safe_load((DEPLOY / "docker-compose-s3.yml").read_text())["services"]
+    mirror = compose["mirror"]
+    assert "./s3.yml:/etc/docker/registry/config.yml:ro" in mirror["volumes"]
+    assert set(secrets) <= set(mirror["environment"])
+    config = load(DEPLOY / "s3.yml", environ=secrets)
+    assert config.s3 is not None and config.s3.access_key == "ak"
+    assert config.root == Path("/var/lib/registry") and config.cluster is None
+
+    text = (DEPLOY / "kubernetes" / "pullthrough-s3.yaml").read_text()
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    assert "PersistentVolumeClaim" not in {d["kind"] for d in docs}  # no shared volume
+    configmap = next(d for d in docs if d["kind"] == "ConfigMap")
+    path = tmp_path / "config.yml"
+    path.write_text(configmap["data"]["config.yml"])
+    config = load(path, environ=secrets)
+    assert config.s3 is not None and config.s3.redirect
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    for name in secrets:
+        assert "secretKeyRef" in env[name]["valueFrom"] and "value" not in env[name]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["cache"] == str(config.root)

@@ -108,6 +108,7 @@ def test_environment_overrides_reach_the_s3_section(tmp_path: Path) -> None:
         ("storage: {s3: {bucket: b, region: r, keyid: k}}", "storage.s3.keyid"),
         ("storage: {s3: {bucket: b, region: r, storageclass: COLD}}", "storage.s3.storageclass"),
         ("storage: {s3: {bucket: b, region: r, objectacl: everyone}}", "storage.s3.objectacl"),
+        ("storage: {s3: {bucket: b, region: r, objectacl: public-read}}", "storage.s3.objectacl"),
         ("storage: {s3: {bucket: b, region: r, accesskey: a}}", "storage.s3.accesskey"),
         (
             "storage: {s3: {bucket: b, region: r, regionendpoint: 'ftp://x'}}",

@@ -89,6 +89,11 @@ def s3_config(root: Root) -> S3Config | None:
         raise ConfigError(
             f"{key}.objectacl: expected one of {', '.join(sorted(OBJECT_ACLS))}, got {acl!r}"
         )
+    if acl != "private":
+        raise ConfigError(
+            f"{key}.objectacl: only private is supported (objects are read through the "
+            "mirror or its presigned URLs); give access with a bucket policy instead"
+        )
     cache = root.mirror.s3.localcache
     if not str(cache.path).strip():
         raise ConfigError("mirror.s3.localcache.path: must not be empty")
