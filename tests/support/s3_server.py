@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from .net import LOOPBACK, clean_env, free_port
 from .servers import kill_process, spawn_logged, stop_process
@@ -109,6 +109,23 @@ class CephS3:
     def endpoint_url(self) -> str:
         """``http://127.0.0.1:PORT`` (plain HTTP, path-style: no DNS name is configured)."""
         return f"http://{LOOPBACK}:{self.port}"
+
+    def distribution_storage(self, rootdirectory: str = "/") -> dict[str, Any]:
+        """The ``storage`` entry that points distribution's S3 driver (``docker-registry``)
+        at this server: path-style over plain HTTP, keys given, no encryption."""
+        return {
+            "s3": {
+                "accesskey": self.access_key,
+                "secretkey": self.secret_key,
+                "region": self.region,
+                "regionendpoint": self.endpoint_url,
+                "forcepathstyle": True,
+                "bucket": self.bucket,
+                "secure": False,
+                "v4auth": True,
+                "rootdirectory": rootdirectory,
+            }
+        }
 
     @property
     def pid(self) -> int | None:
