@@ -156,8 +156,7 @@ class CephS3:
                 self._timed("bucket", self._create_bucket)
                 self._provisioned = True
         except BaseException:
-            if not getattr(self, "_mon_keep_on_error", False):
-                self.close()
+            self.close()
             raise
         return self
 
@@ -269,6 +268,11 @@ rgw gc processor period = 10
 
     def _start_cluster(self) -> None:
         r = self.root
+        # A new cluster every time: what a previous one left in a reused root is thrown away.
+        for old in ("monmap", "keyring", "ceph.conf"):
+            (r / old).unlink(missing_ok=True)
+        for old in ("run", "crash", "rgw", "mon.a", "osd.0"):
+            shutil.rmtree(r / old, ignore_errors=True)
         for sub in ("run", "crash", "rgw", "mon.a", "osd.0"):
             (r / sub).mkdir(exist_ok=True)
         self.log_dir.mkdir(exist_ok=True)
