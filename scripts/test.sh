@@ -20,6 +20,11 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v unshare >/dev/null || need_apt+=(util-linux)
 # The cluster tests coordinate their replicas through a real Redis (started per test).
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+# The S3 tests run a real S3 server: Ceph's radosgw on a private one-monitor, one-OSD
+# cluster in a temp dir (tests/support/s3_server.py).
+command -v radosgw >/dev/null || need_apt+=(radosgw)
+command -v ceph-mon >/dev/null || need_apt+=(ceph-mon)
+command -v ceph-osd >/dev/null || need_apt+=(ceph-osd)
 # The image test builds its own Debian base (no container registry is reachable), and the
 # systemd unit in deploy/ is checked with systemd-analyze verify.
 command -v mmdebstrap >/dev/null || need_apt+=(mmdebstrap)

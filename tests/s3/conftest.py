@@ -1,34 +1,75 @@
-"""TEMPORARY (dev): a moto server from /tmp/vm; replaced by tests/support/s3_server.py."""
+"""Fixtures for S3 tests: a real S3 server (Ceph's radosgw on a private one-OSD cluster,
+tests/support/s3_server.py) on a loopback port, with one user; each test that stores
+through pullthrough gets a bucket of its own on it (``s3_bucket``)."""
 
 from __future__ import annotations
 
-import subprocess
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import mirror_factory  # noqa: F401 (the same fixture)
-from tests.support.net import free_port
+from tests.support.s3_client import create_bucket as create_server_bucket
+from tests.support.s3_server import APT_PACKAGES, CephS3, available
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "s3: talks to a real S3 server (radosgw) the test run starts on loopback"
+    )
+
+
+def _require_ceph() -> None:
+    if not available():
+        pytest.skip(f"radosgw not installed (apt-get install {' '.join(APT_PACKAGES)})")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephS3]:
+    """One S3 server for the session (starts in about 2 s). Tests write under keys of their
+    own; they may ``stop()``/``start()`` it but must leave it running."""
+    _require_ceph()
+    with CephS3(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture
+def own_s3_server(tmp_path: Path) -> Iterator[CephS3]:
+    """An S3 server of this test's own, for tests that crash it or leave it stopped."""
+    _require_ceph()
+    with CephS3(tmp_path / "s3") as server:
+        yield server
 
 
 @dataclass
 class S3Bucket:
-    endpoint: str
+    """A bucket on a test server, and the ``storage`` section pointing pullthrough at it."""
+
+    endpoint_url: str
     bucket: str
+    access_key: str
+    secret_key: str
     region: str = "us-east-1"
-    access_key: str = "pt-access-key"
-    secret_key: str = "pt-secret-0d9f3a"
+
+    @classmethod
+    def on(cls, server: CephS3, name: str | None = None, endpoint: str | None = None) -> S3Bucket:
+        return cls(
+            endpoint or server.endpoint_url,
+            name or f"pt-{uuid.uuid4().hex[:12]}",
+            server.access_key,
+            server.secret_key,
+            server.region,
+        )
 
     def storage(self, **extra: object) -> dict[str, object]:
         return {
             "s3": {
                 "bucket": self.bucket,
                 "region": self.region,
-                "regionendpoint": self.endpoint,
+                "regionendpoint": self.endpoint_url,
                 "accesskey": self.access_key,
                 "secretkey": self.secret_key,
                 "secure": False,
@@ -37,33 +78,12 @@ class S3Bucket:
         }
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        ["/tmp/vm/bin/moto_server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(url + "/", timeout=1).read()
-            break
-        except Exception:
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
-
-
 def create_bucket(bucket: S3Bucket) -> None:
-    req = urllib.request.Request(f"{bucket.endpoint}/{bucket.bucket}", data=b"", method="PUT")
-    urllib.request.urlopen(req, timeout=5).read()
+    create_server_bucket(bucket)
 
 
 @pytest.fixture
-def s3_bucket(s3_endpoint: str) -> S3Bucket:
-    bucket = S3Bucket(s3_endpoint, f"pt-{uuid.uuid4().hex[:12]}")
+def s3_bucket(s3_server: CephS3) -> S3Bucket:
+    bucket = S3Bucket.on(s3_server)
     create_bucket(bucket)
     return bucket

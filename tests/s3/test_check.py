@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tests.s3.conftest import S3Bucket
+from tests.support.s3_server import CephS3
 
 pytestmark = [pytest.mark.integration, pytest.mark.s3]
 
@@ -41,16 +42,25 @@ def test_check_lists_writes_reads_and_deletes_in_the_bucket(
     assert done.returncode == 0, done.stderr
     for step in ("list", "write", "read", "delete"):
         assert f"  {step}: ok" in done.stdout
-    assert f"bucket {s3_bucket.bucket} at {s3_bucket.endpoint} under checked/" in done.stdout
+    assert f"bucket {s3_bucket.bucket} at {s3_bucket.endpoint_url} under checked/" in done.stdout
     assert s3_bucket.secret_key not in done.stdout + done.stderr
 
 
 def test_check_says_which_step_fails_on_a_missing_bucket(
-    s3_endpoint: str, tmp_path: Path
+    s3_server: CephS3, tmp_path: Path
 ) -> None:
-    missing = S3Bucket(s3_endpoint, "pt-no-such-bucket", secret_key="s3cr3t-v4lue")
+    missing = S3Bucket.on(s3_server, "pt-no-such-bucket")
     done = check(tmp_path, missing.storage())
     assert done.returncode == 1
-    assert "list: FAILED" in done.stdout
+    assert "list: FAILED: 404" in done.stdout and "NoSuchBucket" in done.stdout
     assert "cannot be used" in done.stderr
-    assert "s3cr3t-v4lue" not in done.stdout + done.stderr
+    assert s3_server.secret_key not in done.stdout + done.stderr
+
+
+def test_check_says_the_credentials_are_refused(s3_server: CephS3, tmp_path: Path) -> None:
+    wrong = S3Bucket.on(s3_server, s3_server.bucket)
+    wrong.secret_key = "wr0ng-s3cret-value"
+    done = check(tmp_path, wrong.storage())
+    assert done.returncode == 1
+    assert "list: FAILED: 403" in done.stdout and "SignatureDoesNotMatch" in done.stdout
+    assert "wr0ng-s3cret-value" not in done.stdout + done.stderr

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import uuid
 from pathlib import Path
 
 import obstore
@@ -14,6 +13,7 @@ import pytest
 from obstore.store import S3Store
 
 from tests.s3.conftest import S3Bucket, create_bucket
+from tests.support.s3_server import CephS3
 from tests.support import MiB
 from tests.support.images import (
     ImageFactory,
@@ -35,7 +35,7 @@ def bucket_contents(bucket: S3Bucket, prefix: str = "") -> dict[str, bytes]:
     store = S3Store(
         bucket.bucket,
         config={
-            "endpoint": bucket.endpoint,
+            "endpoint": bucket.endpoint_url,
             "region": bucket.region,
             "access_key_id": bucket.access_key,
             "secret_access_key": bucket.secret_key,
@@ -176,37 +176,90 @@ def test_expired_blobs_are_deleted_from_the_bucket(
     )
 
 
-def test_a_failed_upload_serves_the_client_and_keeps_nothing(
-    s3_endpoint: str,
+def test_a_refused_upload_serves_the_client_and_keeps_nothing(
+    s3_server: CephS3,
     image_factory: ImageFactory,
     upstream_proxy: RecordingProxy,
+    proxy_factory,
     mirror_factory,
     tmp_path: Path,
 ) -> None:
-    # A bucket that does not exist (yet): every upload fails.
-    missing = S3Bucket(s3_endpoint, f"pt-missing-{uuid.uuid4().hex[:8]}")
-    image = image_factory("library/s3-no-bucket", layers=(7 * MiB,))
-    mirror = mirror_factory(upstream_proxy.url, config={"storage": missing.storage()})
+    """The bucket answers 503 to every write for longer than the retries last."""
+    front = proxy_factory(s3_server.endpoint_url)
+    front.forward_host = True  # the signatures are made for the address the mirror uses
+    bucket = S3Bucket.on(s3_server, endpoint=front.url)
+    create_bucket(bucket)
+    image = image_factory("library/s3-refused", layers=(7 * MiB,))
+    mirror = mirror_factory(upstream_proxy.url, config={"storage": bucket.storage()})
+    front.fault_path_contains = "/docker/registry/v2/blobs/"
+    front.fail_status = 503
     pull_dir(image.on(mirror.host), tmp_path / "served")
     assert manifest_digest_in_dir(tmp_path / "served") == image.digest
     assert image.blob_digests <= set(blob_digests_in_dir(tmp_path / "served"))
     layer = image.source.layer_digests[0]
     wait_until(
         lambda: f"{layer} is not kept" in mirror.log_text(),
-        timeout=20,
-        message="the failed upload logged",
+        timeout=60,
+        message="the refused upload logged",
     )
+    assert front.count("PUT") + front.count("POST") > 1  # retried before giving up
     assert layer not in mirror.stored_files()  # no local copy the index does not vouch for
-    # Once the bucket exists, the next pull fetches again and keeps it.
-    create_bucket(missing)
+    front.clear_faults()
+    assert bucket_contents(bucket) == {}
+    # The bucket answers again: the next pull fetches the blobs again and keeps them.
     upstream_proxy.reset()
     pull_dir(image.on(mirror.host), tmp_path / "kept")
     assert upstream_proxy.count("GET", f"/blobs/{layer}") == 1
     wait_until(
-        lambda: layer in bucket_contents(missing),
-        timeout=20,
-        message="the layer in the bucket",
+        lambda: layer in bucket_contents(bucket), timeout=20, message="the layer in the bucket"
     )
+
+
+def test_brief_bucket_errors_are_retried(
+    s3_server: CephS3,
+    image_factory: ImageFactory,
+    upstream_proxy: RecordingProxy,
+    proxy_factory,
+    mirror_factory,
+    tmp_path: Path,
+) -> None:
+    """503 SlowDown twice, then the bucket takes the upload: nothing is lost or fetched twice."""
+    front = proxy_factory(s3_server.endpoint_url)
+    front.forward_host = True
+    bucket = S3Bucket.on(s3_server, endpoint=front.url)
+    create_bucket(bucket)
+    image = image_factory("library/s3-slowdown", layers=(3 * MiB,))
+    mirror = mirror_factory(upstream_proxy.url, config={"storage": bucket.storage()})
+    front.fault_path_contains = "/docker/registry/v2/blobs/"
+    front.fail_body = "<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>"
+    front.fail_content_type = "application/xml"
+    front.fail_status, front.fail_count = 503, 2
+    pull_dir(image.on(mirror.host), tmp_path / "cold")
+    wait_until(
+        lambda: set(bucket_contents(bucket)) == {*image.blob_digests, image.digest},
+        timeout=30,
+        message="the image in the bucket after the retries",
+    )
+    assert len(front.requests(path_contains="/docker/registry/v2/blobs/")) >= 2
+    assert "is not kept" not in mirror.log_text()
+    assert upstream_proxy.count("GET", "/blobs/") == len(image.blob_digests)
+
+
+def test_wrong_credentials_stop_the_server_at_start_with_the_reason(
+    s3_server: CephS3, upstream_proxy: RecordingProxy, mirror_factory
+) -> None:
+    bucket = S3Bucket.on(s3_server)
+    create_bucket(bucket)
+    bucket.secret_key = "not-the-secret-0000"
+    mirror = mirror_factory(
+        upstream_proxy.url, config={"storage": bucket.storage()}, start=False
+    )
+    with pytest.raises(RuntimeError):
+        mirror.start(timeout=30)
+    log = mirror.log_text()
+    assert f"config error: storage.s3: bucket {bucket.bucket}" in log
+    assert "403" in log and "SignatureDoesNotMatch" in log
+    assert "not-the-secret-0000" not in log and "Traceback" not in log
 
 
 def test_a_new_process_with_an_empty_disk_serves_what_the_bucket_holds(

@@ -147,6 +147,8 @@ class RecordingProxy(ThreadedApp):
         self.blob_rate: int | None = None
         self.fault_path_contains: str | None = None
         self.fail_count: int | None = None
+        # Forward the client's Host header (an S3 server checks signatures made for it).
+        self.forward_host = False
         self.tags_page: int | None = None
         self.ratelimit_remaining: int | None = None
         self.ratelimit_limit: int = 100
@@ -322,7 +324,7 @@ class RecordingProxy(ThreadedApp):
             fwd_headers = CIMultiDict(
                 (k, v)
                 for k, v in request.headers.items()
-                if k.lower() not in _HOP_BY_HOP and k.lower() != "host"
+                if k.lower() not in _HOP_BY_HOP and (k.lower() != "host" or self.forward_host)
             )
             body = await request.read() if request.can_read_body else None
             tally.forwarded = True

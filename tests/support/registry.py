@@ -54,6 +54,10 @@ class Registry:
     and is never started or stopped by it. ``htpasswd`` and ``token_auth`` are
     mutually exclusive.
 
+    ``storage_driver`` replaces the filesystem driver's entry under ``storage`` (for example
+    ``{"s3": {...}}``, see ``s3_server.CephS3.distribution_storage``); ``blob_path`` and the
+    other on-disk helpers then see nothing.
+
     ``stop()`` followed by ``start()`` reuses the same port, config and storage, so
     content survives a simulated outage. The temp dir is only removed by ``cleanup()`` and
     only if this object created it.
@@ -73,6 +77,7 @@ class Registry:
         binary: str = REGISTRY_BINARY,
         extra_config: dict[str, Any] | None = None,
         token_auth: TokenIssuer | None = None,
+        storage_driver: dict[str, Any] | None = None,
     ) -> None:
         if htpasswd is not None and token_auth is not None:
             raise ValueError("htpasswd and token_auth are mutually exclusive")
@@ -90,6 +95,7 @@ class Registry:
         self.stop_timeout = stop_timeout
         self.binary = binary
         self.extra_config = extra_config or {}
+        self.storage_driver = storage_driver
         self.storage_dir = self.root / "storage"
         self.config_path = self.root / "config.yml"
         self.log_path = self.root / "registry.log"
@@ -159,7 +165,7 @@ class Registry:
                 "accesslog": {"disabled": False},
             },
             "storage": {
-                "filesystem": {"rootdirectory": str(self.storage_dir)},
+                **(self.storage_driver or {"filesystem": {"rootdirectory": str(self.storage_dir)}}),
                 "delete": {"enabled": True},
                 "maintenance": {"uploadpurging": {"enabled": False}},
             },
@@ -218,8 +224,10 @@ class Registry:
         self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         env = clean_env()
-        # REGISTRY_* variables override config.yml entries; never inherit them.
-        env = {k: v for k, v in env.items() if not k.startswith("REGISTRY_")}
+        # REGISTRY_* variables override config.yml entries; never inherit them. Nor AWS_*:
+        # the S3 driver's SDK reads them (an AWS_CA_BUNDLE makes it panic at start, since
+        # it cannot add a CA to the transport it is given), and its config says all it needs.
+        env = {k: v for k, v in env.items() if not k.startswith(("REGISTRY_", "AWS_"))}
         self._proc = spawn_logged(
             [self.binary, "serve", str(self.config_path)],
             self.log_path,

@@ -13,7 +13,7 @@ import logging
 import sqlite3
 from typing import TYPE_CHECKING, cast
 
-from pullthrough.config import Config
+from pullthrough.config import Config, ConfigError
 from pullthrough.hosted.registry import HostedRegistry
 from pullthrough.hosted.uploads import Uploads
 from pullthrough.metrics import Metrics
@@ -163,6 +163,10 @@ class Mirror:
         else:
             await self.cluster.start()  # the shared temp directory is not emptied
         if self.bucket_tier is not None:
+            try:
+                await self.bucket_tier.bucket.check_access()
+            except BucketUnavailable as exc:
+                raise ConfigError(f"storage.s3: {exc.message}") from None
             try:
                 await self.bucket_tier.restore_index(self.config.index_path)
             except BucketUnavailable as exc:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -236,6 +237,19 @@ class Bucket:
         except ValueError:
             return None
 
+    async def check_access(self) -> None:
+        """Raises BucketUnavailable unless the bucket can be listed (the server's start:
+        wrong credentials or a missing bucket are a configuration error, said at once)."""
+        try:
+            await asyncio.wait_for(
+                _first(obstore.list(self._store, self._blobs + "/", chunk_size=1)), 30
+            )
+        except ERRORS as exc:
+            raise BucketUnavailable(
+                f"bucket {self.config.bucket} at {self.config.endpoint} cannot be listed: "
+                f"{_reason(exc)}"
+            ) from None
+
     async def probe(self) -> list[str]:
         """What ``pullthrough check`` says of the bucket: whether it can list, write, read
         back and delete (a small object under the prefix), one line each."""
@@ -301,11 +315,25 @@ def _client_options(config: S3Config) -> dict[str, Any]:
     return out
 
 
+_STATUS = re.compile(r"status code: (\d{3}[^:<]*)")
+_CODE = re.compile(r"<Code>([^<]{1,100})</Code>")
+_MESSAGE = re.compile(r"<Message>([^<]{1,300})</Message>")
+
+
 def _reason(exc: BaseException) -> str:
-    """The first line of an obstore error (its later lines repeat the request, which may
-    carry a signed URL)."""
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    """What went wrong, short: the HTTP status and S3's error code and message when the
+    service answered, else the first line of obstore's error. Never the rest of it: it
+    repeats the request (a presigned URL carries a signature) and the service's whole
+    answer (which may name the access key)."""
+    text = str(exc)
+    status, code, message = _STATUS.search(text), _CODE.search(text), _MESSAGE.search(text)
+    if status is not None:
+        parts = [status.group(1).strip()]
+        parts += [m.group(1) for m in (code, message) if m is not None]
+        return ": ".join(parts)
+    lines = text.strip().splitlines()
+    first = lines[0] if lines else type(exc).__name__
+    return first.split(" http", 1)[0][:300]
 
 
 def _unavailable(action: str, digest: Digest, exc: BaseException) -> BucketUnavailable:
