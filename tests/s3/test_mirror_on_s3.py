@@ -4,16 +4,14 @@ upstream was asked for is counted."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import shutil
 from pathlib import Path
 
-import obstore
 import pytest
-from obstore.store import S3Store
 
 from tests.s3.conftest import S3Bucket, create_bucket
-from tests.support.s3_server import CephS3
 from tests.support import MiB
 from tests.support.images import (
     ImageFactory,
@@ -23,6 +21,8 @@ from tests.support.images import (
 )
 from tests.support.net import http_request, wait_until
 from tests.support.proxy import RecordingProxy
+from tests.support.s3_client import s3_client
+from tests.support.s3_server import CephS3
 
 pytestmark = [pytest.mark.integration, pytest.mark.s3]
 
@@ -30,28 +30,28 @@ BLOBS = "docker/registry/v2/blobs"
 
 
 def bucket_contents(bucket: S3Bucket, prefix: str = "") -> dict[str, bytes]:
-    """Every blob object in the bucket, by the digest its key names (read with a client of
-    the test's own, not through the mirror)."""
-    store = S3Store(
-        bucket.bucket,
-        config={
-            "endpoint": bucket.endpoint_url,
-            "region": bucket.region,
-            "access_key_id": bucket.access_key,
-            "secret_access_key": bucket.secret_key,
-        },
-        client_options={"allow_http": True},
-    )
+    """Every blob object in the bucket, by the digest its key names (read with the tests'
+    own S3 client, aiobotocore: not the library the mirror uses)."""
     root = f"{prefix}/{BLOBS}" if prefix else BLOBS
-    found: dict[str, bytes] = {}
-    for batch in obstore.list(store, root + "/"):
-        for meta in batch:
-            algorithm, _, hex_ = meta["path"].removeprefix(root + "/").split("/")[:3]
-            try:
-                found[f"{algorithm}:{hex_}"] = bytes(obstore.get(store, meta["path"]).bytes())
-            except FileNotFoundError:
-                continue  # deleted between the listing and the read
-    return found
+
+    async def read() -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        async with s3_client(bucket) as s3:
+            pages = s3.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket.bucket, Prefix=root + "/"
+            )
+            async for page in pages:
+                for item in page.get("Contents", []):
+                    algorithm, _, hex_ = item["Key"].removeprefix(root + "/").split("/")[:3]
+                    try:
+                        got = await s3.get_object(Bucket=bucket.bucket, Key=item["Key"])
+                    except s3.exceptions.NoSuchKey:
+                        continue  # deleted between the listing and the read
+                    async with got["Body"] as body:
+                        found[f"{algorithm}:{hex_}"] = await body.read()
+        return found
+
+    return asyncio.run(read())
 
 
 def access_statuses(log: str, path_part: str) -> list[str]:
@@ -231,7 +231,9 @@ def test_brief_bucket_errors_are_retried(
     image = image_factory("library/s3-slowdown", layers=(3 * MiB,))
     mirror = mirror_factory(upstream_proxy.url, config={"storage": bucket.storage()})
     front.fault_path_contains = "/docker/registry/v2/blobs/"
-    front.fail_body = "<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>"
+    front.fail_body = (
+        "<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>"
+    )
     front.fail_content_type = "application/xml"
     front.fail_status, front.fail_count = 503, 2
     pull_dir(image.on(mirror.host), tmp_path / "cold")
