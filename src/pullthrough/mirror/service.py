@@ -34,6 +34,7 @@ from pullthrough.mirror.upstreams import Upstreams
 from pullthrough.reference import Digest
 from pullthrough.store.blobs import BlobStore
 from pullthrough.store.bucket import Bucket, BucketUnavailable
+from pullthrough.store.bucket_uploads import BucketUploads
 from pullthrough.store.hosted_index import HostedIndex
 from pullthrough.store.index import AgedBlob, Index, IndexBackend
 
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ACCESS_FLUSH_INTERVAL = 5.0
+# A multipart upload of ours older than this belongs to a process that died.
+UPLOAD_MAX_AGE = 24 * 3600.0
 
 
 class Mirror:
@@ -186,6 +189,7 @@ class Mirror:
         if self.bucket_tier is not None:
             self._background.append(loop.create_task(self._trim_forever()))
             self._background.append(loop.create_task(self._snapshot_forever()))
+            self._background.append(loop.create_task(self._sweep_uploads_forever()))
         if self.config.allow_any_upstream:
             self._background.append(loop.create_task(self._reclaim_forever()))
         if self.policy_file is not None:
@@ -238,6 +242,24 @@ class Mirror:
                 await self.bucket_tier.trim(busy)
             except Exception:  # try again next time
                 log.exception("trimming the local cache failed")
+
+    async def _sweep_uploads_forever(self) -> None:
+        """Abort multipart uploads a crash left in the bucket (ours: under its root
+        directory, started a day ago or more), a minute after start and every 6 hours."""
+        uploads = BucketUploads(cast(BucketTier, self.bucket_tier).config)
+        if not uploads.can_sign:
+            log.info(
+                "storage.s3 without accesskey/secretkey: uploads a crash leaves in the bucket "
+                "are not swept; give the bucket an AbortIncompleteMultipartUpload lifecycle rule"
+            )
+            return
+        await asyncio.sleep(60.0)
+        while True:
+            try:
+                await uploads.sweep(older_than=UPLOAD_MAX_AGE)
+            except BucketUnavailable as exc:
+                log.warning("multipart uploads not swept: %s", exc.message)
+            await asyncio.sleep(6 * 3600.0)
 
     async def _snapshot_forever(self) -> None:
         while True:
