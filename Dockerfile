@@ -38,7 +38,7 @@ RUN /opt/pullthrough/bin/pip uninstall -q -y pygments markdown-it-py mdurl setup
       || { apt-get update -q && apt-get install -q -y --no-install-recommends binutils; }; } \
  && find /opt/pullthrough -name '*.so' -exec strip --strip-unneeded {} + \
  && /opt/pullthrough/bin/python -c 'import io, uvloop, cryptography.hazmat.bindings._rust, \
-      pydantic_core, aiohttp, yaml, bcrypt, multidict, yarl, frozenlist, propcache; \
+      pydantic_core, aiohttp, yaml, bcrypt, multidict, yarl, frozenlist, propcache, obstore; \
       from pullthrough.progress import Reporter; \
       r = Reporter(tty=True, out=io.StringIO()); r.__enter__(); \
       r.advance(r.add("check", 2), 1); r.line("ok"); r.__exit__(None, None, None)'

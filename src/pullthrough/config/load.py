@@ -148,6 +148,11 @@ def _validate(raw: dict[str, Any], warnings: list[str], path: Path | None = None
         )
     if s3 is not None and hosted is not None:
         raise ConfigError("mirror.hosted: not supported with storage.s3 yet")
+    if s3 is not None and isinstance(root.mirror.maxsize, str) and "%" in root.mirror.maxsize:
+        raise ConfigError(
+            "mirror.maxsize: with storage.s3 give a size such as 500GiB (a bucket has no "
+            "capacity to take a share of; mirror.s3.localcache.maxsize caps the local disk)"
+        )
     level = {"warn": "warning", "panic": "critical", "fatal": "critical", "trace": "debug"}.get(
         root.log.level, root.log.level
     )
