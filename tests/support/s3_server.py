@@ -10,7 +10,7 @@ cephx off, their sockets, logs and pid files under the temp directory and nothin
 
 ``stop()``/``kill()`` and ``start()`` act on the gateway only (the S3 endpoint goes away and
 comes back on the same port with the same content, as a fault test wants); ``close()`` stops
-the whole cluster. ``docs/s3-test-server.md`` has the measurements behind the choice.
+the whole cluster. ``docs/s3.md`` has the measurements behind the choice.
 """
 
 from __future__ import annotations
