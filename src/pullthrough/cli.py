@@ -127,7 +127,8 @@ def _check_bucket(config: Config) -> int:
     write, read back, delete a small object); never prints a credential."""
     import asyncio
 
-    from pullthrough.store.bucket import Bucket, BucketUnavailable
+    from pullthrough.errors import BucketUnavailable
+    from pullthrough.store.bucket import Bucket
 
     s3 = config.s3
     assert s3 is not None

@@ -102,6 +102,12 @@ class UpstreamUnavailable(RegistryError):
     code, status = "UNAVAILABLE", 503
 
 
+class BucketUnavailable(RegistryError):
+    """storage.s3: the bucket did not answer, or refused (credentials, permissions)."""
+
+    code, status = "UNAVAILABLE", 503
+
+
 class UpstreamInvalid(RegistryError):
     """The upstream answered with something that cannot be trusted (wrong digest, bad body)."""
 

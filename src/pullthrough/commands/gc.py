@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 from pullthrough.commands.hosted_gc import collect_hosted
 from pullthrough.commands.offline import open_store
 from pullthrough.config import Config
-from pullthrough.mirror.bucket_tier import BucketTier
 from pullthrough.mirror.eviction import Sweeper, SweepReport
 from pullthrough.store.blobs import BlobStore
 from pullthrough.store.hosted_index import hosted_digests
@@ -55,11 +54,11 @@ async def _gc(config: Config, *, dry_run: bool) -> int:
             else set()
         )
         # storage.s3: reconciled with the bucket, and what goes is deleted from it.
-        tier = (
-            BucketTier(config.s3, opened.store.bucket, opened.store, opened.index)
-            if config.s3 is not None and opened.store.bucket is not None
-            else None
-        )
+        tier = None
+        if config.s3 is not None and opened.store.bucket is not None:
+            from pullthrough.mirror.bucket_tier import BucketTier  # loads obstore
+
+            tier = BucketTier(config.s3, opened.store.bucket, opened.store, opened.index)
         sweeper = Sweeper.for_config(
             config, store=opened.store, index=opened.index, busy=kept.__contains__, bucket=tier
         )

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 from pullthrough.config import Config
 from pullthrough.store.blobs import BlobStore
-from pullthrough.store.bucket import Bucket
 from pullthrough.store.index import Index, IndexBackend
 
 if TYPE_CHECKING:
@@ -40,7 +39,11 @@ def has_index(config: Config) -> bool:
 async def open_store(config: Config) -> AsyncIterator[Offline]:
     """The store and an open index; the store's directories are not touched (no temp
     clean-up: a running server may own the temp files)."""
-    store = BlobStore(config.root, Bucket(config.s3) if config.s3 is not None else None)
+    store = BlobStore(config.root)
+    if config.s3 is not None:
+        from pullthrough.store.bucket import Bucket  # loads obstore: only with a bucket
+
+        store.bucket = Bucket(config.s3)
     if config.cluster is None:
         index = Index(config.index_path)
         await index.open()

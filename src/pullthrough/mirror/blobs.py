@@ -11,10 +11,10 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pullthrough.errors import BlobUnknown
 from pullthrough.metrics import Metrics
-from pullthrough.mirror.bucket_tier import BucketTier
 from pullthrough.mirror.fetch import Fetch
 from pullthrough.mirror.fetches import Fetches
 from pullthrough.mirror.provenance import Kind, Provenance, unknown
@@ -23,6 +23,9 @@ from pullthrough.reference import Digest
 from pullthrough.store.blobs import BlobStore, OpenBlob
 from pullthrough.store.index import IndexBackend
 from pullthrough.upstream.client import UpstreamClient
+
+if TYPE_CHECKING:  # imported only with storage.s3 (it loads obstore)
+    from pullthrough.mirror.bucket_tier import BucketTier
 
 log = logging.getLogger(__name__)
 

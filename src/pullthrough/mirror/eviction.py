@@ -26,15 +26,17 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pullthrough.config import Config, StoreLimit
-from pullthrough.mirror.bucket_tier import BucketTier
+from pullthrough.errors import BucketUnavailable
 from pullthrough.mirror.pins import all_pins, pinned_digests
 from pullthrough.reference import Digest, parse_digest
 from pullthrough.store.blobs import BlobStore
-from pullthrough.store.bucket import BucketUnavailable
 from pullthrough.store.index import AgedBlob, IndexBackend
+
+if TYPE_CHECKING:  # imported only with storage.s3 (it loads obstore)
+    from pullthrough.mirror.bucket_tier import BucketTier
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from pullthrough.errors import (
+    BucketUnavailable,
     ManifestUnknown,
     TooManyRequests,
     UpstreamInvalid,
@@ -43,7 +44,6 @@ from pullthrough.mirror.recent import RecentManifests
 from pullthrough.reference import Digest, parse_digest
 from pullthrough.singleflight import SingleFlight
 from pullthrough.store.blobs import BlobStore, DigestMismatch
-from pullthrough.store.bucket import BucketUnavailable
 from pullthrough.store.index import IndexBackend, TagRecord
 from pullthrough.upstream.client import ManifestHead, UpstreamClient
 

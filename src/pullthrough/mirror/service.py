@@ -14,11 +14,11 @@ import sqlite3
 from typing import TYPE_CHECKING, cast
 
 from pullthrough.config import Config, ConfigError
+from pullthrough.errors import BucketUnavailable
 from pullthrough.hosted.registry import HostedRegistry
 from pullthrough.hosted.uploads import Uploads
 from pullthrough.metrics import Metrics
 from pullthrough.mirror.blobs import BlobService
-from pullthrough.mirror.bucket_tier import SNAPSHOT_INTERVAL, BucketTier
 from pullthrough.mirror.eviction import Sweeper, SweepReport
 from pullthrough.mirror.fetch import Fetch
 from pullthrough.mirror.fetches import Fetches
@@ -33,13 +33,13 @@ from pullthrough.mirror.scrub import Scrubber
 from pullthrough.mirror.upstreams import Upstreams
 from pullthrough.reference import Digest
 from pullthrough.store.blobs import BlobStore
-from pullthrough.store.bucket import Bucket, BucketUnavailable
-from pullthrough.store.bucket_uploads import BucketUploads
 from pullthrough.store.hosted_index import HostedIndex
 from pullthrough.store.index import AgedBlob, Index, IndexBackend
 
 if TYPE_CHECKING:
     from pullthrough.cluster.node import Cluster
+    from pullthrough.mirror.bucket_tier import BucketTier
+    from pullthrough.store.bucket import Bucket
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,11 @@ class Mirror:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()
-        bucket = Bucket(config.s3) if config.s3 is not None else None
+        bucket: Bucket | None = None
+        if config.s3 is not None:
+            from pullthrough.store.bucket import Bucket  # loads obstore: only with a bucket
+
+            bucket = Bucket(config.s3)
         self.store = BlobStore(config.root, bucket)
         self.cluster: Cluster | None = None
         self.index: IndexBackend
@@ -66,11 +70,11 @@ class Mirror:
             )
             self.index = self.cluster.index
         # storage.s3: the bucket keeps every blob; the store above is this process's cache.
-        self.bucket_tier = (
-            BucketTier(config.s3, bucket, self.store, self.index)
-            if config.s3 is not None and bucket is not None
-            else None
-        )
+        self.bucket_tier: BucketTier | None = None
+        if config.s3 is not None and bucket is not None:
+            from pullthrough.mirror.bucket_tier import BucketTier
+
+            self.bucket_tier = BucketTier(config.s3, bucket, self.store, self.index)
         self.upstreams = Upstreams(config, self.metrics)
         self.offline = OfflineSwitches(index=self.index, upstreams=self.upstreams)
         # Who may read which digest: every read path below asks this one object.
@@ -246,7 +250,10 @@ class Mirror:
     async def _sweep_uploads_forever(self) -> None:
         """Abort multipart uploads a crash left in the bucket (ours: under its root
         directory, started a day ago or more), a minute after start and every 6 hours."""
-        uploads = BucketUploads(cast(BucketTier, self.bucket_tier).config)
+        from pullthrough.store.bucket_uploads import BucketUploads
+
+        assert self.bucket_tier is not None
+        uploads = BucketUploads(self.bucket_tier.config)
         if not uploads.can_sign:
             log.info(
                 "storage.s3 without accesskey/secretkey: uploads a crash leaves in the bucket "
@@ -262,6 +269,8 @@ class Mirror:
             await asyncio.sleep(6 * 3600.0)
 
     async def _snapshot_forever(self) -> None:
+        from pullthrough.mirror.bucket_tier import SNAPSHOT_INTERVAL
+
         while True:
             await asyncio.sleep(SNAPSHOT_INTERVAL)
             await self._snapshot()

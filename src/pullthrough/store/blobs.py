@@ -18,10 +18,13 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pullthrough.reference import Digest
-from pullthrough.store.bucket import Bucket
 from pullthrough.store.identity import FileIdentity, VerifiedFiles
+
+if TYPE_CHECKING:  # imported only with storage.s3 (it loads obstore)
+    from pullthrough.store.bucket import Bucket
 
 # The largest object read back from the bucket in one piece (a manifest: see
 # mirror.hosted.max_manifest_size and the manifest fetch limit).

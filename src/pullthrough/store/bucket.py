@@ -8,7 +8,9 @@ completed; obstore aborts the upload when it fails, and nothing else ever writes
 
 The client is obstore (Rust's object_store): uploads, ranged reads, listings and presigned
 URLs with the AWS credential chain, the GIL released while bytes move, 13 MB installed and
-no Python dependencies (aiobotocore with botocore adds 36 MB to the image).
+no Python dependencies (aiobotocore with botocore adds 36 MB to the image). Imported only
+when ``storage.s3`` is configured: a filesystem store never loads obstore (its runtime's
+threads are then not there at all, nor at exit).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from obstore.exceptions import BaseError, NotFoundError
 from obstore.store import S3Store
 
 from pullthrough.config.model import S3Config
-from pullthrough.errors import RegistryError
+from pullthrough.errors import BucketUnavailable
 from pullthrough.reference import Digest, parse_digest
 
 if TYPE_CHECKING:  # obstore's option types exist only in its stubs
@@ -42,13 +44,6 @@ BLOBS = "docker/registry/v2/blobs"
 ERRORS = (BaseError, OSError)
 # Parts of one upload in flight at once: memory is about this many parts.
 UPLOAD_PARTS_IN_FLIGHT = 4
-
-
-class BucketUnavailable(RegistryError):
-    """The bucket did not answer, or refused (credentials, permissions)."""
-
-    status = 503
-    code = "UNAVAILABLE"
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 from pullthrough.config.model import S3Config
-from pullthrough.store.bucket import BucketUnavailable
+from pullthrough.errors import BucketUnavailable
 
 log = logging.getLogger(__name__)
 
