@@ -64,3 +64,4 @@ def test_check_says_the_credentials_are_refused(s3_server: CephS3, tmp_path: Pat
     assert done.returncode == 1
     assert "list: FAILED: 403" in done.stdout and "SignatureDoesNotMatch" in done.stdout
     assert "wr0ng-s3cret-value" not in done.stdout + done.stderr
+

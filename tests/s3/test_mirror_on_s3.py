@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -292,3 +294,72 @@ def test_a_new_process_with_an_empty_disk_serves_what_the_bucket_holds(
     assert image.blob_digests <= set(blob_digests_in_dir(tmp_path / "second"))
     assert upstream_proxy.count("GET", "/blobs/") == 0
     assert "index restored from the bucket's snapshot" in second.log_text()
+
+
+def test_verify_finds_missing_and_corrupt_objects_and_repair_drops_them(
+    s3_bucket: S3Bucket,
+    image_factory: ImageFactory,
+    upstream_proxy: RecordingProxy,
+    mirror_factory,
+    tmp_path: Path,
+) -> None:
+    image = image_factory("library/s3-verify", layers=(2 * MiB, 1 * MiB))
+    mirror = mirror_factory(upstream_proxy.url, config={"storage": s3_bucket.storage()})
+    pull_dir(image.on(mirror.host), tmp_path / "cold")
+    wait_until(
+        lambda: len(bucket_contents(s3_bucket)) == len(image.blob_digests) + 1,
+        timeout=20,
+        message="the image in the bucket",
+    )
+    mirror.stop()
+    first, second = image.source.layer_digests[:2]
+
+    def verify(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pullthrough", "verify", str(mirror.config_path), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    assert verify("--rehash").returncode == 0
+    # Bit rot in one object (same size), the other deleted behind the mirror's back.
+    original = bucket_contents(s3_bucket)[first]
+    rotten = bytes([original[0] ^ 1]) + original[1:]
+    asyncio.run(_put_and_delete(s3_bucket, first, rotten, second))
+
+    listed = verify()
+    assert listed.returncode == 1
+    assert f"missing from the bucket: {second}" in listed.stdout
+    assert first not in listed.stdout  # same size: only a re-hash sees it
+    rehashed = verify("--rehash")
+    assert rehashed.returncode == 1
+    assert f"corrupt {first} in the bucket" in rehashed.stdout + rehashed.stderr
+    repaired = verify("--rehash", "--repair")
+    assert repaired.returncode == 1
+    assert f"removed {first}" in repaired.stdout and f"removed {second}" in repaired.stdout
+    assert first not in bucket_contents(s3_bucket)
+    assert verify("--rehash").returncode == 0
+
+    # The next pull fetches both again, and the bucket is whole.
+    mirror.start()
+    upstream_proxy.reset()
+    pull_dir(image.on(mirror.host), tmp_path / "again")
+    assert image.blob_digests <= set(blob_digests_in_dir(tmp_path / "again"))
+    assert upstream_proxy.count("GET", f"/blobs/{first}") == 1
+    assert upstream_proxy.count("GET", f"/blobs/{second}") == 1
+    wait_until(
+        lambda: bucket_contents(s3_bucket).get(first) == original,
+        timeout=20,
+        message="the good bytes back in the bucket",
+    )
+
+
+async def _put_and_delete(bucket: S3Bucket, rewrite: str, data: bytes, delete: str) -> None:
+    def key(digest: str) -> str:
+        algorithm, _, hex_ = digest.partition(":")
+        return f"{BLOBS}/{algorithm}/{hex_[:2]}/{hex_}/data"
+
+    async with s3_client(bucket) as s3:
+        await s3.put_object(Bucket=bucket.bucket, Key=key(rewrite), Body=data)
+        await s3.delete_object(Bucket=bucket.bucket, Key=key(delete))

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import hashlib
 import os
-import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -63,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "reconcile the index with the files",
     )
     parser.add_argument(
+        "--rehash",
+        action="store_true",
+        help="storage.s3: also read every object back from the bucket and hash it (the "
+        "default compares the bucket's listing with the index: presence and size)",
+    )
+    parser.add_argument(
         "--jobs",
         type=int,
         default=min(4, os.cpu_count() or 1),
@@ -72,13 +77,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(config: Config, args: argparse.Namespace) -> int:
     if config.s3 is not None:
-        # It hashes files under the storage root: with a bucket that is only the cache.
-        print(
-            "pullthrough verify: not available with storage.s3 yet (the local directory "
-            "is only a cache; objects in the bucket were verified before they were uploaded)",
-            file=sys.stderr,
+        # The files under the storage root are only a cache: the bucket is what is kept.
+        from pullthrough.commands.verify_bucket import verify_bucket  # loads obstore
+
+        return asyncio.run(
+            verify_bucket(config, repair=args.repair, rehash=args.rehash, jobs=max(1, args.jobs))
         )
-        return 2
     return asyncio.run(verify(config, repair=args.repair, jobs=max(1, args.jobs)))
 
 

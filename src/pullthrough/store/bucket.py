@@ -139,6 +139,17 @@ class Bucket:
         except ERRORS as exc:
             raise _unavailable("read", digest, exc) from None
 
+    async def stream(self, digest: Digest) -> AsyncIterator[memoryview]:
+        """The object's bytes in chunks of 8 MiB or so; nothing if there is no object."""
+        try:
+            result = await obstore.get_async(self._store, self.key(digest))
+            async for chunk in result.stream(min_chunk_size=8 * 1024 * 1024):
+                yield memoryview(chunk)
+        except (NotFoundError, FileNotFoundError):
+            return
+        except ERRORS as exc:
+            raise _unavailable("read", digest, exc) from None
+
     async def head(self, digest: Digest) -> BucketObject | None:
         try:
             meta = await obstore.head_async(self._store, self.key(digest))
