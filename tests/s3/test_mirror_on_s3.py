@@ -323,6 +323,22 @@ def test_verify_finds_missing_and_corrupt_objects_and_repair_drops_them(
         )
 
     assert verify("--rehash").returncode == 0
+    for command in ("ls", "du"):  # they read the index, as without a bucket
+        done = subprocess.run(
+            [sys.executable, "-m", "pullthrough", command, str(mirror.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr
+    listing = subprocess.run(
+        [sys.executable, "-m", "pullthrough", "ls", str(mirror.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    assert "library/s3-verify" in listing
     # Bit rot in one object (same size), the other deleted behind the mirror's back.
     original = bucket_contents(s3_bucket)[first]
     rotten = bytes([original[0] ^ 1]) + original[1:]
