@@ -137,10 +137,6 @@ def test_environment_overrides_reach_the_s3_section(tmp_path: Path) -> None:
         ),
         ("storage: {gcs: {bucket: b}}", "storage.gcs"),
         ("storage: {s3: {bucket: b, region: r}}\nmirror: {maxsize: 80%}", "mirror.maxsize"),
-        (
-            "storage: {s3: {bucket: b, region: r}}\nmirror: {cluster: {redis: {addr: r:6379}}}",
-            "mirror.cluster",
-        ),
     ],
 )
 def test_bad_s3_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from pullthrough.cluster.claims import Claims
 from pullthrough.cluster.connection import Coordination
@@ -17,6 +18,10 @@ from pullthrough.config.model import ClusterConfig
 from pullthrough.metrics import Metrics
 from pullthrough.mirror.provenance import Provenance
 from pullthrough.store.blobs import BlobStore
+
+if TYPE_CHECKING:
+    from pullthrough.cluster.bucket_fetching import BucketClusterFetches
+    from pullthrough.mirror.bucket_tier import BucketTier
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +54,25 @@ class Cluster:
             self.coordination, self.claims, provenance, counted=self._counted_fetches
         )
 
+    def bucket_fetches(self, provenance: Provenance, tier: BucketTier) -> BucketClusterFetches:
+        """The driver for replicas that share a bucket (storage.s3), not a filesystem."""
+        from pullthrough.cluster.bucket_fetching import BucketClusterFetches
+
+        fetches = BucketClusterFetches(
+            self.coordination, self.claims, provenance, counted=self._counted_fetches
+        )
+        fetches.tier = tier
+        return fetches
+
     async def start(self) -> None:
-        """Prepare the shared store (its temp files are other replicas' downloads: kept).
+        """Prepare the shared store (its temp files are other replicas' downloads: kept;
+        with a bucket the local store is this replica's own, and a crash's are dropped).
         Raises ConfigError when Redis refuses the configured password: unlike Redis
         being unreachable, waiting does not mend that."""
-        await asyncio.to_thread(prepare_shared, self.store)
+        if self.store.bucket is not None:
+            await asyncio.to_thread(self.store.prepare)
+        else:
+            await asyncio.to_thread(prepare_shared, self.store)
         answers = await self.coordination.ping()
         if self.coordination.refused:
             raise ConfigError(

@@ -141,11 +141,6 @@ def _validate(raw: dict[str, Any], warnings: list[str], path: Path | None = None
     cluster = _cluster(
         root.mirror.cluster, host, port, https=bool(tls.certificate), warnings=warnings
     )
-    if s3 is not None and cluster is not None:
-        raise ConfigError(
-            "mirror.cluster: not supported with storage.s3 yet (replicas coordinate over a "
-            "shared storage root); run one process per bucket, or storage.filesystem"
-        )
     if s3 is not None and hosted is not None:
         raise ConfigError("mirror.hosted: not supported with storage.s3 yet")
     if s3 is not None and isinstance(root.mirror.maxsize, str) and "%" in root.mirror.maxsize:

@@ -25,7 +25,7 @@ import contextlib
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import cast
@@ -160,7 +160,7 @@ class BucketTier:
         except Exception as exc:  # left for the next reconcile (it is not indexed any more)
             log.warning("could not delete %s from the bucket: %s", digest, exc)
 
-    async def trim(self, busy: set[str]) -> int:
+    async def trim(self, busy: Callable[[str], bool]) -> int:
         """Drop least recently used cached blobs until the local cache fits its size.
         Returns the bytes freed."""
         files = await asyncio.to_thread(self.store.scan)
@@ -174,7 +174,7 @@ class BucketTier:
             (
                 f
                 for f in files
-                if f.digest in aged and not aged[f.digest].is_manifest and f.digest not in busy
+                if f.digest in aged and not aged[f.digest].is_manifest and not busy(f.digest)
             ),
             key=lambda f: aged[f.digest].last_access,
         )

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, cast
 
 from pullthrough.config import Config, ConfigError
@@ -96,7 +97,7 @@ class Mirror:
             self.store,
             self._blob_stored,
             self.metrics,
-            drive=self.cluster.fetches(self.provenance).run if self.cluster else None,
+            drive=self._cluster_drive(),
         )
         # Over mirror.maxsize with nothing left to evict: new fetches keep nothing.
         # Pinned content is kept all the same: the operator asked for it to be kept for good.
@@ -174,6 +175,9 @@ class Mirror:
                 await self.bucket_tier.bucket.check_access()
             except BucketUnavailable as exc:
                 raise ConfigError(f"storage.s3: {exc.message}") from None
+        if self.bucket_tier is not None and self.cluster is None:
+            # One process: its SQLite index outlives its disk in the bucket (a cluster's
+            # index is in Redis).
             try:
                 await self.bucket_tier.restore_index(self.config.index_path)
             except BucketUnavailable as exc:
@@ -192,7 +196,8 @@ class Mirror:
         ]
         if self.bucket_tier is not None:
             self._background.append(loop.create_task(self._trim_forever()))
-            self._background.append(loop.create_task(self._snapshot_forever()))
+            if self.cluster is None:
+                self._background.append(loop.create_task(self._snapshot_forever()))
             self._background.append(loop.create_task(self._sweep_uploads_forever()))
         if self.config.allow_any_upstream:
             self._background.append(loop.create_task(self._reclaim_forever()))
@@ -222,12 +227,22 @@ class Mirror:
         await self.upstreams.close()
         await self.index.close()
         if self.bucket_tier is not None:
-            await self._snapshot()  # what this process learnt outlives its disk
+            if self.cluster is None:
+                await self._snapshot()  # what this process learnt outlives its disk
             await self.bucket_tier.close()
         if self.hosted is not None:
             await self.hosted.index.close()
         if self.cluster is not None:
             await self.cluster.stop()
+
+    def _cluster_drive(self) -> Callable[[Fetch], Awaitable[None]] | None:
+        """How this replica's fetches are coordinated with the others': over a shared
+        store, or over a bucket (storage.s3); None in one process."""
+        if self.cluster is None:
+            return None
+        if self.bucket_tier is not None:
+            return self.cluster.bucket_fetches(self.provenance, self.bucket_tier).run
+        return self.cluster.fetches(self.provenance).run
 
     def _busy(self, digest: str) -> bool:
         """Not to be evicted now: a download is under way, or a hosted repository holds
@@ -242,8 +257,7 @@ class Mirror:
         while True:
             await asyncio.sleep(min(self.config.gc_interval, 30.0))
             try:
-                busy = {d for d in await self.index.digests() if self.fetches.busy(d)}
-                await self.bucket_tier.trim(busy)
+                await self.bucket_tier.trim(self.fetches.busy)
             except Exception:  # try again next time
                 log.exception("trimming the local cache failed")
 

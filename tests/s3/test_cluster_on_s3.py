@@ -1,0 +1,156 @@
+"""Replicas that share a bucket and Redis, and no filesystem: each blob is fetched from the
+upstream once for the whole cluster, every client gets verified bytes, and a replica that
+joins with an empty disk serves what the bucket holds."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster.pulling import Pull, pull
+from tests.cluster.redis_server import RedisServer
+from tests.cluster.redis_server import available as redis_available
+from tests.s3.conftest import S3Bucket
+from tests.support import MiB
+from tests.support.images import ImageFactory, blob_digests_in_dir, pull_dir
+from tests.support.mirror import MirrorProcess
+from tests.support.net import wait_until
+from tests.support.proxy import RecordingProxy, exchanges_summary
+
+pytestmark = [pytest.mark.integration, pytest.mark.s3, pytest.mark.slow]
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    if not redis_available():
+        pytest.skip("redis-server not installed (apt-get install redis-server)")
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bucket_replicas(
+    tmp_path: Path, redis_server: RedisServer, s3_bucket: S3Bucket
+) -> Iterator[Any]:
+    """``bucket_replicas(remoteurl, n, stream=True)``: replicas on ``s3_bucket`` and Redis,
+    each with a local directory of its own (no shared filesystem)."""
+    made: list[MirrorProcess] = []
+
+    def factory(remoteurl: str, n: int = 3, *, stream: bool = True) -> list[MirrorProcess]:
+        group = []
+        for _ in range(n):
+            i = len(made)
+            storage: dict[str, Any] = s3_bucket.storage()
+            if stream:
+                storage["redirect"] = {"disable": True}
+            local = tmp_path / f"replica-{i}" / "data"
+            replica = MirrorProcess(
+                tmp_path / f"replica-{i}",
+                remoteurl,
+                config={
+                    "log": {"level": "info"},
+                    "storage": storage,
+                    "mirror": {
+                        "cluster": {"redis": {"addr": redis_server.addr}},
+                        "s3": {"localcache": {"path": str(local), "maxsize": "1GiB"}},
+                        "tag_freshness": "1m",
+                    },
+                },
+            )
+            made.append(replica)
+            group.append(replica.start())
+        return group
+
+    yield factory
+    for replica in made:
+        replica.stop()
+        print(f"--- {replica.log_path} (tail)\n{replica.log_tail(30)}")
+
+
+def test_replicas_on_one_bucket_fetch_each_blob_once(
+    image_factory: ImageFactory,
+    bucket_replicas: Any,
+    upstream_proxy: RecordingProxy,
+    s3_bucket: S3Bucket,
+    tmp_path: Path,
+) -> None:
+    image = image_factory("library/s3-clustered", layers=(32 * MiB, 4 * MiB))
+    group = bucket_replicas(upstream_proxy.url)
+    roots = {r.root for r in group}
+    assert len(roots) == 3  # every replica its own disk
+    upstream_proxy.reset()
+    upstream_proxy.blob_rate = 32 * MiB  # the big layer takes a second: the pulls overlap
+
+    results = [Pull(group[i % 3].host) for i in range(9)]
+    start = threading.Event()
+    threads = [threading.Thread(target=pull, args=(r.host, image, r, start)) for r in results]
+    for t in threads:
+        t.start()
+    start.set()
+    for t in threads:
+        t.join(180)
+    assert [r.error for r in results if r.error] == []
+    wanted = {image.digest, *image.blob_digests}
+    assert all(set(r.verified) == wanted for r in results)
+    summary = exchanges_summary(upstream_proxy.requests())
+    for digest in image.blob_digests:
+        assert upstream_proxy.count("GET", f"/blobs/{digest}") == 1, summary
+    waited = [r for r in group if "waiting for the fetch of" in r.log_text()]
+    assert waited, "no replica waited for another's fetch"
+
+    # A replica that joins with an empty disk reads the bucket: the upstream is not asked.
+    upstream_proxy.reset()
+    upstream_proxy.blob_rate = None
+    (late,) = bucket_replicas(upstream_proxy.url, 1, stream=False)
+    assert not late.stored_files(settle=0)
+    pull_dir(image.on(late.host), tmp_path / "late")
+    assert image.blob_digests <= set(blob_digests_in_dir(tmp_path / "late"))
+    assert upstream_proxy.count("GET", "/blobs/") == 0
+
+
+def test_when_the_fetching_replica_dies_another_fetches_and_every_client_completes(
+    image_factory: ImageFactory,
+    bucket_replicas: Any,
+    upstream_proxy: RecordingProxy,
+) -> None:
+    image = image_factory("library/s3-owner-dies", layers=(48 * MiB,))
+    group = bucket_replicas(upstream_proxy.url)
+    layer = image.source.layer_digests[0]
+    upstream_proxy.reset()
+    upstream_proxy.blob_rate = 8 * MiB  # six seconds: time to kill the owner half-way
+
+    owner_pull = Pull(group[0].host)
+    first = threading.Thread(target=pull, args=(group[0].host, image, owner_pull))
+    first.start()
+    wait_until(  # (the proxy records an exchange when it ends: the log says it sooner)
+        lambda: f"cache miss: blob {layer}" in group[0].log_text(),
+        timeout=30,
+        message="replica 0 fetching the layer",
+    )
+    waiting = [Pull(r.host) for r in group[1:] for _ in range(2)]
+    threads = [threading.Thread(target=pull, args=(p.host, image, p)) for p in waiting]
+    for t in threads:
+        t.start()
+    wait_until(
+        lambda: all("waiting for the fetch of" in r.log_text() for r in group[1:]),
+        timeout=30,
+        message="replicas 1 and 2 waiting for replica 0",
+    )
+    group[0].kill()  # SIGKILL: its claim lapses, its partial file dies with its disk
+    upstream_proxy.blob_rate = None
+    for t in [first, *threads]:
+        t.join(180)
+    assert owner_pull.error  # its client lost the connection with it
+    assert [p.error for p in waiting if p.error] == []
+    assert all(layer in p.verified for p in waiting)
+    # The dead replica's download, then one more by whichever replica took the claim.
+    assert upstream_proxy.count("GET", f"/blobs/{layer}") == 2, exchanges_summary(
+        upstream_proxy.requests()
+    )
+    shutil.rmtree(group[0].root, ignore_errors=True)
