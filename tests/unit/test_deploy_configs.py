@@ -136,9 +136,14 @@ def test_s3_deployments_carry_configs_pullthrough_accepts(tmp_path: Path) -> Non
     configmap = next(d for d in docs if d["kind"] == "ConfigMap")
     path = tmp_path / "config.yml"
     path.write_text(configmap["data"]["config.yml"])
-    config = load(path, environ=secrets)
+    config = load(path, environ={**secrets, PASSWORD_ENV: "from-the-secret"})
     assert config.s3 is not None and config.s3.redirect
-    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    assert config.cluster is not None and config.cluster.redis_password == "from-the-secret"
+    deployment = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "pullthrough"
+    )
+    assert deployment["spec"]["replicas"] == 3
+    assert any(d["kind"] == "PodDisruptionBudget" for d in docs)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e for e in container["env"]}
     for name in secrets:
