@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 BUCKET_NAME = "s3"  # how reads from the bucket are named in logs and metrics
 BUCKET_DOWNLOADS = 64  # reads from the bucket at once (stream mode)
+STRAY_AFTER = 120.0  # an unindexed local file older than this is dropped from the cache
 INDEX_SNAPSHOT = "index.db"  # the index's last copy, under <rootdirectory>/pullthrough/
 SNAPSHOT_INTERVAL = 60.0
 
@@ -164,12 +166,23 @@ class BucketTier:
         """Drop least recently used cached blobs until the local cache fits its size.
         Returns the bytes freed."""
         files = await asyncio.to_thread(self.store.scan)
+        aged = await self.index.objects(f.digest for f in files)
+        freed = 0
+        # A local file the index does not hold is nobody's: evicted (perhaps by another
+        # replica's sweep) or never uploaded. One still being uploaded and recorded belongs
+        # to a running fetch (busy) and is young.
+        settled = time.time() - STRAY_AFTER
+        strays = [
+            f for f in files if f.digest not in aged and not busy(f.digest) and f.mtime < settled
+        ]
+        for f in strays:
+            if await self.store.remove(parse_digest(f.digest)):
+                freed += f.size
+        files = [f for f in files if f.digest in aged]
         total = sum(f.size for f in files)
         if total <= self.config.local_cache:
-            return 0
-        aged = await self.index.objects(f.digest for f in files)
-        # Manifests stay: small, and read on every pull. An unindexed file is a download
-        # being recorded (or a leftover reconcile deals with).
+            return freed
+        # Manifests stay: small, and read on every pull.
         candidates = sorted(
             (
                 f
@@ -178,12 +191,13 @@ class BucketTier:
             ),
             key=lambda f: aged[f.digest].last_access,
         )
-        freed = 0
+        kept = total
         for f in candidates:
-            if total - freed <= self.config.local_cache:
+            if kept <= self.config.local_cache:
                 break
             if await self.store.remove(parse_digest(f.digest)):
                 freed += f.size
+                kept -= f.size
         if freed:
             log.info("local cache: dropped %d bytes of blobs (the bucket keeps them)", freed)
         return freed
