@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import mirror_factory  # noqa: F401 (the same fixture)
+from tests.cluster.conftest import redis_server  # noqa: F401 (the same fixtures)
+from tests.integration.conftest import mirror_factory  # noqa: F401
 from tests.support.s3_client import create_bucket as create_server_bucket
 from tests.support.s3_server import APT_PACKAGES, CephS3, available
 

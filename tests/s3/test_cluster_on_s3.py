@@ -14,7 +14,6 @@ import pytest
 
 from tests.cluster.pulling import Pull, pull
 from tests.cluster.redis_server import RedisServer
-from tests.cluster.redis_server import available as redis_available
 from tests.s3.conftest import S3Bucket
 from tests.support import MiB
 from tests.support.images import ImageFactory, blob_digests_in_dir, pull_dir
@@ -23,15 +22,6 @@ from tests.support.net import wait_until
 from tests.support.proxy import RecordingProxy, exchanges_summary
 
 pytestmark = [pytest.mark.integration, pytest.mark.s3, pytest.mark.slow]
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    if not redis_available():
-        pytest.skip("redis-server not installed (apt-get install redis-server)")
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,7 @@ from tests.s3.conftest import S3Bucket, create_bucket
 from tests.support import MiB
 from tests.support.images import (
     ImageFactory,
+    PushedImage,
     blob_digests_in_dir,
     manifest_digest_in_dir,
     pull_dir,
@@ -56,6 +58,38 @@ def bucket_contents(bucket: S3Bucket, prefix: str = "") -> dict[str, bytes]:
     return asyncio.run(read())
 
 
+def wait_for_image(
+    bucket: S3Bucket, image: PushedImage, *, prefix: str = "", timeout: float = 20
+) -> None:
+    """Until the bucket holds exactly the image's blobs and manifest (they are uploaded once
+    verified, after the client had its last byte)."""
+    wanted = {*image.blob_digests, image.digest}
+    wait_until(
+        lambda: set(bucket_contents(bucket, prefix)) == wanted,
+        timeout=timeout,
+        message=f"{image.ref} in bucket {bucket.bucket}",
+    )
+
+
+def bucket_behind_a_proxy(server: CephS3, proxy_factory: Any) -> tuple[RecordingProxy, S3Bucket]:
+    """A new bucket reached through a fault-injecting proxy (which keeps the Host header the
+    signatures were made for)."""
+    front = proxy_factory(server.endpoint_url)
+    front.forward_host = True
+    bucket = S3Bucket.on(server, endpoint=front.url)
+    create_bucket(bucket)
+    return front, bucket
+
+
+def pullthrough(command: str, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pullthrough", command, str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def access_statuses(log: str, path_part: str) -> list[str]:
     return [
         line.split('" ')[1].split()[0]
@@ -78,13 +112,8 @@ def test_a_cold_pull_lands_in_the_bucket_and_a_lost_cache_is_served_from_it(
     )
     pull_dir(image.on(mirror.host), tmp_path / "cold")
     assert manifest_digest_in_dir(tmp_path / "cold") == image.digest
-    expected = {*image.blob_digests, image.digest}
     # Uploaded once verified, after the client had its last byte: wait for the bucket.
-    wait_until(
-        lambda: set(bucket_contents(s3_bucket, "registry")) == expected,
-        timeout=20,
-        message="every blob and the manifest in the bucket",
-    )
+    wait_for_image(s3_bucket, image, prefix="registry")
     objects = bucket_contents(s3_bucket, "registry")
     for digest, data in objects.items():
         assert "sha256:" + hashlib.sha256(data).hexdigest() == digest
@@ -113,11 +142,7 @@ def test_with_redirect_disabled_the_bucket_is_streamed_through_the_mirror(
     storage = {**s3_bucket.storage(), "redirect": {"disable": True}}
     mirror = mirror_factory(upstream_proxy.url, config={"storage": storage})
     pull_dir(image.on(mirror.host), tmp_path / "cold")
-    wait_until(
-        lambda: len(bucket_contents(s3_bucket)) == len(image.blob_digests) + 1,
-        timeout=20,
-        message="the image in the bucket",
-    )
+    wait_for_image(s3_bucket, image)
     mirror.stop()
     shutil.rmtree(mirror.root / "blobs")
     mirror.start()
@@ -157,11 +182,7 @@ def test_expired_blobs_are_deleted_from_the_bucket(
         },
     )
     pull_dir(image.on(mirror.host), tmp_path / "cold")
-    wait_until(
-        lambda: len(bucket_contents(s3_bucket)) == len(image.blob_digests) + 1,
-        timeout=20,
-        message="the image in the bucket",
-    )
+    wait_for_image(s3_bucket, image)
     wait_until(
         lambda: not bucket_contents(s3_bucket) and not mirror.stored_files(settle=0),
         timeout=30,
@@ -171,11 +192,7 @@ def test_expired_blobs_are_deleted_from_the_bucket(
     upstream_proxy.reset()
     pull_dir(image.on(mirror.host), tmp_path / "again")
     assert upstream_proxy.count("GET", "/blobs/") == len(image.blob_digests)
-    wait_until(
-        lambda: len(bucket_contents(s3_bucket)) == len(image.blob_digests) + 1,
-        timeout=20,
-        message="the image in the bucket again",
-    )
+    wait_for_image(s3_bucket, image)
 
 
 def test_a_refused_upload_serves_the_client_and_keeps_nothing(
@@ -187,10 +204,7 @@ def test_a_refused_upload_serves_the_client_and_keeps_nothing(
     tmp_path: Path,
 ) -> None:
     """The bucket answers 503 to every write for longer than the retries last."""
-    front = proxy_factory(s3_server.endpoint_url)
-    front.forward_host = True  # the signatures are made for the address the mirror uses
-    bucket = S3Bucket.on(s3_server, endpoint=front.url)
-    create_bucket(bucket)
+    front, bucket = bucket_behind_a_proxy(s3_server, proxy_factory)
     image = image_factory("library/s3-refused", layers=(7 * MiB,))
     mirror = mirror_factory(upstream_proxy.url, config={"storage": bucket.storage()})
     front.fault_path_contains = "/docker/registry/v2/blobs/"
@@ -227,10 +241,7 @@ def test_brief_bucket_errors_are_retried(
     tmp_path: Path,
 ) -> None:
     """503 SlowDown twice, then the bucket takes the upload: nothing is lost or fetched twice."""
-    front = proxy_factory(s3_server.endpoint_url)
-    front.forward_host = True
-    bucket = S3Bucket.on(s3_server, endpoint=front.url)
-    create_bucket(bucket)
+    front, bucket = bucket_behind_a_proxy(s3_server, proxy_factory)
     image = image_factory("library/s3-slowdown", layers=(3 * MiB,))
     mirror = mirror_factory(upstream_proxy.url, config={"storage": bucket.storage()})
     front.fault_path_contains = "/docker/registry/v2/blobs/"
@@ -240,11 +251,7 @@ def test_brief_bucket_errors_are_retried(
     front.fail_content_type = "application/xml"
     front.fail_status, front.fail_count = 503, 2
     pull_dir(image.on(mirror.host), tmp_path / "cold")
-    wait_until(
-        lambda: set(bucket_contents(bucket)) == {*image.blob_digests, image.digest},
-        timeout=30,
-        message="the image in the bucket after the retries",
-    )
+    wait_for_image(bucket, image, timeout=30)
     assert len(front.requests(path_contains="/docker/registry/v2/blobs/")) >= 2
     assert "is not kept" not in mirror.log_text()
     assert upstream_proxy.count("GET", "/blobs/") == len(image.blob_digests)
@@ -279,11 +286,7 @@ def test_a_new_process_with_an_empty_disk_serves_what_the_bucket_holds(
     image = image_factory("library/s3-new-pod", layers=(4 * MiB, 1 * MiB))
     first = mirror_factory(upstream_proxy.url, config={"storage": s3_bucket.storage()})
     pull_dir(image.on(first.host), tmp_path / "first")
-    wait_until(
-        lambda: len(bucket_contents(s3_bucket)) == len(image.blob_digests) + 1,
-        timeout=20,
-        message="the image in the bucket",
-    )
+    wait_for_image(s3_bucket, image)
     first.stop()  # writes the index snapshot
 
     upstream_proxy.reset()
@@ -306,39 +309,18 @@ def test_verify_finds_missing_and_corrupt_objects_and_repair_drops_them(
     image = image_factory("library/s3-verify", layers=(2 * MiB, 1 * MiB))
     mirror = mirror_factory(upstream_proxy.url, config={"storage": s3_bucket.storage()})
     pull_dir(image.on(mirror.host), tmp_path / "cold")
-    wait_until(
-        lambda: len(bucket_contents(s3_bucket)) == len(image.blob_digests) + 1,
-        timeout=20,
-        message="the image in the bucket",
-    )
+    wait_for_image(s3_bucket, image)
     mirror.stop()
     first, second = image.source.layer_digests[:2]
 
     def verify(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "pullthrough", "verify", str(mirror.config_path), *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return pullthrough("verify", mirror.config_path, *args)
 
     assert verify("--rehash").returncode == 0
     for command in ("ls", "du"):  # they read the index, as without a bucket
-        done = subprocess.run(
-            [sys.executable, "-m", "pullthrough", command, str(mirror.config_path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == 0, done.stderr
-        assert "Traceback" not in done.stderr
-    listing = subprocess.run(
-        [sys.executable, "-m", "pullthrough", "ls", str(mirror.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
-    assert "library/s3-verify" in listing
+        done = pullthrough(command, mirror.config_path)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "library/s3-verify" in pullthrough("ls", mirror.config_path).stdout
     # Bit rot in one object (same size), the other deleted behind the mirror's back.
     original = bucket_contents(s3_bucket)[first]
     rotten = bytes([original[0] ^ 1]) + original[1:]

@@ -86,13 +86,7 @@ class BlobService:
             fetch = self.fetches.start(digest, upstream, repo)
         else:
             self.metrics.coalesced.labels("blob").inc()
-        tap = fetch.attach()  # before any await: no byte may pass this reader by
-        try:
-            await fetch.started()
-        except BaseException:
-            fetch.detach(tap)
-            raise
-        return BlobBody(digest, fetch.size, fetch=fetch, tap=tap)
+        return await _reader_of(fetch)
 
     async def head(self, upstream: UpstreamClient, repo: str, digest: Digest) -> int | None:
         """The blob's size for a HEAD; asks the upstream with a HEAD when this repository
@@ -165,13 +159,18 @@ class BlobService:
         fetch = self.fetches.get(source, digest)
         if fetch is None:
             fetch = self.fetches.start(digest, source, repo)
-        tap = fetch.attach()  # before any await: no byte may pass this reader by
-        try:
-            await fetch.started()
-        except BaseException:
-            fetch.detach(tap)
-            raise
-        return BlobBody(digest, fetch.size, fetch=fetch, tap=tap)
+        return await _reader_of(fetch)
+
+
+async def _reader_of(fetch: Fetch) -> BlobBody:
+    """A new reader of ``fetch``, once its source has answered."""
+    tap = fetch.attach()  # before any await: no byte may pass this reader by
+    try:
+        await fetch.started()
+    except BaseException:
+        fetch.detach(tap)
+        raise
+    return BlobBody(fetch.digest, fetch.size, fetch=fetch, tap=tap)
 
 
 async def open_fetch_file(fetch: Fetch) -> int:
