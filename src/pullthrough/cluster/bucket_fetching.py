@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from typing import TYPE_CHECKING
 
 from pullthrough.cluster.claims import CLAIM_TTL, Claim
@@ -34,7 +33,6 @@ from pullthrough.cluster.fetching import ClusterFetches
 from pullthrough.errors import UpstreamUnavailable
 from pullthrough.mirror.fetch import Fetch
 from pullthrough.mirror.provenance import Kind
-from pullthrough.store.blobs import new_temp_id
 
 if TYPE_CHECKING:
     from pullthrough.mirror.bucket_tier import BucketTier
@@ -57,20 +55,12 @@ class BucketClusterFetches(ClusterFetches):
         if tier.from_bucket(fetch) or fetch.spilled_at is not None:
             await fetch.download()  # a read of the bucket, or one that keeps nothing
             return
-        digest, upstream = fetch.digest, fetch.upstream.name
+        digest = fetch.digest
         for _ in range(MAX_ROUNDS):
             if await self._in_bucket(fetch):
                 await self._read_back(fetch)
                 return
-            token = f"{self._c.node}#{uuid.uuid4().hex[:12]}"
-            file = new_temp_id()
-            try:
-                verdict, claim = await self._claims.claim(
-                    digest, upstream, token=token, file=file, repo=fetch.repo
-                )
-            except RedisUnavailable:
-                log.info("fetching %s without coordination (redis unreachable)", digest)
-                verdict, claim = "alone", None
+            token, verdict, claim = await self._claim(fetch)
             if verdict == "alone" or claim is None:
                 self._counted.labels("alone").inc()
                 fetch.temp_path = fetch.store.temp_path(digest)

@@ -88,16 +88,7 @@ class ClusterFetches:
             await fetch.download()  # keeps nothing: there is no file to share
             return
         digest, upstream = fetch.digest, fetch.upstream.name
-        token = f"{self._c.node}#{uuid.uuid4().hex[:12]}"
-        file = new_temp_id()
-        fetch.temp_path = fetch.store.temp_path(digest, file)
-        try:
-            verdict, claim = await self._claims.claim(
-                digest, upstream, token=token, file=file, repo=fetch.repo
-            )
-        except RedisUnavailable:
-            log.info("fetching %s without coordination (redis unreachable)", digest)
-            verdict, claim = "alone", None
+        token, verdict, claim = await self._claim(fetch)
         if verdict == "alone":
             self._counted.labels("alone").inc()
             # Not the file the claim may name after all: nobody else may adopt this one.
@@ -132,6 +123,22 @@ class ClusterFetches:
                 verdict, claim = await follower.run()
             else:
                 return
+
+    async def _claim(self, fetch: Fetch) -> tuple[str, Verdict, Claim | None]:
+        """Claim the download of ``fetch.digest`` with a new token and temp file (the
+        fetch's temp path is set to it): the token, the verdict and the claim found;
+        "alone" when Redis cannot answer."""
+        token = f"{self._c.node}#{uuid.uuid4().hex[:12]}"
+        file = new_temp_id()
+        fetch.temp_path = fetch.store.temp_path(fetch.digest, file)
+        try:
+            verdict, claim = await self._claims.claim(
+                fetch.digest, fetch.upstream.name, token=token, file=file, repo=fetch.repo
+            )
+        except RedisUnavailable:
+            log.info("fetching %s without coordination (redis unreachable)", fetch.digest)
+            return token, "alone", None
+        return token, verdict, claim
 
     async def _stored_readable(self, fetch: Fetch) -> bool:
         """Whether the blob is stored and this fetch's (upstream, repository) may read it,
