@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -143,13 +144,16 @@ class TreeMonitor:
 # --------------------------------------------------------------------------- processes
 
 
-def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment minus proxy variables and REGISTRY_* overrides."""
+def clean_env(extra: dict[str, str] | None = None, drop_aws: bool = False) -> dict[str, str]:
+    """The environment minus proxy variables and REGISTRY_* overrides (and, ``drop_aws``,
+    AWS_*: with a bucket configured, distribution's S3 driver panics on an AWS_CA_BUNDLE, and
+    the config says all either mirror needs)."""
     env = {
         k: v
         for k, v in os.environ.items()
         if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
         and not k.startswith("REGISTRY_")
+        and not (drop_aws and k.startswith("AWS_"))
     }
     env.update(extra or {})
     return env
@@ -192,10 +196,12 @@ def http_status(
 class Server:
     """A loopback HTTP server process with a config file and a log, stopped by PID.
 
-    ``extra_env`` is added to its environment (e.g. ``SSL_CERT_FILE``)."""
+    ``extra_env`` is added to its environment (e.g. ``SSL_CERT_FILE``). ``blob_probe``, when
+    set, is how ``has_blob`` learns that a blob is stored (a HEAD on its bucket's object)."""
 
     kind = "server"
     scheme = "http"
+    blob_probe: Callable[[str], bool] | None = None
 
     def __init__(self, workdir: Path, name: str, extra_env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
@@ -295,17 +301,23 @@ class DockerRegistry(Server):
         log_level: str = "warn",
         tls: tuple[Path, Path] | None = None,
         extra_env: dict[str, str] | None = None,
+        storage_driver: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(workdir, name, extra_env)
         self.remoteurl = remoteurl
         self.log_level = log_level
         self.storage = workdir / "storage"
+        # Replaces the filesystem driver's entry (e.g. {"s3": {...}}); set blob_probe too.
+        self.storage_driver = storage_driver
         self.tls = tls
         if tls is not None:
             self.scheme = "https"
 
     def command(self) -> list[str]:
         return [REGISTRY_BINARY, "serve", str(self.config_path)]
+
+    def env(self) -> dict[str, str]:
+        return clean_env(self.extra_env, drop_aws=self.storage_driver is not None)
 
     def write_config(self) -> None:
         cfg: dict[str, Any] = {
@@ -319,6 +331,9 @@ class DockerRegistry(Server):
             "http": {"addr": self.host, "secret": secrets.token_hex(16)},
             "health": {"storagedriver": {"enabled": False}},
         }
+        if self.storage_driver is not None:
+            del cfg["storage"]["filesystem"]
+            cfg["storage"] = {**self.storage_driver, **cfg["storage"]}
         if self.remoteurl:
             cfg["proxy"] = {"remoteurl": self.remoteurl}
         if self.tls is not None:
@@ -326,6 +341,8 @@ class DockerRegistry(Server):
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
     def has_blob(self, digest: str) -> bool:
+        if self.blob_probe is not None:
+            return self.blob_probe(digest)
         hexd = digest.split(":", 1)[1]
         path = self.storage / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
         return path.is_file()
@@ -353,9 +370,13 @@ class Pullthrough(Server):
         root: Path | None = None,
         mirror_extra: dict[str, Any] | None = None,
         extra_env: dict[str, str] | None = None,
+        storage: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(workdir, name, extra_env)
         self.mirror_extra = mirror_extra or {}
+        # The whole storage section instead of the filesystem at ``root`` (e.g. {"s3": ...,
+        # "redirect": ...}); set blob_probe too.
+        self.storage = storage
         self.remoteurl = remoteurl
         self.loop = loop
         self.tag_freshness = tag_freshness
@@ -372,13 +393,13 @@ class Pullthrough(Server):
         extra = dict(self.extra_env)
         if self.src is not None:
             extra["PYTHONPATH"] = str(self.src)
-        return clean_env(extra)
+        return clean_env(extra, drop_aws=self.storage is not None)
 
     def write_config(self) -> None:
         cfg: dict[str, Any] = {
             "version": 0.1,
             "log": {"level": self.log_level, "formatter": "text", "accesslog": {"disabled": True}},
-            "storage": {"filesystem": {"rootdirectory": str(self.root)}},
+            "storage": self.storage or {"filesystem": {"rootdirectory": str(self.root)}},
             "http": {"addr": self.host},
             "proxy": {"remoteurl": self.remoteurl},
             "mirror": {"tag_freshness": self.tag_freshness, **self.mirror_extra},
@@ -386,5 +407,7 @@ class Pullthrough(Server):
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
     def has_blob(self, digest: str) -> bool:
+        if self.blob_probe is not None:
+            return self.blob_probe(digest)
         hexd = digest.split(":", 1)[1]
         return (self.root / "blobs/sha256" / hexd[:2] / hexd).is_file()
