@@ -226,7 +226,10 @@ class ClusterFetches:
                     progressed = True
                 else:
                     await asyncio.sleep(RENEW_EVERY)
-                    progressed = fetch.written != last
+                    # Once the digest matched the bytes are final: what follows (fsync, rename,
+                    # the index, and with a bucket the upload, seconds for a large layer) must
+                    # not let the claim lapse, or a waiting replica would fetch it again.
+                    progressed = fetch.written != last or fetch.matched
                 if download.done():
                     return
                 if fetch.spilled_at is not None:
