@@ -60,7 +60,6 @@ PT_STREAM = "pullthrough redirect.disable=true"
 S3_SIDES = (REF, PT, PT_STREAM)
 S3_SLUG = {REF: "ref", PT: "pt", PT_STREAM: "pt-stream"}
 S3_ROOT = "/bench"  # rootdirectory of both mirrors in their buckets
-NOT_YET = "not supported yet"
 SEED_VERSION = 1
 
 MODES: dict[str, dict[str, Any]] = {

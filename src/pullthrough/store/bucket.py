@@ -126,19 +126,6 @@ class Bucket:
         except ERRORS as exc:
             raise _unavailable("read", digest, exc) from None
 
-    async def read(self, digest: Digest, limit: int) -> bytes | None:
-        """A small object in full (at most ``limit`` bytes), or None when there is none."""
-        try:
-            meta = await obstore.head_async(self._store, self.key(digest))
-            if meta["size"] > limit:
-                raise BucketUnavailable(f"object of {digest} is {meta['size']} bytes")
-            result = await obstore.get_async(self._store, self.key(digest))
-            return bytes(await result.bytes_async())
-        except (NotFoundError, FileNotFoundError):
-            return None
-        except ERRORS as exc:
-            raise _unavailable("read", digest, exc) from None
-
     async def stream(self, digest: Digest) -> AsyncIterator[memoryview]:
         """The object's bytes in chunks of 8 MiB or so; nothing if there is no object."""
         try:
@@ -149,17 +136,6 @@ class Bucket:
             return
         except ERRORS as exc:
             raise _unavailable("read", digest, exc) from None
-
-    async def head(self, digest: Digest) -> BucketObject | None:
-        try:
-            meta = await obstore.head_async(self._store, self.key(digest))
-        except (NotFoundError, FileNotFoundError):
-            return None
-        except ERRORS as exc:
-            raise _unavailable("look up", digest, exc) from None
-        return BucketObject(
-            str(digest), meta["size"], meta["last_modified"].timestamp(), meta["e_tag"]
-        )
 
     async def delete(self, digest: Digest) -> None:
         """Delete the object (nothing when there is none)."""
