@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pullthrough.cluster.claims import CLAIM_TTL
+
 from tests.cluster.pulling import Pull, pull
 from tests.cluster.redis_server import RedisServer
 from tests.s3.conftest import S3Bucket
+from tests.s3.test_mirror_on_s3 import bucket_behind_a_proxy
+from tests.support.s3_server import CephS3
 from tests.support import MiB
 from tests.support.images import ImageFactory, blob_digests_in_dir, pull_dir
 from tests.support.mirror import MirrorProcess
@@ -22,6 +27,9 @@ from tests.support.net import wait_until
 from tests.support.proxy import RecordingProxy, exchanges_summary
 
 pytestmark = [pytest.mark.integration, pytest.mark.s3, pytest.mark.slow]
+
+# Longer than a claim lives without being renewed (CLAIM_TTL), with room to ask meanwhile.
+UPLOAD_STALL = CLAIM_TTL + 6.0
 
 
 @pytest.fixture
@@ -32,11 +40,13 @@ def bucket_replicas(
     each with a local directory of its own (no shared filesystem)."""
     made: list[MirrorProcess] = []
 
-    def factory(remoteurl: str, n: int = 3, *, stream: bool = True) -> list[MirrorProcess]:
+    def factory(
+        remoteurl: str, n: int = 3, *, stream: bool = True, bucket: S3Bucket | None = None
+    ) -> list[MirrorProcess]:
         group = []
         for _ in range(n):
             i = len(made)
-            storage: dict[str, Any] = s3_bucket.storage()
+            storage: dict[str, Any] = (bucket or s3_bucket).storage()
             if stream:
                 storage["redirect"] = {"disable": True}
             local = tmp_path / f"replica-{i}" / "data"
@@ -144,3 +154,47 @@ def test_when_the_fetching_replica_dies_another_fetches_and_every_client_complet
         upstream_proxy.requests()
     )
     shutil.rmtree(group[0].root, ignore_errors=True)
+
+
+def test_an_upload_that_outlasts_the_claim_keeps_it_and_the_blob_is_fetched_once(
+    image_factory: ImageFactory,
+    bucket_replicas: Any,
+    upstream_proxy: RecordingProxy,
+    s3_server: CephS3,
+    proxy_factory: Any,
+) -> None:
+    """The owner's client has its bytes, then the owner's upload of them to the bucket
+    takes longer than a claim lives unrenewed: the owner keeps renewing it, so a replica
+    asked for the blob meanwhile waits for (or streams from) the owner instead of taking
+    the claim over and asking the upstream again."""
+    front, bucket = bucket_behind_a_proxy(s3_server, proxy_factory)
+    image = image_factory("library/s3-slow-upload", layers=(6 * MiB,))
+    layer = image.source.layer_digests[0]
+    first, second = bucket_replicas(upstream_proxy.url, 2, bucket=bucket)
+    upstream_proxy.reset()
+    front.fault_path_contains = layer.removeprefix("sha256:")  # only the layer's object
+    front.stall_seconds = UPLOAD_STALL
+    began = time.monotonic()
+    owner_pull = Pull(first.host)
+    pull(first.host, image, owner_pull)
+    assert not owner_pull.error and layer in owner_pull.verified
+    assert time.monotonic() - began < UPLOAD_STALL  # served before the upload ended
+    # Past the claim's time to live, the upload still stalled at the bucket.
+    time.sleep(CLAIM_TTL + 1.5)
+    assert f"stored {layer}" in first.log_text()
+    assert not upload_done(front, layer)
+    late_pull = Pull(second.host)
+    pull(second.host, image, late_pull)
+    assert not late_pull.error and layer in late_pull.verified
+    assert upstream_proxy.count("GET", f"/blobs/{layer}") == 1, exchanges_summary(
+        upstream_proxy.requests()
+    )
+    wait_until(lambda: upload_done(front, layer), timeout=30, message="the upload ended")
+
+
+def upload_done(front: RecordingProxy, layer: str) -> bool:
+    """Whether a write of the layer's object reached the bucket and was answered."""
+    return any(
+        e.method == "PUT" and layer.removeprefix("sha256:") in e.path and e.status == 200
+        for e in front.requests()
+    )
