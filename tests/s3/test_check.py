@@ -46,9 +46,7 @@ def test_check_lists_writes_reads_and_deletes_in_the_bucket(
     assert s3_bucket.secret_key not in done.stdout + done.stderr
 
 
-def test_check_says_which_step_fails_on_a_missing_bucket(
-    s3_server: CephS3, tmp_path: Path
-) -> None:
+def test_check_says_which_step_fails_on_a_missing_bucket(s3_server: CephS3, tmp_path: Path) -> None:
     missing = S3Bucket.on(s3_server, "pt-no-such-bucket")
     done = check(tmp_path, missing.storage())
     assert done.returncode == 1
@@ -64,4 +62,3 @@ def test_check_says_the_credentials_are_refused(s3_server: CephS3, tmp_path: Pat
     assert done.returncode == 1
     assert "list: FAILED: 403" in done.stdout and "SignatureDoesNotMatch" in done.stdout
     assert "wr0ng-s3cret-value" not in done.stdout + done.stderr
-

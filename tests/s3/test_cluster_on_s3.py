@@ -14,17 +14,16 @@ from typing import Any
 import pytest
 
 from pullthrough.cluster.claims import CLAIM_TTL
-
 from tests.cluster.pulling import Pull, pull
 from tests.cluster.redis_server import RedisServer
 from tests.s3.conftest import S3Bucket
 from tests.s3.test_mirror_on_s3 import bucket_behind_a_proxy
-from tests.support.s3_server import CephS3
 from tests.support import MiB
 from tests.support.images import ImageFactory, blob_digests_in_dir, pull_dir
 from tests.support.mirror import MirrorProcess
 from tests.support.net import wait_until
 from tests.support.proxy import RecordingProxy, exchanges_summary
+from tests.support.s3_server import CephS3
 
 pytestmark = [pytest.mark.integration, pytest.mark.s3, pytest.mark.slow]
 

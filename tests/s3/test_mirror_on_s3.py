@@ -214,8 +214,10 @@ def test_a_refused_upload_serves_the_client_and_keeps_nothing(
     assert image.blob_digests <= set(blob_digests_in_dir(tmp_path / "served"))
     layer = image.source.layer_digests[0]
     wait_until(  # every upload has given up (each retries on its own clock)
-        lambda: all(f"{d} is not kept" in mirror.log_text() for d in image.blob_digests)
-        and f"manifest {image.digest} is served but not kept" in mirror.log_text(),
+        lambda: (
+            all(f"{d} is not kept" in mirror.log_text() for d in image.blob_digests)
+            and f"manifest {image.digest} is served but not kept" in mirror.log_text()
+        ),
         timeout=60,
         message="every refused upload logged",
     )
@@ -263,9 +265,7 @@ def test_wrong_credentials_stop_the_server_at_start_with_the_reason(
     bucket = S3Bucket.on(s3_server)
     create_bucket(bucket)
     bucket.secret_key = "not-the-secret-0000"
-    mirror = mirror_factory(
-        upstream_proxy.url, config={"storage": bucket.storage()}, start=False
-    )
+    mirror = mirror_factory(upstream_proxy.url, config={"storage": bucket.storage()}, start=False)
     with pytest.raises(RuntimeError):
         mirror.start(timeout=30)
     log = mirror.log_text()
