@@ -88,6 +88,7 @@ MODES: dict[str, dict[str, Any]] = {
 }
 CONCURRENCY = 20
 CONNECTIONS = 32
+PEER_SECRET = "pullthrough bench peers"  # mirror.cluster.secret of the S3 replicas
 REPLICAS = 3
 
 
@@ -999,7 +1000,8 @@ class Bench:
             cache = {"path": str(local or workdir / "data"), "maxsize": maxsize}
             extra: dict[str, Any] = {"s3": {"localcache": cache}}
             if redis is not None:  # a replica: its own local directory, one Redis for all
-                extra["cluster"] = {"redis": {"addr": redis.addr}}
+                # and one secret: a replica that loses the race streams from the winner.
+                extra["cluster"] = {"redis": {"addr": redis.addr}, "secret": PEER_SECRET}
             server = Pullthrough(
                 workdir,
                 name,

@@ -4,6 +4,9 @@ joins with an empty disk serves what the bucket holds."""
 
 from __future__ import annotations
 
+import hashlib
+import http.client
+import json
 import shutil
 import threading
 import time
@@ -14,6 +17,7 @@ from typing import Any
 import pytest
 
 from pullthrough.cluster.claims import CLAIM_TTL
+from pullthrough.cluster.peers import PeerKey
 from tests.cluster.pulling import Pull, pull
 from tests.cluster.redis_server import RedisServer
 from tests.s3.conftest import S3Bucket
@@ -28,19 +32,27 @@ from tests.support.s3_server import CephS3
 pytestmark = [pytest.mark.integration, pytest.mark.s3, pytest.mark.slow]
 
 # Longer than a claim lives without being renewed (CLAIM_TTL), with room to ask meanwhile.
-UPLOAD_STALL = CLAIM_TTL + 6.0
+UPLOAD_STALL = CLAIM_TTL + 10.0
+PEER_SECRET = "the replicas' own secret, for tests"
 
 
 @pytest.fixture
 def bucket_replicas(
     tmp_path: Path, redis_server: RedisServer, s3_bucket: S3Bucket
 ) -> Iterator[Any]:
-    """``bucket_replicas(remoteurl, n, stream=True)``: replicas on ``s3_bucket`` and Redis,
-    each with a local directory of its own (no shared filesystem)."""
+    """``bucket_replicas(remoteurl, n, stream=True, bucket=None, peers=True)``: replicas on
+    ``s3_bucket`` (or ``bucket``) and Redis, each with a local directory of its own (no
+    shared filesystem); with ``peers`` they share a ``mirror.cluster.secret`` and stream a
+    blob from the replica fetching it."""
     made: list[MirrorProcess] = []
 
     def factory(
-        remoteurl: str, n: int = 3, *, stream: bool = True, bucket: S3Bucket | None = None
+        remoteurl: str,
+        n: int = 3,
+        *,
+        stream: bool = True,
+        bucket: S3Bucket | None = None,
+        peers: bool = True,
     ) -> list[MirrorProcess]:
         group = []
         for _ in range(n):
@@ -56,7 +68,10 @@ def bucket_replicas(
                     "log": {"level": "info"},
                     "storage": storage,
                     "mirror": {
-                        "cluster": {"redis": {"addr": redis_server.addr}},
+                        "cluster": {
+                            "redis": {"addr": redis_server.addr},
+                            **({"secret": PEER_SECRET} if peers else {}),
+                        },
                         "s3": {"localcache": {"path": str(local), "maxsize": "1GiB"}},
                         "tag_freshness": "1m",
                     },
@@ -100,8 +115,10 @@ def test_replicas_on_one_bucket_fetch_each_blob_once(
     summary = exchanges_summary(upstream_proxy.requests())
     for digest in image.blob_digests:
         assert upstream_proxy.count("GET", f"/blobs/{digest}") == 1, summary
-    waited = [r for r in group if "waiting for the fetch of" in r.log_text()]
-    assert waited, "no replica waited for another's fetch"
+    big = image.source.layer_digests[0]
+    streamed = [r for r in group if f"streaming {big} from http://" in r.log_text()]
+    assert len(streamed) == 2, "the two replicas that lost the race streamed from the owner"
+    assert all("waiting for the fetch of" not in r.log_text() for r in group)
 
     # A replica that joins with an empty disk reads the bucket: the upstream is not asked.
     upstream_proxy.reset()
@@ -137,9 +154,9 @@ def test_when_the_fetching_replica_dies_another_fetches_and_every_client_complet
     for t in threads:
         t.start()
     wait_until(
-        lambda: all("waiting for the fetch of" in r.log_text() for r in group[1:]),
+        lambda: all(f"streaming {layer} from {group[0].url}" in r.log_text() for r in group[1:]),
         timeout=30,
-        message="replicas 1 and 2 waiting for replica 0",
+        message="replicas 1 and 2 streaming from replica 0",
     )
     group[0].kill()  # SIGKILL: its claim lapses, its partial file dies with its disk
     upstream_proxy.blob_rate = None
@@ -185,6 +202,9 @@ def test_an_upload_that_outlasts_the_claim_keeps_it_and_the_blob_is_fetched_once
     late_pull = Pull(second.host)
     pull(second.host, image, late_pull)
     assert not late_pull.error and layer in late_pull.verified
+    # Not from the bucket, which has no copy yet: from the replica that fetched it.
+    assert not upload_done(front, layer)
+    assert f"streaming {layer} from {first.url}" in second.log_text()
     assert upstream_proxy.count("GET", f"/blobs/{layer}") == 1, exchanges_summary(
         upstream_proxy.requests()
     )
@@ -197,3 +217,50 @@ def upload_done(front: RecordingProxy, layer: str) -> bool:
         e.method == "PUT" and layer.removeprefix("sha256:") in e.path and e.status == 200
         for e in front.requests()
     )
+
+
+def test_the_peer_path_answers_only_requests_signed_with_the_secret(
+    image_factory: ImageFactory, bucket_replicas: Any, upstream_proxy: RecordingProxy
+) -> None:
+    """What replicas stream from each other is not a way around the registry API: a
+    client without the secret gets 401 and learns nothing, not even whether the replica
+    has the blob; without a secret the path does not exist."""
+    image = image_factory("library/s3-peer-path", layers=(1 * MiB,))
+    layer = image.source.layer_digests[0]
+    (replica,) = bucket_replicas(upstream_proxy.url, 1)
+    pull(replica.host, image, done := Pull(replica.host))
+    assert not done.error
+    path = f"/_pullthrough/peer/blobs/docker.io/{layer}"
+    absent = "sha256:" + "0" * 64
+    good = PeerKey(PEER_SECRET)
+    for headers in (
+        {},
+        {"Authorization": PeerKey("not the replicas' secret").sign("docker.io", layer)},
+        {"Authorization": good.sign("docker.io", absent)},  # signed for another digest
+        {"Authorization": good.sign("ghcr.io", layer)},  # for another upstream
+    ):
+        status, body = http_get(replica.host, path, headers)
+        assert status == 401, headers
+        assert json.loads(body)["errors"][0]["code"] == "UNAUTHORIZED"
+    status, body = http_get(
+        replica.host,
+        f"/_pullthrough/peer/blobs/docker.io/{absent}",
+        {"Authorization": good.sign("docker.io", absent)},
+    )
+    assert status == 404 and json.loads(body)["errors"][0]["code"] == "BLOB_UNKNOWN"
+    status, body = http_get(replica.host, path, {"Authorization": good.sign("docker.io", layer)})
+    assert status == 200 and "sha256:" + hashlib.sha256(body).hexdigest() == layer
+
+    (without,) = bucket_replicas(upstream_proxy.url, 1, peers=False)
+    status, _ = http_get(without.host, path, {"Authorization": good.sign("docker.io", layer)})
+    assert status == 404
+
+
+def http_get(host: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(host, timeout=30)
+    try:
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()

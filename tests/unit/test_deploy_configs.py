@@ -136,9 +136,14 @@ def test_s3_deployments_carry_configs_pullthrough_accepts(tmp_path: Path) -> Non
     configmap = next(d for d in docs if d["kind"] == "ConfigMap")
     path = tmp_path / "config.yml"
     path.write_text(configmap["data"]["config.yml"])
-    config = load(path, environ={**secrets, PASSWORD_ENV: "from-the-secret"})
+    peers = "REGISTRY_MIRROR_CLUSTER_SECRET"
+    config = load(
+        path,
+        environ={**secrets, PASSWORD_ENV: "from-the-secret", peers: "sixteen characters+"},
+    )
     assert config.s3 is not None and config.s3.redirect
     assert config.cluster is not None and config.cluster.redis_password == "from-the-secret"
+    assert config.cluster.secret == "sixteen characters+"  # replicas stream from each other
     deployment = next(
         d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "pullthrough"
     )
@@ -146,7 +151,7 @@ def test_s3_deployments_carry_configs_pullthrough_accepts(tmp_path: Path) -> Non
     assert any(d["kind"] == "PodDisruptionBudget" for d in docs)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e for e in container["env"]}
-    for name in secrets:
+    for name in [*secrets, peers]:
         assert "secretKeyRef" in env[name]["valueFrom"] and "value" not in env[name]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}

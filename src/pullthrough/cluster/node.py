@@ -21,9 +21,15 @@ from pullthrough.store.blobs import BlobStore
 
 if TYPE_CHECKING:
     from pullthrough.cluster.bucket_fetching import BucketClusterFetches
+    from pullthrough.cluster.peers import Peers
     from pullthrough.mirror.bucket_tier import BucketTier
 
 log = logging.getLogger(__name__)
+
+# Replicas are on one network: a peer that does not connect within this is not there. Its
+# answer can take as long as the upstream's (it waits for it), hence the read time-out.
+PEER_CONNECT_TIMEOUT = 2.0
+PEER_READ_TIMEOUT = 60.0
 
 
 class Cluster:
@@ -43,6 +49,7 @@ class Cluster:
         self.flights = Flights(self.coordination)
         self.sweep_turns = SweepLease(self.coordination, store, gc_interval)
         self.sync_claims = SyncClaims(self.coordination)  # mirror.sync: one replica per run
+        self.peers: Peers | None = None  # storage.s3 with mirror.cluster.secret
         # Read when scraped: the connection and the lease keep these states already.
         measured.redis_up.set_function(lambda: 0.0 if self.coordination.suspended else 1.0)
         measured.sweeper.set_function(lambda: 1.0 if self.sweep_turns.held else 0.0)
@@ -57,11 +64,20 @@ class Cluster:
     def bucket_fetches(self, provenance: Provenance, tier: BucketTier) -> BucketClusterFetches:
         """The driver for replicas that share a bucket (storage.s3), not a filesystem."""
         from pullthrough.cluster.bucket_fetching import BucketClusterFetches
+        from pullthrough.cluster.peers import Peers
 
         fetches = BucketClusterFetches(
             self.coordination, self.claims, provenance, counted=self._counted_fetches
         )
         fetches.tier = tier
+        if self.config.secret:
+            # Replicas stream a blob from the one fetching it (cluster.peers).
+            self.peers = Peers(
+                self.config.secret,
+                connect_timeout=PEER_CONNECT_TIMEOUT,
+                read_timeout=PEER_READ_TIMEOUT,
+            )
+            fetches.peers = self.peers
         return fetches
 
     async def start(self) -> None:
@@ -88,4 +104,6 @@ class Cluster:
             )
 
     async def stop(self) -> None:
+        if self.peers is not None:
+            await self.peers.close()
         await self.coordination.close()

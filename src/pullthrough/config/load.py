@@ -139,7 +139,12 @@ def _validate(raw: dict[str, Any], warnings: list[str], path: Path | None = None
     access = _access(root, auth, upstreams, default, warnings)
     hosted = _hosted(root, upstreams)
     cluster = _cluster(
-        root.mirror.cluster, host, port, https=bool(tls.certificate), warnings=warnings
+        root.mirror.cluster,
+        host,
+        port,
+        https=bool(tls.certificate),
+        bucket=s3 is not None,
+        warnings=warnings,
     )
     if s3 is not None and hosted is not None:
         raise ConfigError("mirror.hosted: not supported with storage.s3 yet")
@@ -355,8 +360,12 @@ def _maxsize(value: Any) -> StoreLimit | None:
     return StoreLimit(bytes=size)
 
 
+# mirror.cluster.secret: long enough that guessing it is out of the question.
+MIN_SECRET = 16
+
+
 def _cluster(
-    section: _Cluster, host: str, port: int, *, https: bool, warnings: list[str]
+    section: _Cluster, host: str, port: int, *, https: bool, bucket: bool, warnings: list[str]
 ) -> ClusterConfig | None:
     """``mirror.cluster``, or None (one process, SQLite) when no Redis address is set."""
     redis = section.redis
@@ -375,14 +384,26 @@ def _cluster(
     if section.advertise:
         advertise = check_url(section.advertise, "mirror.cluster.advertise")
     else:
-        # A name for this replica in claims and logs; peers never dial it (see
-        # pullthrough.cluster: followers read the shared store, not the owner).
+        # A name for this replica in claims and logs. On a shared store peers never dial
+        # it (followers read the shared store); on a bucket they do (cluster.peers), so
+        # there it must be an address the other replicas reach.
         name = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
         advertise = f"{'https' if https else 'http'}://{name}:{port}"
-    if section.secret:
+    if section.secret is not None and len(section.secret) < MIN_SECRET:
+        raise ConfigError(
+            f"mirror.cluster.secret: at least {MIN_SECRET} characters (the replicas sign "
+            "their requests to each other with it)"
+        )
+    if section.secret and not bucket:
         warnings.append(
-            "mirror.cluster.secret: not used: replicas stream a blob another replica is "
-            "fetching from the shared store, not from each other"
+            "mirror.cluster.secret: not used: on a shared store replicas stream a blob "
+            "another replica is fetching from the store, not from each other"
+        )
+    if bucket and not section.secret:
+        warnings.append(
+            "mirror.cluster.secret: not set: a replica waits until the replica fetching a "
+            "blob has uploaded it before its clients get a byte; with the same secret on "
+            "every replica they stream it from that replica at once"
         )
     return ClusterConfig(
         redis_host=redis_host,

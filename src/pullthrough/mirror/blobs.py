@@ -106,6 +106,20 @@ class BlobService:
             raise unknown(Kind.BLOB, upstream.name, repo, str(digest))
         return None if size < 0 else size
 
+    async def for_peer(self, upstream: str, digest: Digest) -> BlobBody:
+        """What another replica on the same bucket streams from this one
+        (``cluster.peers``): this process's running fetch of ``digest`` from ``upstream``
+        (its last byte once the digest matched, as for a client), or its local copy once
+        stored. No provenance here: the asking replica decided who may read the blob
+        before it asked, and verifies the bytes itself."""
+        fetch = self.fetches.named(upstream, digest)
+        if fetch is not None:
+            return await _reader_of(fetch)
+        cached = await self.store.open(digest)
+        if cached is None:
+            raise BlobUnknown(f"blob {digest} is neither being fetched nor stored here")
+        return BlobBody(digest, cached.size, cached=cached)
+
     async def _readable(
         self, upstream: UpstreamClient, repo: str, digest: Digest
     ) -> OpenBlob | None:
@@ -128,7 +142,6 @@ class BlobService:
             "blob %s is stored, but %s never served it: a miss for %s", digest, upstream.name, repo
         )
         return None
-
 
     async def _in_bucket(self, upstream: UpstreamClient, repo: str, digest: Digest) -> int | None:
         """storage.s3: the blob's size if the bucket holds it and this (upstream,

@@ -129,7 +129,7 @@ class BucketTier:
         return cast(UpstreamClient, self.source)
 
     def from_bucket(self, fetch: Fetch) -> bool:
-        return fetch.upstream is cast(object, self.source)
+        return fetch.source is cast(object, self.source)
 
     async def upload(self, fetch: Fetch) -> None:
         """Put a verified download into the bucket; on failure the local copy goes too

@@ -81,6 +81,7 @@ class Fetch:
         on_spill: Callable[[Fetch], None] | None = None,
     ) -> None:
         self.digest = digest
+        self._metrics = metrics
         self._upstream_bytes = metrics.upstream_bytes.labels(upstream.name)
         self._passthrough_bytes = metrics.passthrough_bytes.labels(upstream.name)
         self._resumes = metrics.upstream_resumes.labels(upstream.name)
@@ -90,6 +91,10 @@ class Fetch:
             counter=metrics.upstream_stalls.labels(upstream.name),
         )
         self.upstream = upstream
+        # Where the body is read from: the upstream, or (storage.s3) the bucket or the
+        # replica that fetches it (``use_source``). The digest, the upstream's name and
+        # who may read the blob stay the upstream's.
+        self.source = upstream
         self.repo = repo
         self.store = store
         self.temp_path: Path = store.temp_path(digest)
@@ -197,6 +202,12 @@ class Fetch:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+
+    def use_source(self, source: UpstreamClient) -> None:
+        """Read the (rest of the) body from ``source``; its bytes are counted under its
+        name, not the upstream's."""
+        self.source = source
+        self._upstream_bytes = self._metrics.upstream_bytes.labels(source.name)
 
     # --- progress reported by a cluster follower ---------------------------------------
 
@@ -336,7 +347,7 @@ class Fetch:
             reached = self.written
             try:
                 async with contextlib.AsyncExitStack() as stack:
-                    body = self.upstream.blob(self.repo, str(self.digest), self.written)
+                    body = self.source.blob(self.repo, str(self.digest), self.written)
                     if self._started.done():
                         # A resume: its answer is waited for like the next chunk would be.
                         # (The first request has the read time-out: its clients wait for
@@ -347,7 +358,7 @@ class Fetch:
                         stream = await stack.enter_async_context(body)
                     if stream is None:
                         raise BlobUnknown(
-                            f"blob {self.digest} is unknown to upstream {self.upstream.name} "
+                            f"blob {self.digest} is unknown to {self.source.name} "
                             f"in repository {self.repo}"
                         )
                     if self.size is None:
@@ -385,7 +396,7 @@ class Fetch:
         """Move the body into the file with a download thread, until it ends (returns) or
         breaks (raises UpstreamUnavailable: a resume may follow)."""
         loop = asyncio.get_running_loop()
-        read_timeout = self.upstream.config.read_timeout
+        read_timeout = self.source.config.read_timeout
 
         def report(written: int, read: int) -> None:  # from the download thread
             loop.call_soon_threadsafe(self._advanced, written, read)
@@ -433,12 +444,10 @@ class Fetch:
                 )
             if done.timed_out:
                 if timeout < allowance:
-                    raise UpstreamUnavailable(
-                        f"upstream {self.upstream.name} sent nothing for {timeout:g} s"
-                    )
+                    raise UpstreamUnavailable(f"{self.source.name} sent nothing for {timeout:g} s")
                 raise self._stalls.stalled(allowance)
             if done.broke is not None:
-                raise self.upstream.unavailable(done.broke)
+                raise self.source.unavailable(done.broke)
             if done.ended:
                 return
 

@@ -74,6 +74,11 @@ class Fetches:
         fetch = self._running.get(_key(upstream, digest))
         return fetch if fetch is not None and fetch.error is None else None
 
+    def named(self, upstream: str, digest: Digest) -> Fetch | None:
+        """``get`` by the upstream's name (a peer replica asks by name)."""
+        fetch = self._running.get((upstream, str(digest)))
+        return fetch if fetch is not None and fetch.error is None else None
+
     def busy(self, digest: str) -> bool:
         """Whether any upstream's fetch of ``digest`` is running (eviction leaves it be)."""
         return any(d == digest for _, d in self._running)

@@ -267,7 +267,7 @@ class Mirror:
         from pullthrough.store.bucket_uploads import BucketUploads
 
         assert self.bucket_tier is not None
-        uploads = BucketUploads(self.bucket_tier.config)
+        uploads = BucketUploads(self.bucket_tier.bucket.config)  # (with profile keys)
         if not uploads.can_sign:
             log.info(
                 "storage.s3 without accesskey/secretkey: uploads a crash leaves in the bucket "
@@ -351,6 +351,12 @@ class Mirror:
         if tier is not None:
             if tier.from_bucket(fetch):
                 return  # read back from the bucket into the local cache: known already
+            if fetch.source is not fetch.upstream:
+                # Streamed from the replica that fetches it (cluster.peers): that one
+                # uploads it and records it in the shared index. Remembered here so this
+                # replica serves its copy meanwhile (and with Redis down).
+                self.provenance.followed(fetch.upstream.name, fetch.repo, str(fetch.digest))
+                return
             try:
                 await tier.upload(fetch)
             except BucketUnavailable as exc:

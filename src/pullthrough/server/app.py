@@ -65,5 +65,9 @@ def build_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     if config.ui_enabled:
         status_api.add_routes(app)  # before the catch-all, which would take /ui/ too
+    if mirror.cluster is not None and mirror.cluster.peers is not None:
+        from pullthrough.server import peer_routes
+
+        peer_routes.add_routes(app, mirror.cluster.peers.key)  # before the catch-all too
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
