@@ -1,3 +1,3 @@
-from pullthrough.cli import main
+from pullthrough.cli import entry
 
-raise SystemExit(main())
+entry()
