@@ -152,11 +152,16 @@ def _check_bucket(config: Config) -> int:
     s3 = config.s3
     assert s3 is not None
     where = f"bucket {s3.bucket} at {s3.endpoint}" + (f" under {s3.prefix}/" if s3.prefix else "")
-    creds = "accesskey from the config" if s3.access_key else "the AWS credential chain"
+    bucket = Bucket(s3)
+    creds = (
+        "accesskey from the config"
+        if s3.access_key
+        else (bucket.config.credentials_from or "the AWS credential chain")
+    )
     print(f"storage.s3: {where} ({creds}; local cache {s3.local_path}, {s3.local_cache} bytes)")
 
     async def probe() -> list[str]:
-        return await Bucket(s3).probe()
+        return await bucket.probe()
 
     try:
         lines = asyncio.run(probe())

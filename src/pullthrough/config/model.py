@@ -110,6 +110,8 @@ class S3Config:
     access_key: str | None = field(default=None, repr=False)  # None: the AWS chain
     secret_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
+    # Where the keys came from when the config has none (an AWS shared credentials file).
+    credentials_from: str | None = None
     prefix: str = ""  # rootdirectory, without slashes at either end
     verify_tls: bool = True
     chunk_size: int = 10 * 1024 * 1024  # multipart part size

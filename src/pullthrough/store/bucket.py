@@ -28,6 +28,7 @@ import obstore
 from obstore.exceptions import BaseError, NotFoundError
 from obstore.store import S3Store
 
+from pullthrough.config.aws_profile import with_profile_keys
 from pullthrough.config.model import S3Config
 from pullthrough.errors import BucketUnavailable
 from pullthrough.reference import Digest, parse_digest
@@ -58,6 +59,7 @@ class Bucket:
     """One bucket (and prefix) of an S3-compatible service."""
 
     def __init__(self, config: S3Config) -> None:
+        config = with_profile_keys(config)  # no keys given: perhaps ~/.aws/credentials
         self.config = config
         self._blobs = f"{config.prefix}/{BLOBS}" if config.prefix else BLOBS
         self._store = S3Store(
