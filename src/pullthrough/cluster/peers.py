@@ -34,11 +34,9 @@ from contextlib import asynccontextmanager
 from typing import cast
 from urllib.parse import quote, urlsplit
 
-from aiohttp import ThreadedResolver
-
 from pullthrough.mirror.fetch import ClaimLost
 from pullthrough.upstream.client import BlobStream, UpstreamClient
-from pullthrough.upstream.wire import WireSession
+from pullthrough.upstream.wire import OperatorWire
 
 PEER_PATH = "/_pullthrough/peer/blobs/{upstream}/{digest}"
 PEER_NAME = "peer"  # how reads from another replica are named in logs and metrics
@@ -115,21 +113,8 @@ class Peers:
 
     def __init__(self, secret: str, *, connect_timeout: float, read_timeout: float) -> None:
         self.key = PeerKey(secret)
-        self._connect_timeout = connect_timeout
-        self._read_timeout = read_timeout
-        self._wire: WireSession | None = None
-
-    @property
-    def wire(self) -> WireSession:
-        if self._wire is None:
-            # The replicas are the operator's own (often private) addresses: no outbound
-            # policy, as for the bucket's endpoint.
-            self._wire = WireSession(
-                resolver=ThreadedResolver(),
-                connect_timeout=self._connect_timeout,
-                read_timeout=self._read_timeout,
-            )
-        return self._wire
+        # The replicas are the operator's own (often private) addresses, like the bucket.
+        self.wire = OperatorWire(connect_timeout=connect_timeout, read_timeout=read_timeout)
 
     def source(self, node: str, upstream: UpstreamClient) -> UpstreamClient | None:
         """The replica ``node``'s download of a blob from ``upstream``, as the source type
@@ -140,8 +125,7 @@ class Peers:
         return cast(UpstreamClient, PeerSource(self, base, upstream))
 
     async def close(self) -> None:
-        if self._wire is not None:
-            await self._wire.close()
+        await self.wire.close()
 
 
 class PeerSource:
@@ -164,7 +148,7 @@ class PeerSource:
         if offset:
             headers["Range"] = f"bytes={offset}-"
         try:
-            resp = await self._peers.wire.request("GET", self._base + path, headers=headers)
+            resp = await self._peers.wire.session.request("GET", self._base + path, headers=headers)
         except Exception as exc:  # refused, reset, time-out: the owner is gone or busy
             raise self.unavailable(exc) from None
         try:

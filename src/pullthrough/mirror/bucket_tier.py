@@ -31,8 +31,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import cast
 
-from aiohttp import ThreadedResolver
-
 from pullthrough.config.model import S3Config, UpstreamConfig
 from pullthrough.errors import UpstreamUnavailable
 from pullthrough.mirror.fetch import Fetch
@@ -41,7 +39,7 @@ from pullthrough.store.blobs import BlobStore, StoredFile
 from pullthrough.store.bucket import Bucket
 from pullthrough.store.index import IndexBackend
 from pullthrough.upstream.client import BlobStream, UpstreamClient
-from pullthrough.upstream.wire import WireSession
+from pullthrough.upstream.wire import OperatorWire
 
 log = logging.getLogger(__name__)
 
@@ -62,19 +60,9 @@ class BucketSource:
         self._bucket = bucket
         self.config = UpstreamConfig(name=BUCKET_NAME, url=config.endpoint)
         self._slots = asyncio.Semaphore(BUCKET_DOWNLOADS)
-        self._wire: WireSession | None = None
-
-    @property
-    def wire(self) -> WireSession:
-        if self._wire is None:
-            # The operator named the endpoint: no outbound policy (it is often a private
-            # address, which upstreams may not be).
-            self._wire = WireSession(
-                resolver=ThreadedResolver(),
-                connect_timeout=self.config.connect_timeout,
-                read_timeout=self.config.read_timeout,
-            )
-        return self._wire
+        self._wire = OperatorWire(
+            connect_timeout=self.config.connect_timeout, read_timeout=self.config.read_timeout
+        )
 
     @asynccontextmanager
     async def download_slot(self) -> AsyncIterator[None]:
@@ -88,7 +76,7 @@ class BucketSource:
         url = await self._bucket.presign(parse_digest(digest))
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         try:
-            resp = await self.wire.request("GET", url, headers=headers)
+            resp = await self._wire.session.request("GET", url, headers=headers)
         except Exception as exc:  # connection refused, reset, time-out
             raise self.unavailable(exc) from None
         try:
@@ -107,8 +95,7 @@ class BucketSource:
         return UpstreamUnavailable(f"the storage bucket could not be read: {exc or type(exc)}")
 
     async def close(self) -> None:
-        if self._wire is not None:
-            await self._wire.close()
+        await self._wire.close()
 
 
 class BucketTier:

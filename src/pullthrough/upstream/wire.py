@@ -327,6 +327,31 @@ class WireSession:
                 _close(sock)
 
 
+class OperatorWire:
+    """A WireSession made on first use, for addresses the operator named rather than an
+    upstream: the bucket's endpoint, the other replicas. No outbound policy applies (they
+    are often private addresses, which upstreams may not be); names resolve in a thread."""
+
+    def __init__(self, *, connect_timeout: float, read_timeout: float) -> None:
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._session: WireSession | None = None
+
+    @property
+    def session(self) -> WireSession:
+        if self._session is None:
+            self._session = WireSession(
+                resolver=aiohttp.ThreadedResolver(),
+                connect_timeout=self._connect_timeout,
+                read_timeout=self._read_timeout,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
 def _readable(sock: socket.socket) -> bool:
     """Whether reading would not block: on an idle connection, bytes nobody asked for or
     the peer's close (ends the connection's use)."""
