@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from pullthrough.config import load
+from pullthrough.config.model import S3Config
+from pullthrough.store.bucket_uploads import BucketUploads
 from tests.s3.conftest import S3Bucket, create_bucket
 from tests.support import MiB
 from tests.support.images import (
@@ -361,3 +365,74 @@ async def _put_and_delete(bucket: S3Bucket, rewrite: str, data: bytes, delete: s
     async with s3_client(bucket) as s3:
         await s3.put_object(Bucket=bucket.bucket, Key=key(rewrite), Body=data)
         await s3.delete_object(Bucket=bucket.bucket, Key=key(delete))
+
+
+def test_the_s3_server_stopped_mid_upload_leaves_nothing_visible_and_no_orphan_after_the_sweep(
+    own_s3_server: CephS3,
+    image_factory: ImageFactory,
+    upstream_proxy: RecordingProxy,
+    proxy_factory,
+    mirror_factory,
+    tmp_path: Path,
+) -> None:
+    """The client's pull completes from the upstream's stream; the multipart upload the
+    server's stop cut short is not a blob in the bucket, the mirror keeps nothing it cannot
+    vouch for, and the stale-upload sweep aborts what the upload left."""
+    front, bucket = bucket_behind_a_proxy(own_s3_server, proxy_factory)
+    image = image_factory("library/s3-stopped", layers=(24 * MiB,))
+    layer = image.source.layer_digests[0]
+    storage = bucket.storage(rootdirectory="/stopped", chunksize="5MiB")  # 5 parts
+    mirror = mirror_factory(upstream_proxy.url, config={"storage": storage})
+    # The upload's parts (PUTs) wait at the proxy; its start (a POST) goes through.
+    front.fault_path_contains = layer.removeprefix("sha256:")
+    front.fault_methods = {"PUT"}
+    front.stall_seconds = 3.0
+    pull_dir(image.on(mirror.host), tmp_path / "served")
+    assert image.blob_digests <= set(blob_digests_in_dir(tmp_path / "served"))
+    wait_until(
+        lambda: any(e.method == "POST" and "uploads" in e.query for e in front.requests()),
+        timeout=30,
+        message="the multipart upload of the layer started",
+    )
+    own_s3_server.stop()  # while its parts wait at the proxy
+    front.clear_faults()
+    wait_until(
+        lambda: f"{layer} is not kept" in mirror.log_text(),
+        timeout=120,
+        message="the mirror gave the upload up",
+    )
+    assert layer not in mirror.stored_files()  # no local copy the index does not vouch for
+    own_s3_server.start()
+    assert layer not in bucket_contents(bucket, "stopped")
+
+    async def sweep() -> tuple[list[str], int, list[str]]:
+        uploads = BucketUploads(load_s3(storage, tmp_path / "s3.yml"))
+        before = await pending_keys(bucket)
+        aborted = await uploads.sweep(older_than=0)
+        return before, aborted, await pending_keys(bucket)
+
+    before, aborted, after = asyncio.run(sweep())
+    assert any(layer.removeprefix("sha256:") in key for key in before), before
+    assert aborted == len(before) and after == []
+
+    # The next pull fetches the layer again, and this time the bucket keeps it.
+    upstream_proxy.reset()
+    pull_dir(image.on(mirror.host), tmp_path / "again")
+    assert upstream_proxy.count("GET", f"/blobs/{layer}") == 1
+    wait_until(
+        lambda: layer in bucket_contents(bucket, "stopped"), timeout=30, message="layer stored"
+    )
+
+
+async def pending_keys(bucket: S3Bucket) -> list[str]:
+    async with s3_client(bucket) as s3:
+        listed = await s3.list_multipart_uploads(Bucket=bucket.bucket)
+        return sorted(u["Key"] for u in listed.get("Uploads", []))
+
+
+def load_s3(storage: dict[str, Any], where: Path) -> S3Config:
+    """The mirror's reading of ``storage``, from a config file as it would have it."""
+    where.write_text(yaml.safe_dump({"version": 0.1, "storage": storage}))
+    config = load(where, environ={})
+    assert config.s3 is not None
+    return config.s3

@@ -111,6 +111,8 @@ class RecordingProxy(ThreadedApp):
       answered ``307`` to ``<base>/blobs/<digest>?expires=...`` instead (Docker Hub's CDN).
     * ``fault_path_contains``: if set, ``fail_status`` and ``stall_seconds`` only
       apply to paths containing this substring.
+    * ``fault_methods``: if set, ``fail_status`` and ``stall_seconds`` only apply to
+      requests with one of these methods (e.g. an S3 upload's part PUTs, not its POSTs).
     * ``tags_page``: answer ``GET .../tags/list`` in pages of at most this many tags
       (``n`` and ``last`` honoured, ``Link: <...>; rel="next"`` while more follow), as
       Docker Hub and distribution 3 do; the test registry (2.8) ignores ``n``.
@@ -146,6 +148,7 @@ class RecordingProxy(ThreadedApp):
         self.drop_after: int | None = None
         self.blob_rate: int | None = None
         self.fault_path_contains: str | None = None
+        self.fault_methods: set[str] | None = None
         self.fail_count: int | None = None
         # Forward the client's Host header (an S3 server checks signatures made for it).
         self.forward_host = False
@@ -172,6 +175,7 @@ class RecordingProxy(ThreadedApp):
         self.drop_after = None
         self.blob_rate = None
         self.fault_path_contains = None
+        self.fault_methods = None
         self.fail_count = None
         self.tags_page = None
         self.ratelimit_remaining = None
@@ -278,7 +282,9 @@ class RecordingProxy(ThreadedApp):
         tally = _Tally(self, request)
         path = request.path
         # Read the knobs once so a request sees a consistent fault configuration.
-        scoped = self.fault_path_contains is None or self.fault_path_contains in path
+        scoped = (self.fault_path_contains is None or self.fault_path_contains in path) and (
+            self.fault_methods is None or request.method in self.fault_methods
+        )
         fail_status = self.fail_status if scoped else None
         stall = self.stall_seconds if scoped else 0.0
         is_blob_get = request.method == "GET" and _is_blob_path(path)
