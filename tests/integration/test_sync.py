@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.images import PushedImage
 from tests.support.mirror import MirrorProcess
-from tests.support.net import clean_env, http_request
+from tests.support.net import clean_env, http_request, wait_until
 from tests.support.proxy import RecordingProxy
 from tests.support.registry import Registry
 from tests.support.tagging import put_tags
@@ -169,6 +169,13 @@ def test_server_syncs_on_its_schedule_with_metrics(
     # A second run follows the interval: it asks again (HEADs) and fetches nothing new.
     upstream_proxy.wait_for("HEAD", "/manifests/3.20", at_least=2, timeout=20)
     assert len(upstream_proxy.requests("GET", "/manifests/")) == 2
+    # A run's figures are counted when it ends (it logs its summary then); the HEADs above
+    # can all belong to the first run's fetches, still going on a loaded machine.
+    wait_until(
+        lambda: "sync mirror.sync[0] docker.io/library/scheduled" in mirror.log_text(),
+        timeout=20,
+        message="a sync run's summary",
+    )
     metrics = http_request("GET", f"http://127.0.0.1:{debug}/metrics").body.decode()
     assert 'pullthrough_sync_tags_total{entry="docker.io/library/scheduled"}' in metrics
     assert (
