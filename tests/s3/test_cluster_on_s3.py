@@ -18,7 +18,7 @@ import pytest
 
 from pullthrough.cluster.claims import CLAIM_TTL
 from pullthrough.cluster.peers import PeerKey
-from tests.cluster.pulling import Pull, pull
+from tests.cluster.pulling import Pull, get_blob, pull
 from tests.cluster.redis_server import RedisServer
 from tests.s3.conftest import S3Bucket
 from tests.s3.test_mirror_on_s3 import bucket_behind_a_proxy
@@ -264,3 +264,33 @@ def http_get(host: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]
         return resp.status, resp.read()
     finally:
         conn.close()
+
+
+def test_a_running_fetch_is_streamed_to_another_repository_only_if_the_upstream_holds_it_there(
+    image_factory: ImageFactory, bucket_replicas: Any, upstream_proxy: RecordingProxy
+) -> None:
+    """The owner fetches a layer for one repository; a client asks another replica for the
+    same digest in a repository the upstream does not hold it in. The digest alone opens
+    nothing (mirror.provenance): that replica asks the upstream, gets no, answers 404, and
+    never reads the owner's bytes."""
+    image = image_factory("library/s3-owner-repo", layers=(16 * MiB,))
+    layer = image.source.layer_digests[0]
+    owner, other = bucket_replicas(upstream_proxy.url, 2)
+    upstream_proxy.reset()
+    upstream_proxy.blob_rate = 4 * MiB  # four seconds: the second request comes meanwhile
+    got: list[tuple[int, str, int]] = []
+    first = threading.Thread(target=lambda: got.append(get_blob(owner.host, image.repo, layer)))
+    first.start()
+    wait_until(
+        lambda: f"cache miss: blob {layer}" in owner.log_text(),
+        timeout=30,
+        message="the owner fetching the layer",
+    )
+    status, _, _ = get_blob(other.host, "library/s3-not-there", layer)
+    first.join(60)
+    assert status == 404
+    assert got and got[0][:2] == (200, layer)
+    assert upstream_proxy.count("HEAD", f"/v2/library/s3-not-there/blobs/{layer}") == 1
+    assert upstream_proxy.count("GET", f"/v2/library/s3-not-there/blobs/{layer}") == 0
+    assert upstream_proxy.count("GET", f"/blobs/{layer}") == 1  # the owner's
+    assert f"streaming {layer}" not in other.log_text()
