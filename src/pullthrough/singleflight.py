@@ -40,3 +40,25 @@ class SingleFlight(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._inflight)
+
+
+class Trailing:
+    """Run ``work`` so that each caller returns once a run that began after its call has
+    ended: callers arriving during a run share the next one. A burst of changes costs two
+    runs, and none of them returns before a run has seen it."""
+
+    def __init__(self, work: Callable[[], Awaitable[None]]) -> None:
+        self._work = work
+        self._lock = asyncio.Lock()
+        self._asked = 0
+        self._done = 0
+
+    async def __call__(self) -> None:
+        self._asked += 1
+        mine = self._asked
+        async with self._lock:
+            if self._done >= mine:
+                return  # a run that began after this call has ended
+            covered = self._asked
+            await self._work()
+            self._done = covered

@@ -137,6 +137,11 @@ def test_environment_overrides_reach_the_s3_section(tmp_path: Path) -> None:
         ),
         ("storage: {gcs: {bucket: b}}", "storage.gcs"),
         ("storage: {s3: {bucket: b, region: r}}\nmirror: {maxsize: 80%}", "mirror.maxsize"),
+        (
+            "storage: {s3: {bucket: b, region: r}}\nmirror: {hosted: {repositories: [acme]},"
+            " cluster: {redis: {addr: '127.0.0.1:6379'}, secret: 0123456789abcdef0123}}",
+            "mirror.hosted",
+        ),
     ],
 )
 def test_bad_s3_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
@@ -153,3 +158,15 @@ def test_a_credential_is_never_in_an_error(tmp_path: Path) -> None:
         load(write(tmp_path, text), environ={})
     assert "storage.s3.accesskey" in str(info.value)
     assert "sup3rs3cret" not in str(info.value)
+
+
+def test_hosted_repositories_on_a_bucket_with_one_process(tmp_path: Path) -> None:
+    config = load(
+        write(
+            tmp_path,
+            "storage: {s3: {bucket: b, region: r}}\nmirror: {hosted: {repositories: [acme]}}",
+        ),
+        environ={},
+    )
+    assert config.s3 is not None and config.hosted is not None
+    assert config.hosted.holds("acme/app")

@@ -13,6 +13,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pullthrough.config import Config
 from pullthrough.reference import parse_digest
@@ -20,6 +21,9 @@ from pullthrough.store.blobs import BlobStore
 from pullthrough.store.hosted_index import connect
 from pullthrough.store.hosted_sweep import Garbage, collect, held, settled
 from pullthrough.store.index import IndexBackend
+
+if TYPE_CHECKING:  # storage.s3 only (it loads obstore)
+    from pullthrough.store.bucket import Bucket, BucketObject
 
 
 @dataclass(slots=True)
@@ -60,13 +64,23 @@ async def collect_hosted(
     report.blobs = list(garbage.blobs)
     # Files an upstream served as well belong to the cache: eviction decides about them.
     served = set().union(*(await index.repository_links()).values())
+    listed: dict[str, BucketObject] | None = None
     for digest in garbage.files:
         if digest in served:
             report.left_to_cache.append(digest)
             if not dry_run:
                 await asyncio.to_thread(_settle, path, digest)
             continue
-        outcome = await asyncio.to_thread(_remove, path, store, digest, now - grace, dry_run)
+        outcome = await asyncio.to_thread(
+            _remove, path, store, digest, now - grace, dry_run, store.bucket is not None
+        )
+        if store.bucket is not None and outcome != "fresh":
+            # storage.s3: the bucket's copy is the blob; the local file was a cache of it.
+            if listed is None:
+                listed = {o.digest: o async for o in store.bucket.objects()}
+            outcome = await _remove_from_bucket(
+                path, store.bucket, digest, listed.get(digest), now - grace, dry_run, outcome
+            )
         if outcome == "fresh":
             report.kept_fresh.append(digest)
         elif isinstance(outcome, int):
@@ -92,12 +106,56 @@ def _settle(path: Path, digest: str) -> None:
         db.close()
 
 
+async def _remove_from_bucket(
+    path: Path,
+    bucket: Bucket,
+    digest: str,
+    listed: BucketObject | None,
+    placed_before: float,
+    dry_run: bool,
+    local: int | str | None,
+) -> int | str | None:
+    """The bucket's part of ``_remove``: the object goes once the local file went (or
+    there was none), unless a hosted repository holds the digest again or the object was
+    placed within the grace period. ``local`` is ``_remove``'s outcome."""
+    if local is None:  # no local file: the bucket's object decides
+        if listed is None:
+            if not dry_run:
+                await asyncio.to_thread(_settle, path, digest)
+            return None
+        if listed.modified >= placed_before:
+            return "fresh"
+        if dry_run:
+            return listed.size
+        if await asyncio.to_thread(_held, path, digest):
+            return None
+    elif not isinstance(local, int) or dry_run:
+        return local
+    await bucket.delete(parse_digest(digest))
+    await asyncio.to_thread(_settle, path, digest)
+    return listed.size if listed is not None else local
+
+
+def _held(path: Path, digest: str) -> bool:
+    db = connect(path)
+    try:
+        return held(db, digest)
+    finally:
+        db.close()
+
+
 def _remove(
-    path: Path, store: BlobStore, digest: str, placed_before: float, dry_run: bool
+    path: Path,
+    store: BlobStore,
+    digest: str,
+    placed_before: float,
+    dry_run: bool,
+    in_bucket: bool = False,
 ) -> int | str | None:
     """Remove ``digest``'s file unless a hosted repository holds it again or it was
     placed within the grace period; its size when removed (or removable, dry), "fresh"
-    when kept for its age, None when there is nothing to remove."""
+    when kept for its age, None when there is nothing to remove (or, ``in_bucket``, no
+    local file: the bucket's copy is left to the caller, and the rows with it)."""
     parsed = parse_digest(digest)
     file = store.path_for(parsed)
     db = connect(path)
@@ -105,7 +163,7 @@ def _remove(
         try:
             st = file.stat()
         except FileNotFoundError:
-            if not dry_run:
+            if not dry_run and not in_bucket:
                 settled(db, digest)
             return None
         # ctime: a rename into place sets it, so a blob a push has just committed (even

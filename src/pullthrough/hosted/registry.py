@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,9 +35,10 @@ from pullthrough.manifest import (
     OCI_INDEX,
     OCI_MANIFEST,
 )
+from pullthrough.mirror.blobs import BlobBody
 from pullthrough.mirror.provenance import Provenance
 from pullthrough.reference import Digest, parse_digest
-from pullthrough.store.blobs import BlobStore, DigestMismatch, OpenBlob
+from pullthrough.store.blobs import BlobStore, DigestMismatch
 from pullthrough.store.hosted_index import ChildGone, HostedIndex, HostedManifest
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,17 @@ class _Parsed:
     annotations: dict[str, Any] | None
 
 
+# A blob read from the bucket (storage.s3) when the local cache no longer has it: a
+# presigned URL or the bucket's bytes streamed, as for a cached blob (repo, digest, size).
+RemoteRead = Callable[[str, Digest, int], Awaitable[BlobBody]]
+
+
 class HostedRegistry:
+    """With storage.s3 (``store.bucket``), a pushed blob is in the bucket before the push
+    is acknowledged, and the local store is a cache of it; ``remote`` reads what that
+    cache lacks, and ``saved`` puts the hosted index's copy into the bucket once a
+    manifest, a tag or a deletion changed it (before the client hears of it)."""
+
     def __init__(
         self,
         *,
@@ -75,15 +87,21 @@ class HostedRegistry:
         store: BlobStore,
         index: HostedIndex,
         provenance: Provenance,
+        remote: RemoteRead | None = None,
+        saved: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.index = index
         self.provenance = provenance
+        self.remote = remote
+        self.saved = saved
         # Digests hosted repositories hold, for eviction (a sync check per candidate):
         # added on push, dropped only at start-up (a deleted digest stays protected until
         # then; gc decides, not the sweeper).
         self.kept: set[str] = set()
+        # Pushed blobs on their way into the bucket: their local file must stay till then.
+        self.uploading: set[str] = set()
 
     async def start(self) -> None:
         await self.index.open()
@@ -97,34 +115,52 @@ class HostedRegistry:
     async def blob_size(self, repo: str, digest: Digest) -> int:
         """The size of a blob ``repo`` holds whose file is stored; BLOB_UNKNOWN otherwise."""
         size = await self.provenance.pushed_blob(repo, str(digest))
-        if size is None or not await self.store.exists(digest):
+        if size is None or not await self._stored(digest):
             raise BlobUnknown(
                 f"blob {digest} is unknown to repository {repo}", detail={"digest": str(digest)}
             )
         return size
 
-    async def open_blob(self, repo: str, digest: Digest) -> OpenBlob:
-        """The open file of a blob ``repo`` holds, for a GET; BLOB_UNKNOWN otherwise. The
-        caller sends it through the read check (``server.transfer``), as for the cache."""
+    async def open_blob(self, repo: str, digest: Digest) -> BlobBody:
+        """A blob ``repo`` holds, for a GET: its open local file, which the caller sends
+        through the read check (``server.transfer``) as for the cache, or with storage.s3
+        the bucket's copy; BLOB_UNKNOWN otherwise."""
         size = await self.provenance.pushed_blob(repo, str(digest))
         opened = await self.store.open(digest) if size is not None else None
-        if opened is None:
+        if opened is not None:
+            return BlobBody(digest, opened.size, cached=opened)
+        if size is None or self.remote is None:
             raise BlobUnknown(
                 f"blob {digest} is unknown to repository {repo}", detail={"digest": str(digest)}
             )
-        return opened
+        return await self.remote(repo, digest, size)
+
+    async def _stored(self, digest: Digest) -> bool:
+        # With a bucket, a blob is recorded only once the bucket has it (blob_pushed).
+        return self.store.bucket is not None or await self.store.exists(digest)
 
     async def blob_pushed(self, repo: str, digest: Digest, size: int) -> None:
+        """Record a verified blob, now in the local store, as held by ``repo``; with
+        storage.s3 after it is in the bucket (BucketUnavailable otherwise: the push fails
+        and may be repeated)."""
         self.kept.add(str(digest))
+        bucket = self.store.bucket
+        if bucket is not None and not await self.index.held({str(digest)}):
+            self.uploading.add(str(digest))
+            try:
+                await bucket.upload(digest, self.store.path_for(digest), size)
+            finally:
+                self.uploading.discard(str(digest))
         await self.index.add_blob(repo, str(digest), size)
 
     async def mount(self, repo: str, digest: Digest, source: str) -> int | None:
         """Link ``source``'s blob into ``repo``; None when ``source`` does not hold it (the
         caller has checked that the pusher may read ``source``)."""
         size = await self.provenance.pushed_blob(source, str(digest))
-        if size is None or not await self.store.exists(digest):
+        if size is None or not await self._stored(digest):
             return None
-        await self.blob_pushed(repo, digest, size)
+        self.kept.add(str(digest))
+        await self.index.add_blob(repo, str(digest), size)
         return size
 
     async def delete_blob(self, repo: str, digest: Digest) -> None:
@@ -133,6 +169,7 @@ class HostedRegistry:
             raise BlobUnknown(
                 f"blob {digest} is unknown to repository {repo}", detail={"digest": str(digest)}
             )
+        await self._save()
 
     # --- manifests ----------------------------------------------------------------------
 
@@ -180,11 +217,13 @@ class HostedRegistry:
                 "holds (removed while the manifest was pushed; push it again)",
                 detail={"digest": exc.digest},
             ) from exc
-        if not await self.store.exists(actual):
+        if self.store.bucket is None and not await self.store.exists(actual):
             # Swept between being stored and being recorded (the same bytes cached for a
-            # mirrored name, expiring); recorded now, so it stays once put back.
+            # mirrored name, expiring); recorded now, so it stays once put back. (In a
+            # bucket, eviction's deletes ask the hosted index first.)
             log.warning("%s was swept while it was pushed: put back", actual)
             await self.store.put(actual, body)
+        await self._save()
         return Pushed(str(actual), parsed.subject)
 
     async def manifest(self, repo: str, reference: str) -> tuple[HostedManifest, bytes]:
@@ -218,6 +257,7 @@ class HostedRegistry:
                 f"manifest {repo}:{reference} is unknown",
                 detail={"name": repo, "reference": reference},
             )
+        await self._save()
 
     async def repositories(self) -> list[str]:
         """The hosted repositories that hold anything, sorted (for ``/v2/_catalog``)."""
@@ -249,6 +289,10 @@ class HostedRegistry:
                 descriptor["annotations"] = found.annotations
             out.append(descriptor)
         return out
+
+    async def _save(self) -> None:
+        if self.saved is not None:
+            await self.saved()
 
     def _deletes_allowed(self) -> None:
         if not self.config.delete_enabled:

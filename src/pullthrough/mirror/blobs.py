@@ -73,7 +73,7 @@ class BlobService:
         if remote is not None:
             self.index.touch(str(digest))
             self.metrics.cache.labels("blob", "hit", upstream.name).inc()
-            return await self._from_bucket(repo, digest, remote)
+            return await self.from_bucket(repo, digest, remote)
         self.metrics.cache.labels("blob", "miss", upstream.name).inc()
         fetch = self.fetches.get(upstream, digest)
         if fetch is not None and fetch.repo != repo:
@@ -161,10 +161,10 @@ class BlobService:
             return None
         return size
 
-    async def _from_bucket(self, repo: str, digest: Digest, size: int) -> BlobBody:
+    async def from_bucket(self, repo: str, digest: Digest, size: int) -> BlobBody:
         """A presigned URL to the object (``storage.redirect``), or the bucket's bytes
         streamed through this process (and into its local cache), verified as an
-        upstream's are."""
+        upstream's are. The caller has decided that ``repo`` may read it."""
         assert self.bucket is not None
         if self.bucket.config.redirect:
             return BlobBody(digest, size, redirect=await self.bucket.url(digest))

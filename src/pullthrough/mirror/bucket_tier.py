@@ -47,6 +47,7 @@ BUCKET_NAME = "s3"  # how reads from the bucket are named in logs and metrics
 BUCKET_DOWNLOADS = 64  # reads from the bucket at once (stream mode)
 STRAY_AFTER = 120.0  # an unindexed local file older than this is dropped from the cache
 INDEX_SNAPSHOT = "index.db"  # the index's last copy, under <rootdirectory>/pullthrough/
+HOSTED_SNAPSHOT = "hosted.db"  # the hosted repositories' index, beside it
 SNAPSHOT_INTERVAL = 60.0
 
 
@@ -191,36 +192,38 @@ class BucketTier:
 
     # --- the index's snapshot ---------------------------------------------------------
 
-    async def restore_index(self, index_path: Path) -> bool:
+    async def restore_index(self, index_path: Path, name: str = INDEX_SNAPSHOT) -> bool:
         """A process without an index (a new pod, a lost disk) starts from the last
         snapshot in the bucket, so what it knew of who may read which blob is not lost
         with the disk (rebuilt from the listing alone, every blob would have to be
         fetched again before anyone could read it). Reconciling with the listing then
-        drops what the bucket no longer holds. False when there is nothing to restore."""
+        drops what the bucket no longer holds. False when there is nothing to restore.
+        ``name``: the snapshot's name in the bucket (the hosted index has its own)."""
         if await asyncio.to_thread(index_path.exists):
             return False
         await asyncio.to_thread(index_path.parent.mkdir, parents=True, exist_ok=True)
         temp = index_path.with_name(index_path.name + ".restoring")
         try:
-            if not await self.bucket.get_file(INDEX_SNAPSHOT, temp):
+            if not await self.bucket.get_file(name, temp):
                 return False
             if not await asyncio.to_thread(_sound_sqlite, temp):
-                log.warning("the index snapshot in the bucket is not a sound database: ignored")
+                log.warning("the snapshot %s in the bucket is not a sound database: ignored", name)
                 return False
             await asyncio.to_thread(os.replace, temp, index_path)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.to_thread(temp.unlink)
-        log.info("index restored from the bucket's snapshot")
+        what = "index" if name == INDEX_SNAPSHOT else name
+        log.info("%s restored from the bucket's snapshot", what)
         return True
 
-    async def snapshot_index(self, index_path: Path) -> None:
+    async def snapshot_index(self, index_path: Path, name: str = INDEX_SNAPSHOT) -> None:
         """Copy the index (SQLite's online backup: consistent while the server writes)
         into the bucket."""
         temp = index_path.with_name(index_path.name + ".snapshot")
         try:
             await asyncio.to_thread(_backup, index_path, temp)
-            await self.bucket.put_file(INDEX_SNAPSHOT, temp)
+            await self.bucket.put_file(name, temp)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.to_thread(temp.unlink)

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from pullthrough.config import Config, ConfigError
@@ -33,6 +34,7 @@ from pullthrough.mirror.referrers import ReferrersService
 from pullthrough.mirror.scrub import Scrubber
 from pullthrough.mirror.upstreams import Upstreams
 from pullthrough.reference import Digest
+from pullthrough.singleflight import Trailing
 from pullthrough.store.blobs import BlobStore
 from pullthrough.store.hosted_index import HostedIndex
 from pullthrough.store.index import AgedBlob, Index, IndexBackend
@@ -79,7 +81,7 @@ class Mirror:
         self.upstreams = Upstreams(config, self.metrics)
         self.offline = OfflineSwitches(index=self.index, upstreams=self.upstreams)
         # Who may read which digest: every read path below asks this one object.
-        hosted_index = HostedIndex(config.root / "hosted.db") if config.hosted else None
+        hosted_index = HostedIndex(self._hosted_path) if config.hosted else None
         self.provenance = Provenance(self.index, hosted_index)
         # What may be mirrored at all (mirror.policy); replaced whole when re-read.
         self.policy = Policy(config.policy)
@@ -126,11 +128,16 @@ class Mirror:
         self.hosted: HostedRegistry | None = None
         self.uploads: Uploads | None = None
         if config.hosted is not None:
+            # storage.s3: what the local cache lacks is read from the bucket, and the
+            # hosted index is copied into the bucket before a push or delete is answered.
+            tier = self.bucket_tier
             self.hosted = HostedRegistry(
                 config=config.hosted,
                 store=self.store,
                 index=cast(HostedIndex, hosted_index),
                 provenance=self.provenance,
+                remote=self.blobs.from_bucket if tier is not None else None,
+                saved=Trailing(self._snapshot_hosted) if tier is not None else None,
             )
             self.uploads = Uploads(
                 root=config.root,
@@ -182,6 +189,18 @@ class Mirror:
                 await self.bucket_tier.restore_index(self.config.index_path)
             except BucketUnavailable as exc:
                 log.warning("index not restored from the bucket: %s", exc.message)
+            if self.hosted is not None:
+                # Unlike the cache's index, this one cannot be rebuilt from the upstreams:
+                # without its copy, start no further (pushed tags would seem gone).
+                from pullthrough.mirror.bucket_tier import HOSTED_SNAPSHOT
+
+                try:
+                    await self.bucket_tier.restore_index(self._hosted_path, HOSTED_SNAPSHOT)
+                except BucketUnavailable as exc:
+                    raise ConfigError(
+                        f"storage.s3: the hosted repositories' index could not be read from "
+                        f"the bucket: {exc.message}"
+                    ) from None
         await self.index.open()
         if self.hosted is not None and self.uploads is not None:
             # Before the sweeper's first pass: it must know what is kept.
@@ -251,13 +270,20 @@ class Mirror:
             self.hosted is not None and digest in self.hosted.kept
         )
 
+    def _uploading(self, digest: str) -> bool:
+        """A download, or a pushed blob, is on its way into the bucket: its local file
+        stays until it is there."""
+        return self.fetches.busy(digest) or (
+            self.hosted is not None and digest in self.hosted.uploading
+        )
+
     async def _trim_forever(self) -> None:
         """Keep the local cache in front of the bucket within its size."""
         assert self.bucket_tier is not None
         while True:
             await asyncio.sleep(min(self.config.gc_interval, 30.0))
             try:
-                await self.bucket_tier.trim(self.fetches.busy)
+                await self.bucket_tier.trim(self._uploading)
             except Exception:  # try again next time
                 log.exception("trimming the local cache failed")
 
@@ -295,6 +321,22 @@ class Mirror:
             await self.bucket_tier.snapshot_index(self.config.index_path)
         except (BucketUnavailable, OSError, sqlite3.Error) as exc:
             log.warning("index snapshot not written to the bucket: %s", exc)
+        if self.hosted is not None and self.hosted.saved is not None:
+            try:
+                await self.hosted.saved()
+            except (BucketUnavailable, OSError, sqlite3.Error) as exc:
+                log.warning("hosted index snapshot not written to the bucket: %s", exc)
+
+    @property
+    def _hosted_path(self) -> Path:
+        return self.config.root / "hosted.db"
+
+    async def _snapshot_hosted(self) -> None:
+        """The hosted index's copy in the bucket (storage.s3, one process)."""
+        from pullthrough.mirror.bucket_tier import HOSTED_SNAPSHOT
+
+        assert self.bucket_tier is not None
+        await self.bucket_tier.snapshot_index(self._hosted_path, HOSTED_SNAPSHOT)
 
     async def _expire_uploads_forever(self) -> None:
         assert self.uploads is not None

@@ -28,7 +28,6 @@ from pullthrough.errors import (
 from pullthrough.hosted.registry import HostedRegistry
 from pullthrough.hosted.uploads import Session, Uploads
 from pullthrough.manifest import OCI_INDEX
-from pullthrough.mirror.blobs import BlobBody
 from pullthrough.mirror.listing import page
 from pullthrough.reference import Digest, is_digest, parse_digest, validate_name, validate_tag
 from pullthrough.server.transfer import send_blob
@@ -115,8 +114,7 @@ async def get_blob(request: web.Request, repo: str) -> web.StreamResponse:
     # The same read as a cached blob's: sent unhashed (sendfile) while the file is as it
     # was verified, hashed as it goes otherwise, the last byte only if it matches.
     verification = request.app[VERIFY_KEY]
-    opened = await hosted.open_blob(repo, digest)
-    body = BlobBody(digest, opened.size, cached=opened)
+    body = await hosted.open_blob(repo, digest)
     try:
         return await send_blob(request, body, headers, verification.metrics, verification)
     except StoredBlobCorrupt:

@@ -1,0 +1,126 @@
+"""Hosted repositories on storage.s3 (one process): a push is in the bucket before the
+client hears 201, the hosted index outlives the disk, reads come from the bucket when the
+local cache has nothing, and gc deletes what nothing references from the bucket."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.s3.conftest import S3Bucket
+from tests.s3.test_mirror_on_s3 import bucket_contents, pullthrough
+from tests.support import KiB, MiB
+from tests.support.hosted import digest_of, image_manifest
+from tests.support.images import blob_digests_in_dir, make_image, manifest_digest_in_dir, pull_dir
+from tests.support.images import push as skopeo_push
+from tests.support.net import http_request
+from tests.support.proxy import RecordingProxy
+
+pytestmark = [pytest.mark.integration, pytest.mark.s3]
+
+
+def hosted_on(bucket: S3Bucket, **s3: Any) -> dict[str, Any]:
+    return {
+        "storage": {**bucket.storage(**s3), "delete": {"enabled": True}},
+        "mirror": {
+            "hosted": {"repositories": ["acme"], "gc_grace": "0s"},
+            "access": [
+                {"repositories": ["**"]},
+                {"repositories": ["acme/**"], "actions": ["pull", "push", "delete"]},
+            ],
+        },
+    }
+
+
+def test_a_push_is_in_the_bucket_when_acknowledged_and_outlives_the_disk(
+    s3_bucket: S3Bucket, upstream_proxy: RecordingProxy, mirror_factory, tmp_path: Path
+) -> None:
+    config = hosted_on(s3_bucket)
+    first = mirror_factory(upstream_proxy.url, config=config)
+    image = make_image(tmp_path / "layout", [3 * MiB, 200 * KiB], "hosted-on-s3", ref="v1")
+    digest = skopeo_push(image, first.host, "acme/app", "v1")
+    assert digest == image.manifest_digest
+    # Acknowledged means durable: every blob and the manifest are objects already, with
+    # the bytes that were pushed.
+    stored = bucket_contents(s3_bucket)
+    layout_blobs = set(image.layer_digests) | {image.config_digest}
+    assert layout_blobs | {digest} <= set(stored)
+    for blob in layout_blobs | {digest}:
+        assert digest_of(stored[blob]) == blob
+    pull_dir(f"{first.host}/acme/app:v1", tmp_path / "first")
+    assert manifest_digest_in_dir(tmp_path / "first") == digest
+
+    # A crash (no shutdown snapshot), then a process on another, empty disk.
+    first.kill()
+    second = mirror_factory(upstream_proxy.url, config=config)
+    assert second.root != first.root
+    assert "hosted.db restored from the bucket's snapshot" in second.log_text()
+    tags = http_request("GET", f"{second.url}/v2/acme/app/tags/list")
+    assert json.loads(tags.body) == {"name": "acme/app", "tags": ["v1"]}
+    # Nothing cached locally: a blob GET is a redirect to the bucket (the default), whose
+    # object has the pushed bytes; skopeo follows it.
+    layer = image.layer_digests[0]
+    head = http_request("HEAD", f"{second.url}/v2/acme/app/blobs/{layer}")
+    assert head.status == 200 and head.header("Content-Length") == str(image.layers[0].size)
+    resp = http_request("GET", f"{second.url}/v2/acme/app/blobs/{layer}")
+    assert resp.status == 307, resp.body
+    with urllib.request.urlopen(resp.header("Location"), timeout=10) as got:
+        assert digest_of(got.read()) == layer
+    pull_dir(f"{second.host}/acme/app:v1", tmp_path / "second")
+    assert manifest_digest_in_dir(tmp_path / "second") == digest
+    assert set(blob_digests_in_dir(tmp_path / "second")) == layout_blobs
+    # Provenance holds in the bucket too: another repository cannot read the layer, and a
+    # mirrored name never reached the upstream for it.
+    other = http_request("GET", f"{second.url}/v2/acme/other/blobs/{layer}")
+    assert other.status == 404
+    assert upstream_proxy.requests() == []
+
+
+def test_streamed_from_the_bucket_when_redirects_are_off_and_gc_deletes_it_there(
+    s3_bucket: S3Bucket, upstream_proxy: RecordingProxy, mirror_factory, tmp_path: Path
+) -> None:
+    config = hosted_on(s3_bucket, **{})
+    config["storage"]["redirect"] = {"disable": True}
+    first = mirror_factory(upstream_proxy.url, config=config)
+    layer, conf = bytes(range(256)) * (4 * 1024), b'{"architecture":"amd64","os":"linux"}'
+    for data in (layer, conf):
+        resp = http_request(
+            "POST", f"{first.url}/v2/acme/app/blobs/uploads/?digest={digest_of(data)}", data=data
+        )
+        assert resp.status == 201, resp.body
+    manifest = image_manifest(digest_of(conf), len(conf), [(digest_of(layer), len(layer))])
+    put = http_request(
+        "PUT",
+        f"{first.url}/v2/acme/app/manifests/v1",
+        data=manifest,
+        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+    )
+    assert put.status == 201, put.body
+    first.kill()
+
+    second = mirror_factory(upstream_proxy.url, config=config)
+    got = http_request("GET", f"{second.url}/v2/acme/app/blobs/{digest_of(layer)}")
+    assert got.status == 200 and got.body == layer  # through this process, verified
+    ranged = http_request(
+        "GET",
+        f"{second.url}/v2/acme/app/blobs/{digest_of(layer)}",
+        headers={"Range": "bytes=10-19"},
+    )
+    assert ranged.status == 206 and ranged.body == layer[10:20]
+
+    # Deleted, and then nothing references the blobs: gc removes them from the bucket.
+    gone = http_request("DELETE", f"{second.url}/v2/acme/app/manifests/{digest_of(manifest)}")
+    assert gone.status == 202, gone.body
+    second.stop()
+    assert digest_of(layer) in bucket_contents(s3_bucket)
+    done = pullthrough("gc", second.config_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"hosted: removed {digest_of(layer)} ({len(layer)} bytes)" in done.stdout, done.stdout
+    left = bucket_contents(s3_bucket)
+    assert digest_of(layer) not in left and digest_of(conf) not in left
+    assert hashlib.sha256(manifest).hexdigest() not in json.dumps(sorted(left))
