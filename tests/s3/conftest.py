@@ -8,13 +8,18 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.cluster.conftest import redis_server  # noqa: F401 (the same fixtures)
+from tests.cluster.redis_server import RedisServer
 from tests.integration.conftest import mirror_factory  # noqa: F401
+from tests.support.mirror import MirrorProcess
 from tests.support.s3_client import create_bucket as create_server_bucket
 from tests.support.s3_server import APT_PACKAGES, CephS3, available
+
+PEER_SECRET = "the replicas' own secret, for tests"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -88,3 +93,61 @@ def s3_bucket(s3_server: CephS3) -> S3Bucket:
     bucket = S3Bucket.on(s3_server)
     create_bucket(bucket)
     return bucket
+
+
+@pytest.fixture
+def bucket_replicas(
+    tmp_path: Path,
+    redis_server: RedisServer,  # noqa: F811 (the fixture imported above)
+    s3_bucket: S3Bucket,
+) -> Iterator[Any]:
+    """``bucket_replicas(remoteurl, n, stream=True, bucket=None, peers=True, extra=None)``:
+    replicas on ``s3_bucket`` (or ``bucket``) and Redis, each with a local directory of its
+    own (no shared filesystem); with ``peers`` they share a ``mirror.cluster.secret`` and
+    stream a blob from the replica fetching it. ``extra``: more config (its ``mirror``
+    keys beside the cluster's)."""
+    made: list[MirrorProcess] = []
+
+    def factory(
+        remoteurl: str,
+        n: int = 3,
+        *,
+        stream: bool = True,
+        bucket: S3Bucket | None = None,
+        peers: bool = True,
+        extra: dict[str, Any] | None = None,
+    ) -> list[MirrorProcess]:
+        group = []
+        for _ in range(n):
+            i = len(made)
+            storage: dict[str, Any] = (bucket or s3_bucket).storage()
+            if stream:
+                storage["redirect"] = {"disable": True}
+            storage.update((extra or {}).get("storage", {}))
+            local = tmp_path / f"replica-{i}" / "data"
+            replica = MirrorProcess(
+                tmp_path / f"replica-{i}",
+                remoteurl,
+                config={
+                    "log": {"level": "info"},
+                    "storage": storage,
+                    "mirror": {
+                        "cluster": {
+                            "redis": {"addr": redis_server.addr},
+                            **({"secret": PEER_SECRET} if peers else {}),
+                        },
+                        "s3": {"localcache": {"path": str(local), "maxsize": "1GiB"}},
+                        "tag_freshness": "1m",
+                        **(extra or {}).get("mirror", {}),
+                    },
+                    **{k: v for k, v in (extra or {}).items() if k not in ("mirror", "storage")},
+                },
+            )
+            made.append(replica)
+            group.append(replica.start())
+        return group
+
+    yield factory
+    for replica in made:
+        replica.stop()
+        print(f"--- {replica.log_path} (tail)\n{replica.log_tail(30)}")

@@ -10,7 +10,6 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,10 @@ import pytest
 from pullthrough.cluster.claims import CLAIM_TTL
 from pullthrough.cluster.peers import PeerKey
 from tests.cluster.pulling import Pull, get_blob, pull
-from tests.cluster.redis_server import RedisServer
-from tests.s3.conftest import S3Bucket
+from tests.s3.conftest import PEER_SECRET, S3Bucket
 from tests.s3.test_mirror_on_s3 import bucket_behind_a_proxy
 from tests.support import MiB
 from tests.support.images import ImageFactory, blob_digests_in_dir, pull_dir
-from tests.support.mirror import MirrorProcess
 from tests.support.net import wait_until
 from tests.support.proxy import RecordingProxy, exchanges_summary
 from tests.support.s3_server import CephS3
@@ -33,58 +30,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.s3, pytest.mark.slow]
 
 # Longer than a claim lives without being renewed (CLAIM_TTL), with room to ask meanwhile.
 UPLOAD_STALL = CLAIM_TTL + 10.0
-PEER_SECRET = "the replicas' own secret, for tests"
-
-
-@pytest.fixture
-def bucket_replicas(
-    tmp_path: Path, redis_server: RedisServer, s3_bucket: S3Bucket
-) -> Iterator[Any]:
-    """``bucket_replicas(remoteurl, n, stream=True, bucket=None, peers=True)``: replicas on
-    ``s3_bucket`` (or ``bucket``) and Redis, each with a local directory of its own (no
-    shared filesystem); with ``peers`` they share a ``mirror.cluster.secret`` and stream a
-    blob from the replica fetching it."""
-    made: list[MirrorProcess] = []
-
-    def factory(
-        remoteurl: str,
-        n: int = 3,
-        *,
-        stream: bool = True,
-        bucket: S3Bucket | None = None,
-        peers: bool = True,
-    ) -> list[MirrorProcess]:
-        group = []
-        for _ in range(n):
-            i = len(made)
-            storage: dict[str, Any] = (bucket or s3_bucket).storage()
-            if stream:
-                storage["redirect"] = {"disable": True}
-            local = tmp_path / f"replica-{i}" / "data"
-            replica = MirrorProcess(
-                tmp_path / f"replica-{i}",
-                remoteurl,
-                config={
-                    "log": {"level": "info"},
-                    "storage": storage,
-                    "mirror": {
-                        "cluster": {
-                            "redis": {"addr": redis_server.addr},
-                            **({"secret": PEER_SECRET} if peers else {}),
-                        },
-                        "s3": {"localcache": {"path": str(local), "maxsize": "1GiB"}},
-                        "tag_freshness": "1m",
-                    },
-                },
-            )
-            made.append(replica)
-            group.append(replica.start())
-        return group
-
-    yield factory
-    for replica in made:
-        replica.stop()
-        print(f"--- {replica.log_path} (tail)\n{replica.log_tail(30)}")
 
 
 def test_replicas_on_one_bucket_fetch_each_blob_once(

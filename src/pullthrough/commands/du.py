@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pullthrough.commands.offline import has_index, open_store
+from pullthrough.commands.offline import has_index, hosted_copy, open_store
 from pullthrough.config import Config
 from pullthrough.progress import human
 from pullthrough.store.blobs import BlobStore
@@ -132,16 +132,15 @@ async def collect(config: Config) -> Report:
     empty = Usage(0, 0)
     if not has_index(config):
         return Report([], [], empty, empty, disk, limit, setting)
+    hosted = None
     async with open_store(config) as opened:
         index = opened.index
         by_repo = await index.usage_by_repository()
         objects = await stored_objects(index)
         total_objects, total_bytes = await index.usage()
-    hosted = (
-        await asyncio.to_thread(read_inventory, config.root / "hosted.db")
-        if config.hosted is not None
-        else None
-    )
+        if config.hosted is not None:
+            async with hosted_copy(opened) as hosted_db:
+                hosted = await asyncio.to_thread(read_inventory, hosted_db)
     sums: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     unlinked = [0, 0]
     for blob in objects.values():

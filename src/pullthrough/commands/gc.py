@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from pullthrough.commands.hosted_gc import collect_hosted
-from pullthrough.commands.offline import open_store
+from pullthrough.commands.offline import hosted_copy, open_store
 from pullthrough.config import Config
 from pullthrough.mirror.eviction import Sweeper, SweepReport
 from pullthrough.store.blobs import BlobStore
@@ -41,18 +41,18 @@ async def _gc(config: Config, *, dry_run: bool) -> int:
                     file=sys.stderr,
                 )
                 return 1
+        kept: set[str] = set()
         if config.hosted is not None:
-            # First: what it releases is no longer protected from eviction below.
-            hosted = await collect_hosted(config, opened.store, opened.index, dry_run=dry_run)
-            for line in hosted.lines(dry_run=dry_run):
-                print(line)
-        # What hosted repositories hold is never evicted (their files are in the same
-        # store, and reconciling may index them as cache entries).
-        kept = (
-            await asyncio.to_thread(hosted_digests, config.root / "hosted.db")
-            if config.hosted is not None
-            else set()
-        )
+            async with hosted_copy(opened, write=not dry_run) as hosted_db:
+                # First: what it releases is no longer protected from eviction below.
+                hosted = await collect_hosted(
+                    config, opened.store, opened.index, dry_run=dry_run, path=hosted_db
+                )
+                for line in hosted.lines(dry_run=dry_run):
+                    print(line)
+                # What hosted repositories hold is never evicted (their files are in the
+                # same store, and reconciling may index them as cache entries).
+                kept = await asyncio.to_thread(hosted_digests, hosted_db)
         # storage.s3: reconciled with the bucket, and what goes is deleted from it.
         tier = None
         if config.s3 is not None and opened.store.bucket is not None:

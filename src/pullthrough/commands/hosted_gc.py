@@ -49,13 +49,19 @@ class HostedGc:
 
 
 async def collect_hosted(
-    config: Config, store: BlobStore, index: IndexBackend, *, dry_run: bool
+    config: Config,
+    store: BlobStore,
+    index: IndexBackend,
+    *,
+    dry_run: bool,
+    path: Path | None = None,
 ) -> HostedGc:
-    """Mark and sweep the hosted repositories of ``config``; remove the files nothing
-    holds any more (none with ``dry_run``)."""
+    """Mark and sweep the hosted repositories of ``config`` (their index at ``path``,
+    ``hosted.db`` under the root unless given); remove the files nothing holds any more
+    (none with ``dry_run``)."""
     assert config.hosted is not None
     grace = config.hosted.gc_grace
-    path = config.root / "hosted.db"
+    path = path or config.root / "hosted.db"
     report = HostedGc()
     if not path.is_file():
         return report

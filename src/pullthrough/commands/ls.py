@@ -21,7 +21,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pullthrough.commands.offline import has_index, open_store
+from pullthrough.commands.offline import has_index, hosted_copy, open_store
 from pullthrough.config import Config
 from pullthrough.mirror.pins import all_pins, pinned_digests
 from pullthrough.progress import human
@@ -91,7 +91,14 @@ def _hosted(config: Config) -> HostedInventory:
     # Pushed content, listed apart: it is kept, not cached (``mirror.hosted``).
     if config.hosted is None:
         return EMPTY
+    if config.cluster is not None and config.s3 is not None:
+        return asyncio.run(_shared_hosted(config))  # replicas on a bucket: theirs
     return read_inventory(config.root / "hosted.db")
+
+
+async def _shared_hosted(config: Config) -> HostedInventory:
+    async with open_store(config) as opened, hosted_copy(opened) as hosted_db:
+        return await asyncio.to_thread(read_inventory, hosted_db)
 
 
 def _print_hosted(hosted: HostedInventory) -> None:

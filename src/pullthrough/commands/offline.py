@@ -4,9 +4,11 @@ and in cluster mode the index is the replicas' shared one in Redis)."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pullthrough.config import Config
@@ -76,3 +78,38 @@ async def open_store(config: Config) -> AsyncIterator[Offline]:
             await shared.close()
     finally:
         await coordination.close()
+
+
+@asynccontextmanager
+async def hosted_copy(opened: Offline, *, write: bool = False) -> AsyncIterator[Path]:
+    """The ``hosted.db`` a command reads: the one under the store's root or, for replicas
+    on a bucket (storage.s3 with mirror.cluster), a private copy of the bucket's shared
+    one (the local file is a running replica's own). With ``write`` that copy is changed
+    under the cluster's hosted write lock and published when the block ends, as a
+    replica's writes are."""
+    config = opened.config
+    path = config.root / "hosted.db"
+    if (
+        config.hosted is None
+        or config.s3 is None
+        or opened.coordination is None
+        or opened.store.bucket is None
+    ):
+        yield path
+        return
+    from pullthrough.cluster.hosted_index import SharedHostedIndex
+    from pullthrough.mirror.bucket_tier import BucketTier
+
+    tier = BucketTier(config.s3, opened.store.bucket, opened.store, opened.index)
+    with tempfile.TemporaryDirectory(prefix="pullthrough-hosted-") as tmp:
+        shared = SharedHostedIndex(Path(tmp) / "hosted.db", opened.coordination, tier)
+        await shared.open()
+        try:
+            if write:
+                async with shared.writing():
+                    yield shared.path
+            else:
+                yield shared.path
+        finally:
+            await shared.close()
+            await tier.close()

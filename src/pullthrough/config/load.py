@@ -146,14 +146,6 @@ def _validate(raw: dict[str, Any], warnings: list[str], path: Path | None = None
         bucket=s3 is not None,
         warnings=warnings,
     )
-    if s3 is not None and hosted is not None and cluster is not None:
-        # One process keeps its hosted index on its disk and a copy in the bucket; replicas
-        # would each have their own, and a push through one would be unknown to the others.
-        raise ConfigError(
-            "mirror.hosted: not supported with storage.s3 and mirror.cluster together yet "
-            "(run one replica for hosted repositories on a bucket, or a cluster on a shared "
-            "filesystem)"
-        )
     if s3 is not None and isinstance(root.mirror.maxsize, str) and "%" in root.mirror.maxsize:
         raise ConfigError(
             "mirror.maxsize: with storage.s3 give a size such as 500GiB (a bucket has no "

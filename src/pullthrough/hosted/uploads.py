@@ -28,6 +28,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pullthrough.errors import (
     BlobUploadInvalid,
@@ -39,6 +40,9 @@ from pullthrough.errors import (
 )
 from pullthrough.reference import Digest
 from pullthrough.store.blobs import BlobStore
+
+if TYPE_CHECKING:  # replicas on a bucket only
+    from pullthrough.cluster.upload_owners import UploadOwners
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,9 @@ class Uploads:
         self._locks: dict[str, asyncio.Lock] = {}
         self._owners: dict[str, str] = {}  # session id -> client address (this process)
         self._held: dict[str, int] = {}  # client address -> sessions it holds open here
+        # Replicas on a bucket (no shared directory): the cluster learns which replica
+        # holds each session, and the others forward its requests here.
+        self.owners: UploadOwners | None = None
 
     def prepare(self) -> None:
         """Create the directory (blocking; at start-up). Sessions found there are kept."""
@@ -96,6 +103,8 @@ class Uploads:
         except BaseException:
             self._disown(session_id)
             raise
+        if self.owners is not None:
+            await self.owners.started(session_id)
         return Session(session_id, repo, 0)
 
     def _own(self, session_id: str, client: str) -> None:
@@ -185,6 +194,8 @@ class Uploads:
             raise
         finally:
             await asyncio.to_thread(os.close, fd)  # and with it the lock
+        if self.owners is not None:
+            await self.owners.touched(session.id)
         return Session(session.id, session.repo, session.size + received)
 
     async def finish(
@@ -260,7 +271,10 @@ class Uploads:
         repository note goes). True if there was one."""
         self._disown(session_id)
         self._locks.pop(session_id, None)
-        return await asyncio.to_thread(self._remove_sync, session_id)
+        found = await asyncio.to_thread(self._remove_sync, session_id)
+        if found and self.owners is not None:
+            await self.owners.ended(session_id)
+        return found
 
     def _remove_sync(self, session_id: str) -> bool:
         found = False

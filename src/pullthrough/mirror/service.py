@@ -81,7 +81,17 @@ class Mirror:
         self.upstreams = Upstreams(config, self.metrics)
         self.offline = OfflineSwitches(index=self.index, upstreams=self.upstreams)
         # Who may read which digest: every read path below asks this one object.
-        hosted_index = HostedIndex(self._hosted_path) if config.hosted else None
+        hosted_index: HostedIndex | None = None
+        if config.hosted is not None:
+            if self.cluster is not None and self.bucket_tier is not None:
+                # Replicas on a bucket: each its own copy, the bucket's shared through Redis.
+                from pullthrough.cluster.hosted_index import SharedHostedIndex
+
+                hosted_index = SharedHostedIndex(
+                    self._hosted_path, self.cluster.coordination, self.bucket_tier
+                )
+            else:
+                hosted_index = HostedIndex(self._hosted_path)
         self.provenance = Provenance(self.index, hosted_index)
         # What may be mirrored at all (mirror.policy); replaced whole when re-read.
         self.policy = Policy(config.policy)
@@ -137,7 +147,11 @@ class Mirror:
                 index=cast(HostedIndex, hosted_index),
                 provenance=self.provenance,
                 remote=self.blobs.from_bucket if tier is not None else None,
-                saved=Trailing(self._snapshot_hosted) if tier is not None else None,
+                saved=(
+                    Trailing(self._snapshot_hosted)
+                    if tier is not None and self.cluster is None
+                    else None
+                ),
             )
             self.uploads = Uploads(
                 root=config.root,
@@ -145,6 +159,12 @@ class Mirror:
                 idle=config.hosted.upload_idle,
                 per_client=config.hosted.max_uploads_per_client,
             )
+            if self.cluster is not None and tier is not None:
+                from pullthrough.cluster.upload_owners import UploadOwners
+
+                self.uploads.owners = UploadOwners(
+                    self.cluster.coordination, config.hosted.upload_idle
+                )
         self.sweeper = Sweeper.for_config(
             config,
             store=self.store,

@@ -14,6 +14,7 @@ from pullthrough.mirror.service import Mirror
 from pullthrough.server.auth import build_auth
 from pullthrough.server.disconnects import DISCONNECTS_KEY, Disconnects
 from pullthrough.server.errors import oci_errors
+from pullthrough.server.forwarding import FORWARDER_KEY, UploadForwarder
 from pullthrough.server.hosted_routes import HOSTED_KEY, UPLOADS_KEY, is_hosted_write
 from pullthrough.server.limits import body_limit
 from pullthrough.server.metrics import count_requests
@@ -40,6 +41,9 @@ def build_app(config: Config) -> web.Application:
     if mirror.hosted is not None and mirror.uploads is not None:
         app[HOSTED_KEY] = mirror.hosted
         app[UPLOADS_KEY] = mirror.uploads
+        if mirror.uploads.owners is not None:
+            # Replicas on a bucket: a session's requests reach the replica holding it.
+            app[FORWARDER_KEY] = UploadForwarder(mirror.uploads.owners)
     app[MIRROR_KEY] = mirror
     app[AUTH_KEY] = build_auth(config.auth)
     app[ACCESS_KEY] = AccessRules(config.access)
@@ -60,6 +64,8 @@ def build_app(config: Config) -> web.Application:
         if config.hosted is not None:
             log.info("hosting %s", ", ".join(f"{p}/**" for p in config.hosted.prefixes))
         yield
+        if FORWARDER_KEY in app:
+            await app[FORWARDER_KEY].close()
         await mirror.stop()
 
     app.cleanup_ctx.append(lifecycle)

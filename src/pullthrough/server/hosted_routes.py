@@ -16,6 +16,7 @@ from aiohttp import web
 
 from pullthrough.errors import (
     BlobUnknown,
+    BlobUploadUnknown,
     Denied,
     NotFound,
     RangeInvalid,
@@ -30,6 +31,7 @@ from pullthrough.hosted.uploads import Session, Uploads
 from pullthrough.manifest import OCI_INDEX
 from pullthrough.mirror.listing import page
 from pullthrough.reference import Digest, is_digest, parse_digest, validate_name, validate_tag
+from pullthrough.server.forwarding import FORWARDER_KEY
 from pullthrough.server.transfer import send_blob
 from pullthrough.server.verification import VERIFY_KEY
 
@@ -176,6 +178,8 @@ async def start_upload(request: web.Request, repo: str) -> web.StreamResponse:
 async def patch_upload(request: web.Request, repo: str) -> web.StreamResponse:
     uploads = request.app[UPLOADS_KEY]
     session_id = _session_id(request)
+    if (elsewhere := await _held_elsewhere(request, repo, session_id)) is not None:
+        return elsewhere
     async with uploads.lock(session_id):
         session = await uploads.get(repo, session_id)
         start, length = _content_range(request)
@@ -187,6 +191,8 @@ async def put_upload(request: web.Request, repo: str) -> web.StreamResponse:
     uploads = request.app[UPLOADS_KEY]
     digest = parse_digest(request.query.get("digest") or "")
     session_id = _session_id(request)
+    if (elsewhere := await _held_elsewhere(request, repo, session_id)) is not None:
+        return elsewhere
     async with uploads.lock(session_id):
         session = await uploads.get(repo, session_id)
         return await _finish(request, repo, session, digest, monolithic=False)
@@ -194,12 +200,16 @@ async def put_upload(request: web.Request, repo: str) -> web.StreamResponse:
 
 async def upload_status(request: web.Request, repo: str) -> web.StreamResponse:
     uploads = request.app[UPLOADS_KEY]
+    if (elsewhere := await _held_elsewhere(request, repo, _session_id(request))) is not None:
+        return elsewhere
     session = await uploads.get(repo, _session_id(request))
     return web.Response(status=204, headers={**API_HEADERS, **uploads.progress_headers(session)})
 
 
 async def cancel_upload(request: web.Request, repo: str) -> web.StreamResponse:
     uploads = request.app[UPLOADS_KEY]
+    if (elsewhere := await _held_elsewhere(request, repo, _session_id(request))) is not None:
+        return elsewhere
     session = await uploads.get(repo, _session_id(request))
     await uploads.cancel(session.id)
     return web.Response(status=204, headers=API_HEADERS)
@@ -238,6 +248,22 @@ async def delete_blob(request: web.Request, repo: str) -> web.StreamResponse:
 
 
 # --- helpers ----------------------------------------------------------------------------
+
+
+async def _held_elsewhere(
+    request: web.Request, repo: str, session_id: str
+) -> web.StreamResponse | None:
+    """Replicas on a bucket: another replica's answer to a request for a session it
+    holds (the bytes are on its disk); None when the session is this replica's, or no
+    replica's (then the caller answers BLOB_UPLOAD_UNKNOWN as always)."""
+    forwarder = request.app.get(FORWARDER_KEY)
+    if forwarder is None:
+        return None
+    try:
+        await request.app[UPLOADS_KEY].get(repo, session_id)
+        return None
+    except BlobUploadUnknown:
+        return await forwarder.forward(request, session_id)
 
 
 async def _finish(

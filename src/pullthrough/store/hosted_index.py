@@ -91,6 +91,10 @@ class HostedIndex:
         await self._run(work)
         self._executor.shutdown(wait=True)
 
+    async def current(self) -> None:
+        """Make the file at ``path`` the current index before something reads it directly
+        (it is; a replica's copy of a shared one may not be)."""
+
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 

@@ -155,7 +155,8 @@ async def hosted_repositories(
     with its tags as ``pullthrough ls`` lists them; empty when nothing is hosted."""
     if mirror.hosted is None:
         return ContentPage(0, [])
-    inventory = await asyncio.to_thread(read_inventory, mirror.config.root / "hosted.db")
+    await mirror.hosted.index.current()  # replicas on a bucket: the latest copy first
+    inventory = await asyncio.to_thread(read_inventory, mirror.hosted.index.path)
     registry = mirror.config.default_upstream
     needle = search.lower()
     found: dict[str, dict[str, Any]] = {}
