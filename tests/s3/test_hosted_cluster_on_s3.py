@@ -16,6 +16,7 @@ from pullthrough.cluster.connection import key
 from tests.cluster.redis_server import RedisServer
 from tests.s3.test_mirror_on_s3 import bucket_contents, pullthrough
 from tests.support import KiB
+from tests.support.conformance import program, run
 from tests.support.hosted import OCI_MANIFEST, digest_of, error_code, image_manifest
 from tests.support.images import blob_digests_in_dir, make_image, manifest_digest_in_dir, pull_dir
 from tests.support.images import push as skopeo_push
@@ -240,3 +241,34 @@ def test_gc_deletes_unreferenced_hosted_blobs_from_the_bucket_for_every_replica(
     assert json.loads(listed.body)["tags"] == ["v2"]
     shown = pullthrough("ls", a.config_path)
     assert shown.returncode == 0 and "acme/new" in shown.stdout and "acme/old" in shown.stdout
+
+
+def test_the_oci_conformance_suite_through_a_load_balancer_over_three_replicas(
+    bucket_replicas: Any,
+    upstream_proxy: RecordingProxy,
+    proxy_factory: Any,
+    tmp_path: Path,
+) -> None:
+    """The whole distribution-spec suite, each request sent to the next of three replicas
+    (so every upload's requests are spread over them, and every read follows a write made
+    through another replica)."""
+    program()
+    extra = json.loads(json.dumps(HOSTED))
+    extra["mirror"]["hosted"] = {"repositories": ["conformance"]}
+    extra["mirror"]["access"][1]["repositories"] = ["conformance/**"]
+    group = bucket_replicas(upstream_proxy.url, 3, extra=extra)
+    balancer = proxy_factory(group[0].url)
+    balancer.round_robin = [r.url for r in group]
+    outcome = run(
+        balancer.url.removeprefix("http://"),
+        tmp_path / "conformance",
+        settings={
+            "OCI_REPO1": "conformance/repo1",
+            "OCI_REPO2": "conformance/repo2",
+            "OCI_API_BLOBS_UPLOAD_CANCEL": "true",
+        },
+    )
+    print(f"conformance, all workflows, hosted, 3 replicas on a bucket: {outcome.summary}")
+    assert outcome.failures == [], "\n".join(outcome.failures)
+    assert outcome.verdict == "Pass" and outcome.passed > 800, outcome.output[-4000:]
+    assert upstream_proxy.requests() == []

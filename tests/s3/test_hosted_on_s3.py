@@ -15,6 +15,7 @@ import pytest
 from tests.s3.conftest import S3Bucket
 from tests.s3.test_mirror_on_s3 import bucket_contents, pullthrough
 from tests.support import KiB, MiB
+from tests.support.conformance import program, run
 from tests.support.hosted import digest_of, image_manifest
 from tests.support.images import blob_digests_in_dir, make_image, manifest_digest_in_dir, pull_dir
 from tests.support.images import push as skopeo_push
@@ -124,3 +125,37 @@ def test_streamed_from_the_bucket_when_redirects_are_off_and_gc_deletes_it_there
     left = bucket_contents(s3_bucket)
     assert digest_of(layer) not in left and digest_of(conf) not in left
     assert hashlib.sha256(manifest).hexdigest() not in json.dumps(sorted(left))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("redirect", [True, False], ids=["redirect", "streamed"])
+def test_the_oci_conformance_suite_on_a_hosted_namespace_in_a_bucket(
+    s3_bucket: S3Bucket,
+    upstream_proxy: RecordingProxy,
+    mirror_factory,
+    tmp_path: Path,
+    redirect: bool,
+) -> None:
+    """Every workflow of the distribution-spec suite (push, pull, discovery, management,
+    referrers, sha512) with the bucket as the store: blob GETs answered by a redirect to
+    it, or streamed from it."""
+    program()
+    config = hosted_on(s3_bucket)
+    config["mirror"]["hosted"] = {"repositories": ["conformance"]}
+    config["mirror"]["access"][1]["repositories"] = ["conformance/**"]
+    if not redirect:
+        config["storage"]["redirect"] = {"disable": True}
+    mirror = mirror_factory(upstream_proxy.url, config=config)
+    outcome = run(
+        mirror.host,
+        tmp_path / "conformance",
+        settings={
+            "OCI_REPO1": "conformance/repo1",
+            "OCI_REPO2": "conformance/repo2",
+            "OCI_API_BLOBS_UPLOAD_CANCEL": "true",
+        },
+    )
+    print(f"conformance, all workflows, hosted namespace on S3: {outcome.summary}")
+    assert outcome.failures == [], "\n".join(outcome.failures)
+    assert outcome.verdict == "Pass" and outcome.passed > 800, outcome.output[-4000:]
+    assert upstream_proxy.requests() == []

@@ -156,6 +156,9 @@ class RecordingProxy(ThreadedApp):
         self.ratelimit_remaining: int | None = None
         self.ratelimit_limit: int = 100
         self.ratelimit_retry_after: int = 60
+        # A load balancer: each request goes to the next of these (``target`` unless set).
+        self.round_robin: list[str] = []
+        self._turn = 0
         self._session: aiohttp.ClientSession | None = None
 
     # ------------------------------------------------------------------ faults
@@ -334,10 +337,14 @@ class RecordingProxy(ThreadedApp):
             )
             body = await request.read() if request.can_read_body else None
             tally.forwarded = True
+            target = self.target
+            if self.round_robin:
+                target = self.round_robin[self._turn % len(self.round_robin)].rstrip("/")
+                self._turn += 1
             try:
                 upstream = await self._session.request(
                     request.method,
-                    self.target + request.rel_url.raw_path_qs,
+                    target + request.rel_url.raw_path_qs,
                     headers=fwd_headers,
                     data=body if body else None,
                     allow_redirects=False,
