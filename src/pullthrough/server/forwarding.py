@@ -11,6 +11,7 @@ answer's body is read up to a small cap (these answers are empty or an error).
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -24,6 +25,7 @@ if TYPE_CHECKING:  # replicas on a bucket only (it loads the redis client)
 log = logging.getLogger(__name__)
 
 FORWARDED = "Pullthrough-Forwarded"
+_SESSION_ID = re.compile(r"[0-9a-f]{32}")  # as hosted.uploads makes them
 _REQUEST_HEADERS = (
     "Authorization",
     "Content-Type",
@@ -72,8 +74,8 @@ class UploadForwarder:
     async def forward(self, request: web.Request, session_id: str) -> web.Response | None:
         """The owner's answer to ``request``, or None when no other replica holds
         ``session_id`` (or the request was forwarded to this one already)."""
-        if FORWARDED in request.headers:
-            return None
+        if FORWARDED in request.headers or not _SESSION_ID.fullmatch(session_id):
+            return None  # forwarded once already, or no id this registry makes
         base = await self.owners.owner(session_id)
         if base is None:
             return None
