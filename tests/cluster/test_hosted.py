@@ -8,13 +8,12 @@ import os
 import socket
 import threading
 import time
-from typing import Any
 
 import pytest
 
 from tests.cluster.conftest import ReplicaFactory
 from tests.support import KiB
-from tests.support.hosted import OCI_MANIFEST, digest_of, error_code, image_manifest
+from tests.support.hosted import HOSTED_ACME, OCI_MANIFEST, digest_of, error_code, image_manifest
 from tests.support.images import ImageFactory
 from tests.support.mirror import MirrorProcess
 from tests.support.net import HTTPResponse, http_request
@@ -22,16 +21,7 @@ from tests.support.proxy import RecordingProxy
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.integration]
 
-HOSTED: dict[str, Any] = {
-    "storage": {"delete": {"enabled": True}},
-    "mirror": {
-        "hosted": {"repositories": ["acme"]},
-        "access": [
-            {"repositories": ["**"]},
-            {"repositories": ["acme/**"], "actions": ["pull", "push", "delete"]},
-        ],
-    },
-}
+HOSTED = HOSTED_ACME
 
 
 

@@ -16,7 +16,8 @@ from pullthrough.cluster.connection import key
 from tests.cluster.redis_server import RedisServer
 from tests.s3.test_mirror_on_s3 import bucket_contents, pullthrough
 from tests.support import KiB
-from tests.support.conformance import program, run
+from tests.support.conformance import HOSTED_CONFIG, check_all_workflows, program
+from tests.support.hosted import HOSTED_ACME as HOSTED
 from tests.support.hosted import OCI_MANIFEST, digest_of, error_code, image_manifest
 from tests.support.images import blob_digests_in_dir, make_image, manifest_digest_in_dir, pull_dir
 from tests.support.images import push as skopeo_push
@@ -25,17 +26,6 @@ from tests.support.net import http_request
 from tests.support.proxy import RecordingProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.s3, pytest.mark.slow]
-
-HOSTED: dict[str, Any] = {
-    "storage": {"delete": {"enabled": True}},
-    "mirror": {
-        "hosted": {"repositories": ["acme"]},
-        "access": [
-            {"repositories": ["**"]},
-            {"repositories": ["acme/**"], "actions": ["pull", "push", "delete"]},
-        ],
-    },
-}
 
 
 def _at(replica: MirrorProcess, location: str) -> str:
@@ -253,22 +243,9 @@ def test_the_oci_conformance_suite_through_a_load_balancer_over_three_replicas(
     (so every upload's requests are spread over them, and every read follows a write made
     through another replica)."""
     program()
-    extra = json.loads(json.dumps(HOSTED))
-    extra["mirror"]["hosted"] = {"repositories": ["conformance"]}
-    extra["mirror"]["access"][1]["repositories"] = ["conformance/**"]
-    group = bucket_replicas(upstream_proxy.url, 3, extra=extra)
+    group = bucket_replicas(upstream_proxy.url, 3, extra=HOSTED_CONFIG)
     balancer = proxy_factory(group[0].url)
     balancer.round_robin = [r.url for r in group]
-    outcome = run(
-        balancer.url.removeprefix("http://"),
-        tmp_path / "conformance",
-        settings={
-            "OCI_REPO1": "conformance/repo1",
-            "OCI_REPO2": "conformance/repo2",
-            "OCI_API_BLOBS_UPLOAD_CANCEL": "true",
-        },
-    )
-    print(f"conformance, all workflows, hosted, 3 replicas on a bucket: {outcome.summary}")
-    assert outcome.failures == [], "\n".join(outcome.failures)
-    assert outcome.verdict == "Pass" and outcome.passed > 800, outcome.output[-4000:]
+    host = balancer.url.removeprefix("http://")
+    check_all_workflows(host, tmp_path / "conformance", "hosted, 3 replicas on a bucket")
     assert upstream_proxy.requests() == []

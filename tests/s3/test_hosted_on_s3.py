@@ -4,6 +4,7 @@ local cache has nothing, and gc deletes what nothing references from the bucket.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import urllib.request
@@ -15,7 +16,7 @@ import pytest
 from tests.s3.conftest import S3Bucket
 from tests.s3.test_mirror_on_s3 import bucket_contents, pullthrough
 from tests.support import KiB, MiB
-from tests.support.conformance import program, run
+from tests.support.conformance import HOSTED_CONFIG, check_all_workflows, program
 from tests.support.hosted import digest_of, image_manifest
 from tests.support.images import blob_digests_in_dir, make_image, manifest_digest_in_dir, pull_dir
 from tests.support.images import push as skopeo_push
@@ -141,21 +142,9 @@ def test_the_oci_conformance_suite_on_a_hosted_namespace_in_a_bucket(
     it, or streamed from it."""
     program()
     config = hosted_on(s3_bucket)
-    config["mirror"]["hosted"] = {"repositories": ["conformance"]}
-    config["mirror"]["access"][1]["repositories"] = ["conformance/**"]
+    config["mirror"] = copy.deepcopy(HOSTED_CONFIG["mirror"])
     if not redirect:
         config["storage"]["redirect"] = {"disable": True}
     mirror = mirror_factory(upstream_proxy.url, config=config)
-    outcome = run(
-        mirror.host,
-        tmp_path / "conformance",
-        settings={
-            "OCI_REPO1": "conformance/repo1",
-            "OCI_REPO2": "conformance/repo2",
-            "OCI_API_BLOBS_UPLOAD_CANCEL": "true",
-        },
-    )
-    print(f"conformance, all workflows, hosted namespace on S3: {outcome.summary}")
-    assert outcome.failures == [], "\n".join(outcome.failures)
-    assert outcome.verdict == "Pass" and outcome.passed > 800, outcome.output[-4000:]
+    check_all_workflows(mirror.host, tmp_path / "conformance", "hosted namespace on S3")
     assert upstream_proxy.requests() == []

@@ -13,6 +13,7 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +32,7 @@ HOW_TO_GET = (
     "(`cd conformance && CGO_ENABLED=0 go build -o conformance .`), "
     "and set OCI_CONFORMANCE=/path/to/conformance"
 )
+
 
 def program() -> Path:
     """The conformance program, or a skip naming how to get it."""
@@ -95,9 +97,7 @@ def run(
     return parse(proc.returncode, output)
 
 
-_LEAF = re.compile(
-    r"^\s*(?P<path>OCI Conformance Test.*?): (?P<result>Pass|FAIL|Disabled|Skip)$"
-)
+_LEAF = re.compile(r"^\s*(?P<path>OCI Conformance Test.*?): (?P<result>Pass|FAIL|Disabled|Skip)$")
 _VERDICT = re.compile(r"^OCI Conformance Result: (?P<verdict>\S+)", re.MULTILINE)
 
 
@@ -119,3 +119,37 @@ def parse(returncode: int, output: str) -> Outcome:
     # writing results.yaml after it has printed a passing verdict (exit status 2).
     verdict = _VERDICT.search(output)
     return Outcome(returncode, output, passed, failures, verdict["verdict"] if verdict else None)
+
+
+# Hosted repositories the suite pushes to, and the access rules that let it (a config
+# fragment merged into a mirror's).
+HOSTED_CONFIG: dict[str, Any] = {
+    "storage": {"delete": {"enabled": True}},
+    "mirror": {
+        "hosted": {"repositories": ["conformance"]},
+        "access": [
+            {"repositories": ["**"]},
+            {"repositories": ["conformance/**"], "actions": ["pull", "push", "delete"]},
+        ],
+    },
+}
+
+
+def check_all_workflows(registry_host: str, workdir: Path, what: str) -> Outcome:
+    """The whole suite (pull, push, content discovery, content management; referrers and
+    sha512 content included) against the hosted repositories of ``HOSTED_CONFIG``;
+    fails the calling test on any failing leaf. ``what``: the run's name in the output."""
+    outcome = run(
+        registry_host,
+        workdir,
+        settings={
+            "OCI_REPO1": "conformance/repo1",
+            "OCI_REPO2": "conformance/repo2",
+            "OCI_API_BLOBS_UPLOAD_CANCEL": "true",
+        },
+    )
+    print(f"conformance, all workflows, {what}: {outcome.summary}")
+    assert outcome.failures == [], "\n".join(outcome.failures)
+    assert outcome.verdict == "Pass" and outcome.passed > 800, outcome.output[-4000:]
+    assert "Blob upload cancel............:       Pass" in outcome.output
+    return outcome

@@ -9,6 +9,19 @@ from typing import Any
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
+# Hosted repositories under acme/ that anyone may push to and delete from (a config
+# fragment merged into a mirror's).
+HOSTED_ACME: dict[str, Any] = {
+    "storage": {"delete": {"enabled": True}},
+    "mirror": {
+        "hosted": {"repositories": ["acme"]},
+        "access": [
+            {"repositories": ["**"]},
+            {"repositories": ["acme/**"], "actions": ["pull", "push", "delete"]},
+        ],
+    },
+}
+
 
 def digest_of(data: bytes) -> str:
     return f"sha256:{hashlib.sha256(data).hexdigest()}"
