@@ -18,7 +18,7 @@ from tests.s3.test_mirror_on_s3 import bucket_contents, pullthrough
 from tests.support import KiB
 from tests.support.conformance import HOSTED_CONFIG, check_all_workflows, program
 from tests.support.hosted import HOSTED_ACME as HOSTED
-from tests.support.hosted import OCI_MANIFEST, digest_of, error_code, image_manifest
+from tests.support.hosted import digest_of, error_code, image_manifest, put_manifest
 from tests.support.images import blob_digests_in_dir, make_image, manifest_digest_in_dir, pull_dir
 from tests.support.images import push as skopeo_push
 from tests.support.mirror import MirrorProcess
@@ -72,12 +72,7 @@ def test_an_upload_crossing_replicas_and_a_push_seen_by_every_replica(
     )
     assert pushed.status == 201, pushed.body
     manifest = image_manifest(digest_of(conf), len(conf), [(digest_of(layer), len(layer))])
-    put = http_request(
-        "PUT",
-        f"{b.url}/v2/acme/app/manifests/v1",
-        data=manifest,
-        headers={"Content-Type": OCI_MANIFEST},
-    )
+    put = put_manifest(b.url, "acme/app", "v1", manifest)
     assert put.status == 201, put.body
     # Acknowledged through one replica: every replica answers with it at once.
     for replica in (a, b, c):
@@ -155,14 +150,7 @@ def test_tags_pushed_at_once_through_every_replica_are_all_kept(
     statuses: dict[str, int] = {}
 
     def put(i: int, tag: str) -> None:
-        resp = http_request(
-            "PUT",
-            f"{group[i % 3].url}/v2/acme/app/manifests/{tag}",
-            data=manifest,
-            headers={"Content-Type": OCI_MANIFEST},
-            timeout=60,
-        )
-        statuses[tag] = resp.status
+        statuses[tag] = put_manifest(group[i % 3].url, "acme/app", tag, manifest).status
 
     threads = [threading.Thread(target=put, args=(i, t)) for i, t in enumerate(tags)]
     for t in threads:
@@ -188,12 +176,7 @@ def test_gc_deletes_unreferenced_hosted_blobs_from_the_bucket_for_every_replica(
     manifests = {}
     for repo, data, tag in (("acme/old", layer, "v1"), ("acme/new", kept, "v1")):
         manifest = manifests[repo] = _push_image(a, repo, data)
-        put = http_request(
-            "PUT",
-            f"{b.url}/v2/{repo}/manifests/{tag}",
-            data=manifest,
-            headers={"Content-Type": OCI_MANIFEST},
-        )
+        put = put_manifest(b.url, repo, tag, manifest)
         assert put.status == 201, put.body
     old = digest_of(manifests["acme/old"])
     gone = http_request("DELETE", f"{c.url}/v2/acme/old/manifests/{old}")
@@ -220,12 +203,7 @@ def test_gc_deletes_unreferenced_hosted_blobs_from_the_bucket_for_every_replica(
         blob = http_request("GET", f"{replica.url}/v2/acme/new/blobs/{digest_of(kept)}")
         assert blob.status == 200 and blob.body == kept, replica.url
     again = _push_image(c, "acme/old", layer)
-    put = http_request(
-        "PUT",
-        f"{c.url}/v2/acme/old/manifests/v2",
-        data=again,
-        headers={"Content-Type": OCI_MANIFEST},
-    )
+    put = put_manifest(c.url, "acme/old", "v2", again)
     assert put.status == 201
     listed = http_request("GET", f"{a.url}/v2/acme/old/tags/list")
     assert json.loads(listed.body)["tags"] == ["v2"]

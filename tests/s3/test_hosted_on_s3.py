@@ -17,7 +17,7 @@ from tests.s3.conftest import S3Bucket
 from tests.s3.test_mirror_on_s3 import bucket_contents, pullthrough
 from tests.support import KiB, MiB
 from tests.support.conformance import HOSTED_CONFIG, check_all_workflows, program
-from tests.support.hosted import digest_of, image_manifest
+from tests.support.hosted import digest_of, image_manifest, put_manifest
 from tests.support.images import blob_digests_in_dir, make_image, manifest_digest_in_dir, pull_dir
 from tests.support.images import push as skopeo_push
 from tests.support.net import http_request
@@ -96,12 +96,7 @@ def test_streamed_from_the_bucket_when_redirects_are_off_and_gc_deletes_it_there
         )
         assert resp.status == 201, resp.body
     manifest = image_manifest(digest_of(conf), len(conf), [(digest_of(layer), len(layer))])
-    put = http_request(
-        "PUT",
-        f"{first.url}/v2/acme/app/manifests/v1",
-        data=manifest,
-        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
-    )
+    put = put_manifest(first.url, "acme/app", "v1", manifest)
     assert put.status == 201, put.body
     first.kill()
 

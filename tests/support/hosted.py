@@ -7,6 +7,8 @@ import hashlib
 import json
 from typing import Any
 
+from tests.support.net import http_request
+
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 # Hosted repositories under acme/ that anyone may push to and delete from (a config
@@ -48,3 +50,14 @@ def image_manifest(config: str, config_size: int, layers: list[tuple[str, int]])
         ],
     }
     return json.dumps(doc).encode()
+
+
+def put_manifest(base_url: str, repo: str, reference: str, manifest: bytes) -> Any:
+    """PUT an OCI image manifest to ``<base_url>/v2/<repo>/manifests/<reference>``."""
+    return http_request(
+        "PUT",
+        f"{base_url}/v2/{repo}/manifests/{reference}",
+        data=manifest,
+        headers={"Content-Type": OCI_MANIFEST},
+        timeout=60,
+    )
