@@ -245,3 +245,31 @@ def test_without_a_config_the_image_runs_the_embedded_default(
             break
         time.sleep(0.5)
     assert health.returncode == 0, container.logs()
+
+
+# The issue's target for the image; measured on the test's base (Debian's python3), the
+# default python:3.11-slim adds its own CPython (README, "Run the image").
+SIZE_LIMIT = 150e6
+
+
+def test_the_image_carries_bytecode_only_and_stays_under_its_size(
+    built_image: BuiltImage,
+) -> None:
+    """Sources, __pycache__ and stubs are not shipped (the build compiles the venv with
+    ``compileall -b``): a regression in the Dockerfile's pruning fails here."""
+    found = built_image.containers.podman(
+        [
+            "run", "--rm", *ULIMITS, "--network", "none", "--entrypoint", "find",
+            built_image.ref, "/opt/pullthrough/lib",
+            "(", "-name", "*.py", "-o", "-name", "__pycache__", "-o", "-name", "*.pyi", ")",
+        ]  # fmt: skip
+    ).stdout.split()
+    assert found == [], found[:20]
+    venv = built_image.containers.podman(
+        [
+            "run", "--rm", *ULIMITS, "--network", "none", "--entrypoint", "du",
+            built_image.ref, "-s", "-B1", "/opt/pullthrough",
+        ]  # fmt: skip
+    ).stdout.split()[0]
+    print(f"\nvenv {int(venv) / 1e6:.1f} MB, image {built_image.size_bytes / 1e6:.1f} MB")
+    assert built_image.size_bytes < SIZE_LIMIT, built_image.size_bytes
