@@ -18,7 +18,13 @@ from tests.s3.test_mirror_on_s3 import bucket_contents, pullthrough
 from tests.support import KiB
 from tests.support.conformance import HOSTED_CONFIG, check_all_workflows, program
 from tests.support.hosted import HOSTED_ACME as HOSTED
-from tests.support.hosted import digest_of, error_code, image_manifest, put_manifest
+from tests.support.hosted import (
+    digest_of,
+    error_code,
+    image_manifest,
+    push_image,
+    put_manifest,
+)
 from tests.support.images import blob_digests_in_dir, make_image, manifest_digest_in_dir, pull_dir
 from tests.support.images import push as skopeo_push
 from tests.support.mirror import MirrorProcess
@@ -129,23 +135,12 @@ def test_a_session_on_a_replica_that_died_is_unknown_and_a_new_one_works(
     assert http_request("GET", f"{b.url}/v2/acme/app/blobs/{digest_of(data)}").body == data
 
 
-def _push_image(replica: MirrorProcess, repo: str, layer: bytes) -> bytes:
-    """A layer and config pushed monolithically; returns a manifest naming them."""
-    conf = b'{"architecture":"amd64","os":"linux"}'
-    for data in (layer, conf):
-        resp = http_request(
-            "POST", f"{replica.url}/v2/{repo}/blobs/uploads/?digest={digest_of(data)}", data=data
-        )
-        assert resp.status == 201, resp.body
-    return image_manifest(digest_of(conf), len(conf), [(digest_of(layer), len(layer))])
-
-
 def test_tags_pushed_at_once_through_every_replica_are_all_kept(
     bucket_replicas: Any, upstream_proxy: RecordingProxy
 ) -> None:
     """Writes are serialized across the cluster: none is lost to another replica's copy."""
     group = bucket_replicas(upstream_proxy.url, 3, extra=HOSTED)
-    manifest = _push_image(group[0], "acme/app", b"one layer" * 1000)
+    manifest = push_image(group[0].url, "acme/app", b"one layer" * 1000)
     tags = [f"t{i}" for i in range(24)]
     statuses: dict[str, int] = {}
 
@@ -175,7 +170,7 @@ def test_gc_deletes_unreferenced_hosted_blobs_from_the_bucket_for_every_replica(
     layer, kept = b"unreferenced soon" * 4000, b"referenced still" * 4000
     manifests = {}
     for repo, data, tag in (("acme/old", layer, "v1"), ("acme/new", kept, "v1")):
-        manifest = manifests[repo] = _push_image(a, repo, data)
+        manifest = manifests[repo] = push_image(a.url, repo, data)
         put = put_manifest(b.url, repo, tag, manifest)
         assert put.status == 201, put.body
     old = digest_of(manifests["acme/old"])
@@ -202,7 +197,7 @@ def test_gc_deletes_unreferenced_hosted_blobs_from_the_bucket_for_every_replica(
         assert blob.status == 404, replica.url
         blob = http_request("GET", f"{replica.url}/v2/acme/new/blobs/{digest_of(kept)}")
         assert blob.status == 200 and blob.body == kept, replica.url
-    again = _push_image(c, "acme/old", layer)
+    again = push_image(c.url, "acme/old", layer)
     put = put_manifest(c.url, "acme/old", "v2", again)
     assert put.status == 201
     listed = http_request("GET", f"{a.url}/v2/acme/old/tags/list")

@@ -17,7 +17,7 @@ from tests.s3.conftest import S3Bucket
 from tests.s3.test_mirror_on_s3 import bucket_contents, pullthrough
 from tests.support import KiB, MiB
 from tests.support.conformance import HOSTED_CONFIG, check_all_workflows, program
-from tests.support.hosted import digest_of, image_manifest, put_manifest
+from tests.support.hosted import CONFIG_JSON, digest_of, push_image, put_manifest
 from tests.support.images import blob_digests_in_dir, make_image, manifest_digest_in_dir, pull_dir
 from tests.support.images import push as skopeo_push
 from tests.support.net import http_request
@@ -89,13 +89,8 @@ def test_streamed_from_the_bucket_when_redirects_are_off_and_gc_deletes_it_there
     config = hosted_on(s3_bucket, **{})
     config["storage"]["redirect"] = {"disable": True}
     first = mirror_factory(upstream_proxy.url, config=config)
-    layer, conf = bytes(range(256)) * (4 * 1024), b'{"architecture":"amd64","os":"linux"}'
-    for data in (layer, conf):
-        resp = http_request(
-            "POST", f"{first.url}/v2/acme/app/blobs/uploads/?digest={digest_of(data)}", data=data
-        )
-        assert resp.status == 201, resp.body
-    manifest = image_manifest(digest_of(conf), len(conf), [(digest_of(layer), len(layer))])
+    layer = bytes(range(256)) * (4 * 1024)
+    manifest = push_image(first.url, "acme/app", layer)
     put = put_manifest(first.url, "acme/app", "v1", manifest)
     assert put.status == 201, put.body
     first.kill()
@@ -119,7 +114,7 @@ def test_streamed_from_the_bucket_when_redirects_are_off_and_gc_deletes_it_there
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"hosted: removed {digest_of(layer)} ({len(layer)} bytes)" in done.stdout, done.stdout
     left = bucket_contents(s3_bucket)
-    assert digest_of(layer) not in left and digest_of(conf) not in left
+    assert digest_of(layer) not in left and digest_of(CONFIG_JSON) not in left
     assert hashlib.sha256(manifest).hexdigest() not in json.dumps(sorted(left))
 
 

@@ -61,3 +61,19 @@ def put_manifest(base_url: str, repo: str, reference: str, manifest: bytes) -> A
         headers={"Content-Type": OCI_MANIFEST},
         timeout=60,
     )
+
+
+CONFIG_JSON = b'{"architecture":"amd64","os":"linux"}'
+
+
+def push_image(base_url: str, repo: str, layer: bytes) -> bytes:
+    """``layer`` and a small config pushed monolithically to ``repo``; returns an image
+    manifest naming them (not pushed)."""
+    for data in (layer, CONFIG_JSON):
+        resp = http_request(
+            "POST", f"{base_url}/v2/{repo}/blobs/uploads/?digest={digest_of(data)}", data=data
+        )
+        assert resp.status == 201, resp.body
+    return image_manifest(
+        digest_of(CONFIG_JSON), len(CONFIG_JSON), [(digest_of(layer), len(layer))]
+    )
