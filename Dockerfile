@@ -36,31 +36,45 @@ RUN /opt/pullthrough/bin/pip uninstall -q -y pygments markdown-it-py mdurl setup
  && rm -f /opt/pullthrough/bin/activate* /opt/pullthrough/bin/Activate.ps1 \
  && { command -v strip >/dev/null \
       || { apt-get update -q && apt-get install -q -y --no-install-recommends binutils; }; } \
- && find /opt/pullthrough -name '*.so' -exec strip --strip-unneeded {} + \
- && /opt/pullthrough/bin/python -c 'import io, uvloop, cryptography.hazmat.bindings._rust, \
-      pydantic_core, aiohttp, yaml, bcrypt, multidict, yarl, frozenlist, propcache, obstore; \
-      from pullthrough.progress import Reporter; \
-      r = Reporter(tty=True, out=io.StringIO()); r.__enter__(); \
-      r.advance(r.add("check", 2), 1); r.line("ok"); r.__exit__(None, None, None)'
-# Bytecode only: each module compiled next to its source (compileall -b, which Python imports
-# without the source), then the source, __pycache__, type stubs and C sources removed, and
-# what runs only at build or for other code: pycparser (cffi parses C declarations with it
-# when a binding is built; cryptography's are built already) and pydantic's v1 layer
-# (pullthrough uses pydantic 2's API only). 63 MB of venv become 49 MB. Tracebacks keep
-# files and line numbers, not the source lines. Then every module of pullthrough is
-# imported, so a file missing here fails the build, not a request.
+ && find /opt/pullthrough -name '*.so' -exec strip --strip-unneeded {} +
+# Bytecode only (66 MB of venv become 51 MB): every module compiled next to its source
+# (compileall -b writes foo.pyc beside foo.py, which Python imports without the source), then
+# the sources and pip's __pycache__ removed; the status page's templates and static files
+# stay. Tracebacks keep file names and line numbers but lose the source lines. Gone too,
+# as never run: type stubs and the C/Cython sources and headers wheels ship; pycparser
+# (cffi parses C declarations with it only when a binding is built, and cryptography's and
+# bcrypt's are built already); pydantic.v1 (pydantic 2 imports it only for a type with a
+# v1-style __get_validators__, and pullthrough has none). The run stage sets
+# PYTHONDONTWRITEBYTECODE, so nothing is compiled again at run time.
+# Then what the server needs is checked against the venv as shipped, so a file missing here
+# fails the build rather than a request: every module of pullthrough imported (but __main__,
+# which runs the CLI), the status page's templates and static files loaded, the extensions
+# loaded and used, rich's progress bars drawn without Pygments.
 RUN site="$(/opt/pullthrough/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
- && rm -rf "$site/pydantic/v1" "$site"/pycparser "$site"/pycparser-*.dist-info \
+ && rm -rf "$site"/pycparser "$site"/pycparser-*.dist-info "$site"/pydantic/v1 \
  && find "$site" -type f \( -name '*.pyi' -o -name '*.c' -o -name '*.h' -o -name '*.pyx' \
       -o -name '*.pxd' -o -name '*.cpp' \) -delete \
  && /opt/pullthrough/bin/python -m compileall -q -b -f -j 0 "$site" \
  && find "$site" -type f -name '*.py' -exec sh -c \
       'for f in "$@"; do if [ -f "${f}c" ]; then rm "$f"; fi; done' sh {} + \
  && find "$site" -type d -name __pycache__ -prune -exec rm -rf {} + \
- && /opt/pullthrough/bin/python -c 'import importlib, pkgutil, pullthrough, obstore, redis; \
+ && /opt/pullthrough/bin/python -c 'import importlib, io, pkgutil; \
+      import pullthrough, uvloop, pydantic_core, yaml, bcrypt, multidict, yarl, frozenlist, \
+      propcache, obstore; \
       [importlib.import_module(m.name) for m in pkgutil.walk_packages(pullthrough.__path__, \
-       "pullthrough.") if not m.name.endswith("__main__")]' \
- && /opt/pullthrough/bin/pullthrough --version
+       "pullthrough.") if m.name != "pullthrough.__main__"]; \
+      from pullthrough.server.status.page import add_page_routes; \
+      from aiohttp import web; add_page_routes(web.Application()); \
+      assert bcrypt.checkpw(b"pw", bcrypt.hashpw(b"pw", bcrypt.gensalt(4))); \
+      from cryptography.hazmat.primitives import hashes; \
+      from cryptography.hazmat.primitives.asymmetric import ec; \
+      key = ec.generate_private_key(ec.SECP256R1()); sig = ec.ECDSA(hashes.SHA256()); \
+      key.public_key().verify(key.sign(b"m", sig), b"m", sig); \
+      from pullthrough.progress import Reporter; \
+      r = Reporter(tty=True, out=io.StringIO()); r.__enter__(); \
+      r.advance(r.add("check", 2), 1); r.line("ok"); r.__exit__(None, None, None)' \
+ && /opt/pullthrough/bin/python -m pullthrough --version \
+ && test -z "$(find /opt/pullthrough/lib -name '*.py' -o -name __pycache__)"
 
 FROM ${BASE}
 # A fixed UID, so a volume's ownership means the same in every container and on the host.
