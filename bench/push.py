@@ -7,13 +7,21 @@ time is from the first byte sent to the 201 (the registry has verified and store
 The servers' order alternates per run. Server CPU is the process tree's user+system seconds
 over the push. Writes ``bench/results/<time>-push.json``.
 
+``--s3``: both store in buckets of one S3 server (radosgw, ``tests.support.s3_server``), a
+fresh bucket and server for every push, so the 201 includes the upload into the bucket and
+no push finds its blob already stored. One more row, ``pullthrough, 3 replicas``: three
+replicas on one bucket and one Redis, the chunked upload's requests sent round robin (POST to
+the first, each PATCH to the next, the PUT to the one after), as behind a load balancer.
+
     python bench/push.py               # 1 GiB, 64 MiB chunks, 2 runs, filesystem
     python bench/push.py --size 256MiB --runs 1
+    python bench/push.py --s3 --runs 3
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import http.client
 import json
@@ -22,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,9 +38,12 @@ from urllib.parse import urlsplit
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from procs import DockerRegistry, Pullthrough, Server, stop_all, tree_cpu  # noqa: E402
+from procs import DockerRegistry, Pullthrough, Server, clean_env, stop_all, tree_cpu  # noqa: E402
+
+sys.path.insert(0, str(BENCH.parent))
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
 SEND = 4 * MiB
 HOSTED = {
     "hosted": {"repositories": ["bench"]},
@@ -41,12 +52,15 @@ HOSTED = {
         {"repositories": ["bench/**"], "actions": ["pull", "push"]},
     ],
 }
-REF, PT = "reference", "pullthrough"
+REF, PT, PT3 = "reference", "pullthrough", "pullthrough, 3 replicas"
+REPLICAS = 3
+S3_ROOT = "/bench"  # rootdirectory of both registries in their buckets
+PEER_SECRET = "pullthrough push bench peers"  # mirror.cluster.secret of the replicas
 NO_UPSTREAM = "http://127.0.0.1:9"  # hosted names never reach it
 
 
 def _size(text: str) -> int:
-    units = {"KiB": 1024, "MiB": MiB, "GiB": 1024 * MiB}
+    units = {"KiB": 1024, "MiB": MiB, "GiB": GiB}
     for unit, factor in units.items():
         if text.endswith(unit):
             return int(float(text[: -len(unit)]) * factor)
@@ -175,19 +189,136 @@ def run_filesystem(
                 record(run, server.name, way, seconds, tree_cpu(server.pid) - cpu0)
 
 
+# --------------------------------------------------------------------------- S3
+
+
+class S3Run:
+    """One radosgw for the whole run; a bucket, and servers storing in it, per push."""
+
+    def __init__(self, server: Any, work: Path, src: Path | None) -> None:
+        from s3admin import S3Admin
+
+        self.server = server
+        self.admin = S3Admin(server)
+        self.work = work
+        self.src = src
+        self.counter = 0
+
+    def cpu(self) -> float:
+        """CPU seconds of radosgw, the OSD and the monitor."""
+        run = self.server.root / "run"
+        total = 0.0
+        for name in ("client.rgw", "osd.0", "mon.a"):
+            with contextlib.suppress(OSError, ValueError):
+                total += tree_cpu(int((run / f"{name}.pid").read_text().strip()))
+        return total
+
+    @contextlib.contextmanager
+    def servers(self, side: str, run: int, way: str) -> Iterator[tuple[list[Server], Any]]:
+        """The servers of ``side`` on a new bucket (and a Redis for the replicas), and
+        whether a digest is in that bucket; all stopped and the bucket dropped after."""
+        from tests.cluster.redis_server import RedisServer
+
+        self.counter += 1
+        slug = {REF: "ref", PT: "pt", PT3: "pt3"}[side]
+        bucket = self.admin.create(f"push-{run}-{way[:4]}-{slug}-{self.counter}")
+        base = self.work / f"{self.counter:03d}-{slug}-{way}"
+        storage = self.admin.storage(bucket, S3_ROOT)
+        redis = RedisServer(base / "redis").start() if side == PT3 else None
+        started: list[Server] = []
+        try:
+            for i in range(REPLICAS if side == PT3 else 1):
+                workdir = base / f"server-{i}"
+                server: Server
+                if side == REF:
+                    server = DockerRegistry(workdir, REF, storage_driver=storage)
+                else:
+                    extra: dict[str, Any] = {
+                        **HOSTED,
+                        "s3": {"localcache": {"path": str(workdir / "data"), "maxsize": "0"}},
+                    }
+                    if redis is not None:
+                        extra["cluster"] = {"redis": {"addr": redis.addr}, "secret": PEER_SECRET}
+                    server = Pullthrough(
+                        workdir,
+                        PT,
+                        remoteurl=NO_UPSTREAM,
+                        src=self.src,
+                        storage=storage,
+                        mirror_extra=extra,
+                    )
+                started.append(server.start(timeout=60))
+            yield started, self.admin.probe(bucket, S3_ROOT)
+        finally:
+            for server in started:
+                server.stop()
+            if redis is not None:
+                redis.stop()
+            self.drop(bucket)
+
+    def drop(self, bucket: str) -> None:
+        """Delete the bucket, then have radosgw free its objects now (``gc process``), not
+        within the next seconds, when that work would land in another push's time."""
+        from tests.support.s3_server import RADOSGW_ADMIN
+
+        self.admin.drop(bucket)
+        conf = str(self.server.conf_path)
+        subprocess.run(
+            [RADOSGW_ADMIN, "-c", conf, "-n", "client.rgw", "gc", "process", "--include-all"],
+            capture_output=True,
+            timeout=120,
+            env=clean_env(),
+            check=False,
+        )
+
+
+def run_s3(
+    work: Path, blob: Path, digest: str, args: Any, record: Callable[..., None]
+) -> dict[str, Any]:
+    from tests.support.s3_server import CephS3, available
+
+    if not available():
+        raise SystemExit("--s3: radosgw not installed (apt-get install radosgw ceph-mon ceph-osd)")
+    # As bench/run.py: memstore keeps objects in memory; the reference's multipart upload and
+    # its copy to the blob's key are both held until the bucket is dropped.
+    memory = min(16 * GiB, max(4 * GiB, 12 * args.size))
+    # tcp_nodelay: radosgw's default Nagle adds ~40 ms to small responses (see CephS3).
+    with CephS3(work / "s3", memory_bytes=memory, tcp_nodelay=True) as server:
+        s3 = S3Run(server, work / "servers", args.src)
+        print(f"S3 server (radosgw) on {server.endpoint_url}, started in {server.timings}")
+        for run in range(args.runs):
+            sides = [REF, PT] if run % 2 == 0 else [PT, REF]
+            for side in [*sides, PT3]:
+                for way in ("monolithic", "chunked") if side != PT3 else ("chunked",):
+                    with s3.servers(side, run, way) as (servers, stored):
+                        pids = [srv.pid for srv in servers]
+                        cpu0, s3cpu0 = sum(map(tree_cpu, pids)), s3.cpu()
+                        seconds = push(way, servers, f"bench/{way}-{run}", blob, digest, args)
+                        cpu = sum(map(tree_cpu, pids)) - cpu0
+                        s3cpu = s3.cpu() - s3cpu0
+                        if not stored(digest):
+                            print(f"  ! {side} {way}: 201, but the blob is not in the bucket")
+                    record(run, side, way, seconds, cpu, s3_cpu_s=s3cpu)
+        return {"endpoint": server.endpoint_url, "memory_bytes": memory, "tcp_nodelay": True}
+
+
 # --------------------------------------------------------------------------- report
 
 
 def summary(rows: list[dict[str, Any]], args: Any) -> None:
+    where = "S3 (radosgw)" if args.s3 else "filesystem"
     print(
-        f"\npush of {args.size_text} (chunks of {args.chunk_text}), {args.runs} runs; "
+        f"\npush of {args.size_text} (chunks of {args.chunk_text}) to {where}, {args.runs} runs; "
         "MiB/s best and median, ratio of the bests to the reference's, medians of CPU s:"
     )
-    print(f"  {'way':10}  {'server':24} {'best':>7} {'median':>7} {'x ref':>6} {'cpu':>6}")
+    s3cpu = " S3 cpu" if args.s3 else ""
+    print(f"  {'way':10}  {'server':24} {'best':>7} {'median':>7} {'x ref':>6} {'cpu':>6}{s3cpu}")
     for way in ("monolithic", "chunked"):
         best: dict[str, float] = {}
-        for side in (REF, PT):
+        for side in (REF, PT, PT3):
             mine = [r for r in rows if r["server"] == side and r["way"] == way]
+            if not mine:
+                continue
             best[side] = max(r["mib_s"] for r in mine)
             median = statistics.median(r["mib_s"] for r in mine)
             cpu = statistics.median(r["cpu_s"] for r in mine)
@@ -195,6 +326,8 @@ def summary(rows: list[dict[str, Any]], args: Any) -> None:
                 f"  {way:10}  {side:24} {best[side]:7.1f} {median:7.1f} "
                 f"{best[side] / best[REF]:5.2f}x {cpu:6.1f}"
             )
+            if args.s3:
+                line += f" {statistics.median(r['s3_cpu_s'] for r in mine):6.1f}"
             print(line)
 
 
@@ -203,6 +336,7 @@ def main() -> int:
     parser.add_argument("--size", default="1GiB")
     parser.add_argument("--chunk", default="64MiB")
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--s3", action="store_true", help="store in buckets of a local radosgw")
     parser.add_argument(
         "--pullthrough-src",
         type=Path,
@@ -227,12 +361,16 @@ def main() -> int:
             f"run {run} {side:24} {way:10} {seconds:7.2f} s {rate:8.1f} MiB/s cpu {cpu:6.1f}{extra}"
         )
 
+    s3: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="bench-push-") as tmp:
         work = Path(tmp)
         blob = work / "blob"
         digest = _blob(blob, args.size)
         try:
-            run_filesystem(work, blob, digest, args, record)
+            if args.s3:
+                s3 = run_s3(work, blob, digest, args, record)
+            else:
+                run_filesystem(work, blob, digest, args, record)
         finally:
             stop_all()
     summary(rows, args)
@@ -245,11 +383,13 @@ def main() -> int:
     doc = {
         "size": args.size,
         "chunk": args.chunk,
+        "storage": "s3" if args.s3 else "filesystem",
         "commit": commit,
         "pullthrough_src": str(args.src),
+        **({"s3": s3} if s3 else {}),
         "runs": rows,
     }
-    (out / f"{stamp}-push.json").write_text(json.dumps(doc, indent=1))
+    (out / f"{stamp}-push{'-s3' if args.s3 else ''}.json").write_text(json.dumps(doc, indent=1))
     return 0
 
 
