@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import http.client
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -362,6 +363,7 @@ def main() -> int:
         )
 
     s3: dict[str, Any] | None = None
+    loadavg_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-push-") as tmp:
         work = Path(tmp)
         blob = work / "blob"
@@ -386,6 +388,8 @@ def main() -> int:
         "storage": "s3" if args.s3 else "filesystem",
         "commit": commit,
         "pullthrough_src": str(args.src),
+        "loadavg_start": loadavg_start,
+        "loadavg_end": os.getloadavg(),
         **({"s3": s3} if s3 else {}),
         "runs": rows,
     }
