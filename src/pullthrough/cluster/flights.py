@@ -103,6 +103,13 @@ class Flights:
             except RedisUnavailable:
                 return await work()
             if leading:
+                # A flight may have ended between the look above and the lock: its
+                # outcome came after this caller arrived, so it answers this caller too
+                # (as it would a waiter) rather than the work running again.
+                late = await self._published_since(name, outcome_key, seen_id, decode)
+                if late is not None:
+                    await self._unlock(lock_key, token)
+                    return late
                 return await self._lead(
                     work, encode, token, lock_key, outcome_key, fresh_key, reuse_for
                 )
@@ -118,6 +125,26 @@ class Flights:
                 return value
             seen_id = outcome["id"]  # unusable here: do it again (or join whoever does)
         return await work()
+
+    async def _published_since(
+        self,
+        name: str,
+        outcome_key: str,
+        seen_id: str | None,
+        decode: Callable[[Any], Awaitable[T | None]],
+    ) -> T | None:
+        """A successful outcome other than ``seen_id``, decoded; None if there is none (or
+        it is an error, or unusable here: then the caller leads)."""
+        try:
+            raw = await self._c.call(lambda r: r.get(outcome_key))
+        except RedisUnavailable:
+            return None
+        outcome = _outcome(name, raw)
+        if outcome is None or outcome["id"] == seen_id or not outcome["ok"]:
+            return None
+        if outcome.get("value") is None:
+            return None
+        return await _decoded(name, decode, outcome["value"])
 
     async def _wait(
         self, name: str, lock_key: str, outcome_key: str, seen_id: str | None, deadline: float
@@ -167,8 +194,11 @@ class Flights:
                 await keeper
             if "ok" in outcome:
                 await self._publish(outcome, outcome_key, fresh_key, reuse_for)
-            with contextlib.suppress(RedisUnavailable):
-                await self._c.call(lambda r: self._release(keys=[lock_key], args=[token]))
+            await self._unlock(lock_key, token)
+
+    async def _unlock(self, lock_key: str, token: str) -> None:
+        with contextlib.suppress(RedisUnavailable):
+            await self._c.call(lambda r: self._release(keys=[lock_key], args=[token]))
 
     async def _publish(
         self, outcome: dict[str, Any], outcome_key: str, fresh_key: str, reuse_for: float
@@ -217,9 +247,7 @@ def _outcome(name: str, raw: Any) -> dict[str, Any] | None:
     return doc
 
 
-async def _decoded(
-    name: str, decode: Callable[[Any], Awaitable[T | None]], value: Any
-) -> T | None:
+async def _decoded(name: str, decode: Callable[[Any], Awaitable[T | None]], value: Any) -> T | None:
     """``decode(value)``; None (logged) when the value is not one it can use."""
     try:
         return await decode(value)
