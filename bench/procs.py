@@ -280,6 +280,20 @@ class Server:
 _LIVE: set[Server] = set()
 
 
+# mirror.cluster.secret of pullthrough's replicas on one bucket in the benches.
+PEER_SECRET = "pullthrough bench peers"
+
+
+def s3_mirror_extra(local: Path, maxsize: str, redis_addr: str | None) -> dict[str, Any]:
+    """pullthrough's ``mirror:`` keys for storage.s3: its local directory and cap, and as a
+    replica (``redis_addr``) one Redis and one secret for all, so a replica that loses the
+    race for a blob streams it from the winner."""
+    extra: dict[str, Any] = {"s3": {"localcache": {"path": str(local), "maxsize": maxsize}}}
+    if redis_addr is not None:
+        extra["cluster"] = {"redis": {"addr": redis_addr}, "secret": PEER_SECRET}
+    return extra
+
+
 def stop_all() -> None:
     for server in list(_LIVE):
         with contextlib.suppress(Exception):

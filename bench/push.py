@@ -39,7 +39,15 @@ from urllib.parse import urlsplit
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from procs import DockerRegistry, Pullthrough, Server, clean_env, stop_all, tree_cpu  # noqa: E402
+from procs import (  # noqa: E402
+    DockerRegistry,
+    Pullthrough,
+    Server,
+    clean_env,
+    s3_mirror_extra,
+    stop_all,
+    tree_cpu,
+)
 
 sys.path.insert(0, str(BENCH.parent))
 
@@ -56,7 +64,6 @@ HOSTED = {
 REF, PT, PT3 = "reference", "pullthrough", "pullthrough, 3 replicas"
 REPLICAS = 3
 S3_ROOT = "/bench"  # rootdirectory of both registries in their buckets
-PEER_SECRET = "pullthrough push bench peers"  # mirror.cluster.secret of the replicas
 NO_UPSTREAM = "http://127.0.0.1:9"  # hosted names never reach it
 
 
@@ -234,12 +241,12 @@ class S3Run:
                 if side == REF:
                     server = DockerRegistry(workdir, REF, storage_driver=storage)
                 else:
-                    extra: dict[str, Any] = {
+                    extra = {
                         **HOSTED,
-                        "s3": {"localcache": {"path": str(workdir / "data"), "maxsize": "0"}},
+                        **s3_mirror_extra(
+                            workdir / "data", "0", redis.addr if redis is not None else None
+                        ),
                     }
-                    if redis is not None:
-                        extra["cluster"] = {"redis": {"addr": redis.addr}, "secret": PEER_SECRET}
                     server = Pullthrough(
                         workdir,
                         PT,

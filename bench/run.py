@@ -40,6 +40,7 @@ from procs import (  # noqa: E402
     TreeMonitor,
     clean_env,
     http_status,
+    s3_mirror_extra,
     stop_all,
     tree_cpu,
 )
@@ -88,7 +89,6 @@ MODES: dict[str, dict[str, Any]] = {
 }
 CONCURRENCY = 20
 CONNECTIONS = 32
-PEER_SECRET = "pullthrough bench peers"  # mirror.cluster.secret of the S3 replicas
 REPLICAS = 3
 
 
@@ -997,11 +997,9 @@ class Bench:
                 workdir, name, remoteurl=remote, extra_env=self.mirror_env(), storage_driver=storage
             )
         else:
-            cache = {"path": str(local or workdir / "data"), "maxsize": maxsize}
-            extra: dict[str, Any] = {"s3": {"localcache": cache}}
-            if redis is not None:  # a replica: its own local directory, one Redis for all
-                # and one secret: a replica that loses the race streams from the winner.
-                extra["cluster"] = {"redis": {"addr": redis.addr}, "secret": PEER_SECRET}
+            extra = s3_mirror_extra(
+                local or workdir / "data", maxsize, redis.addr if redis is not None else None
+            )
             server = Pullthrough(
                 workdir,
                 name,

@@ -222,3 +222,26 @@ def test_the_oci_conformance_suite_through_a_load_balancer_over_three_replicas(
     host = balancer.url.removeprefix("http://")
     check_all_workflows(host, tmp_path / "conformance", "hosted, 3 replicas on a bucket")
     assert upstream_proxy.requests() == []
+
+
+def test_with_redis_down_pushes_are_refused_and_pulls_answered_from_each_copy(
+    bucket_replicas: Any, upstream_proxy: RecordingProxy, redis_server: RedisServer
+) -> None:
+    """A write no other replica could see is refused (503 UNAVAILABLE), not accepted on
+    one replica alone; what every replica already has is still served."""
+    a, b = bucket_replicas(upstream_proxy.url, 2, extra=HOSTED)
+    layer = b"pushed before the outage" * 1000
+    manifest = push_image(a.url, "acme/app", layer)
+    assert put_manifest(a.url, "acme/app", "v1", manifest).status == 201
+    assert http_request("GET", f"{b.url}/v2/acme/app/manifests/v1").body == manifest
+    redis_server.stop()
+    refused = put_manifest(b.url, "acme/app", "v2", manifest)
+    assert refused.status == 503 and error_code(refused) == "UNAVAILABLE", refused.body
+    for replica in (a, b):
+        got = http_request("GET", f"{replica.url}/v2/acme/app/manifests/v1")
+        assert got.status == 200 and got.body == manifest, replica.url
+        blob = http_request("GET", f"{replica.url}/v2/acme/app/blobs/{digest_of(layer)}")
+        assert blob.status == 200 and blob.body == layer, replica.url
+    redis_server.start()
+    tags = http_request("GET", f"{a.url}/v2/acme/app/tags/list")
+    assert json.loads(tags.body)["tags"] == ["v1"]  # the refused tag was never kept

@@ -118,7 +118,7 @@ class SharedHostedIndex(HostedIndex):
                     await asyncio.to_thread(incoming.unlink)
             self.version = version
 
-    async def _fresh(self) -> None:
+    async def current(self) -> None:
         """Load the bucket's copy if another replica has written since ours was loaded."""
         if self._writing:
             return  # under this replica's lock: its copy is the current one
@@ -133,11 +133,8 @@ class SharedHostedIndex(HostedIndex):
         except BucketUnavailable as exc:
             log.warning("hosted index not refreshed from the bucket: %s", exc.message)
 
-    async def current(self) -> None:
-        await self._fresh()
-
     async def _run(self, fn: Callable[[], T]) -> T:
-        await self._fresh()
+        await self.current()
         return await super()._run(fn)
 
     @contextlib.asynccontextmanager
