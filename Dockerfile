@@ -4,9 +4,13 @@
 #   docker run -d -p 5000:5000 -v ./config.yml:/etc/docker/registry/config.yml \
 #     -v cache:/var/lib/registry pullthrough
 # buildah/podman: add --format docker, or the HEALTHCHECK is dropped (OCI has none).
-# BASE is any image with python3 (>= 3.11) at the same path in both stages; rebuild on your
-# own with --build-arg BASE=... The build stage runs on BUILD_BASE (BASE unless given): the
-# same python3 with its venv module, and binutils' strip (installed with apt-get if missing).
+# BASE is any glibc image with python3 (>= 3.11); rebuild on your own with
+# --build-arg BASE=... The build stage runs on BUILD_BASE (BASE unless given): the same
+# python3 at the same path, with its venv module and binutils' strip (installed with
+# apt-get if missing). The image itself is not BASE with a venv on top but only what the
+# server runs, taken from BASE (deploy/image/runtime_root.py): its python, the standard
+# library, the shared libraries they load, CA certificates, time zones; no shell, no
+# package manager, as distroless images are.
 ARG BASE=python:3.11-slim
 ARG BUILD_BASE=${BASE}
 
@@ -30,7 +34,7 @@ RUN python3 -m venv /opt/build \
 #   13.6 MB to 1.6 MB); Python tracebacks are unchanged.
 # - Pygments and markdown-it-py (10.7 MB with mdurl): rich needs them for syntax
 #   highlighting, Markdown and its tracebacks, never for the progress bars that are all
-#   pullthrough shows; the check below draws those bars without them.
+#   pullthrough shows; the image's last step (deploy/image/check.py) draws them without.
 # - pip, setuptools and the activate scripts.
 RUN /opt/pullthrough/bin/pip uninstall -q -y pygments markdown-it-py mdurl setuptools pip \
  && rm -f /opt/pullthrough/bin/activate* /opt/pullthrough/bin/Activate.ps1 \
@@ -44,12 +48,8 @@ RUN /opt/pullthrough/bin/pip uninstall -q -y pygments markdown-it-py mdurl setup
 # as never run: type stubs and the C/Cython sources and headers wheels ship; pycparser
 # (cffi parses C declarations with it only when a binding is built, and cryptography's and
 # bcrypt's are built already); pydantic.v1 (pydantic 2 imports it only for a type with a
-# v1-style __get_validators__, and pullthrough has none). The run stage sets
+# v1-style __get_validators__, and pullthrough has none). The image sets
 # PYTHONDONTWRITEBYTECODE, so nothing is compiled again at run time.
-# Then what the server needs is checked against the venv as shipped, so a file missing here
-# fails the build rather than a request: every module of pullthrough imported (but __main__,
-# which runs the CLI), the status page's templates and static files loaded, the extensions
-# loaded and used, rich's progress bars drawn without Pygments.
 RUN site="$(/opt/pullthrough/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
  && rm -rf "$site"/pycparser "$site"/pycparser-*.dist-info "$site"/pydantic/v1 \
  && find "$site" -type f \( -name '*.pyi' -o -name '*.c' -o -name '*.h' -o -name '*.pyx' \
@@ -58,37 +58,40 @@ RUN site="$(/opt/pullthrough/bin/python -c 'import sysconfig; print(sysconfig.ge
  && find "$site" -type f -name '*.py' -exec sh -c \
       'for f in "$@"; do if [ -f "${f}c" ]; then rm "$f"; fi; done' sh {} + \
  && find "$site" -type d -name __pycache__ -prune -exec rm -rf {} + \
- && /opt/pullthrough/bin/python -c 'import importlib, io, pkgutil; \
-      import pullthrough, uvloop, pydantic_core, yaml, bcrypt, multidict, yarl, frozenlist, \
-      propcache, obstore; \
-      [importlib.import_module(m.name) for m in pkgutil.walk_packages(pullthrough.__path__, \
-       "pullthrough.") if m.name != "pullthrough.__main__"]; \
-      from pullthrough.server.status.page import add_page_routes; \
-      from aiohttp import web; add_page_routes(web.Application()); \
-      assert bcrypt.checkpw(b"pw", bcrypt.hashpw(b"pw", bcrypt.gensalt(4))); \
-      from cryptography.hazmat.primitives import hashes; \
-      from cryptography.hazmat.primitives.asymmetric import ec; \
-      key = ec.generate_private_key(ec.SECP256R1()); sig = ec.ECDSA(hashes.SHA256()); \
-      key.public_key().verify(key.sign(b"m", sig), b"m", sig); \
-      from pullthrough.progress import Reporter; \
-      r = Reporter(tty=True, out=io.StringIO()); r.__enter__(); \
-      r.advance(r.add("check", 2), 1); r.line("ok"); r.__exit__(None, None, None)' \
  && /opt/pullthrough/bin/python -m pullthrough --version \
  && test -z "$(find /opt/pullthrough/lib -name '*.py' -o -name __pycache__)"
 
-FROM ${BASE}
+# The image's root filesystem, from BASE: what the venv's python needs to run the server.
+FROM ${BASE} AS root
+ARG UID=10001
+COPY --from=build /opt/pullthrough /opt/pullthrough
+COPY deploy/image/runtime_root.py /src/
+RUN /opt/pullthrough/bin/python -I /src/runtime_root.py \
+      --venv /opt/pullthrough --uid ${UID} /runtime
+
+FROM scratch AS image
 # A fixed UID, so a volume's ownership means the same in every container and on the host.
 ARG UID=10001
-RUN groupadd --system --gid ${UID} pullthrough \
- && useradd --system --uid ${UID} --gid ${UID} --home-dir /var/lib/registry \
-      --no-create-home --shell /usr/sbin/nologin pullthrough \
- && mkdir -p /var/lib/registry /etc/docker/registry \
- && chown ${UID}:${UID} /var/lib/registry
+# The base's part, the volume's mount point owned by the server's user, then the venv.
+COPY --from=root /runtime /
+COPY --from=root --chown=${UID}:${UID} /runtime/var/lib/registry /var/lib/registry
 COPY --from=build /opt/pullthrough /opt/pullthrough
 COPY deploy/image/config.yml /etc/docker/registry/config.yml
-ENV PATH=/opt/pullthrough/bin:$PATH \
+ENV PATH=/opt/pullthrough/bin \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
+
+# What the server needs, asked of a copy of the image, so the check's file stays out of it:
+# a file runtime_root.py left out fails the build here, not a request.
+FROM image AS checked
+COPY deploy/image/check.py /check/
+RUN ["/opt/pullthrough/bin/python", "-B", "/check/check.py"]
+
+FROM image
+ARG UID=10001
+# The same bytes as the image's own: taken from the checked copy so that the check runs
+# before the image is made (BuildKit builds only the stages the last one uses).
+COPY --from=checked /opt/pullthrough/pyvenv.cfg /opt/pullthrough/pyvenv.cfg
 USER ${UID}:${UID}
 WORKDIR /var/lib/registry
 VOLUME /var/lib/registry

@@ -3,8 +3,9 @@
 No container registry is reachable from the test machines, so the bases are made here:
 minimal Debian root filesystems with Debian's python3 (``mmdebstrap``, from the machine's own
 apt sources), imported with ``podman import`` and given to the build as ``BASE`` and, with
-the venv module and binutils added, ``BUILD_BASE``. The build stage's ``pip wheel`` reaches
-the Python package index with the host network and CA bundle.
+the venv module and binutils added, ``BUILD_BASE``; a second pair adds the suite's own
+CPython under /usr/local (``slim_like_image``). The build stage's ``pip wheel`` reaches the
+Python package index with the host network and CA bundle.
 Everything lives in a private vfs store in a temp dir, removed at the end of the session;
 containers are removed by name when each test ends.
 """
@@ -12,9 +13,13 @@ containers are removed by name when each test ends.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import re
 import shutil
 import subprocess
+import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -114,15 +119,17 @@ class BuiltImage:
     ref: str
     containers: Containers
     size_bytes: int
-    packages: int
+    packages: tuple[str, ...]  # Debian packages whose files it carries
     base_seconds: float
     build_seconds: float
 
 
-# The runtime base: Debian's Essential set, python3 and CA certificates; passwd for useradd.
-# The build base adds the venv module and binutils (strip) for the build stage alone.
+# The base the image's files come from: Debian's Essential set, python3, and what
+# python:3.11-slim adds to Debian (CA certificates, netbase, tzdata) or has through apt
+# (libstdc++, which frozenlist's extension loads). The build base adds the venv module and
+# binutils (strip) for the build stage alone.
 RUN_BASE = "localhost/pullthrough-base:test"
-RUN_PACKAGES = "python3,ca-certificates,passwd"
+RUN_PACKAGES = "python3,ca-certificates,netbase,tzdata,libstdc++6"
 BUILD_BASE = "localhost/pullthrough-build:test"
 BUILD_PACKAGES = f"{RUN_PACKAGES},python3-venv,binutils"
 
@@ -171,6 +178,40 @@ def _import_bases(containers: Containers) -> None:
         rootfs.unlink()
 
 
+def _build(containers: Containers, ref: str, base: str, build_base: str) -> BuiltImage:
+    """The repository's Dockerfile built on ``base`` (and ``build_base``) as ``ref``."""
+    start = time.monotonic()
+    containers.buildah(
+        [
+            "bud",
+            "--isolation",
+            "chroot",
+            "--format",
+            "docker",
+            "--network",
+            "host",
+            # pip in the build stage needs the machine's CA bundle to reach the index.
+            "-v",
+            f"{CA_BUNDLE}:{CA_BUNDLE}:ro",
+            "--build-arg",
+            f"BASE={base}",
+            "--build-arg",
+            f"BUILD_BASE={build_base}",
+            "-t",
+            ref,
+            str(REPO),
+        ]  # fmt: skip
+    )
+    build_seconds = time.monotonic() - start
+    size = int(containers.podman(["image", "inspect", "--format", "{{.Size}}", ref]).stdout)
+    # The image has no dpkg (nor shell): its status file lists the packages its files come
+    # from, for scanners.
+    status = python_in_image(containers, ref, "print(open('/var/lib/dpkg/status').read())")
+    packages = tuple(re.findall(r"^Package: (\S+)$", status, re.MULTILINE))
+    print(f"\n{ref}: {size / 1e6:.1f} MB, {len(packages)} Debian packages, {build_seconds:.0f} s")
+    return BuiltImage(ref, containers, size, packages, 0.0, build_seconds)
+
+
 @pytest.fixture(scope="session")
 def built_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltImage]:
     """``localhost/pullthrough:test``, built from the Dockerfile on a fresh Debian base."""
@@ -181,54 +222,71 @@ def built_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltImage
         start = time.monotonic()
         _import_bases(containers)
         base_seconds = time.monotonic() - start
-        start = time.monotonic()
-        containers.buildah(
-            [
-                "bud",
-                "--isolation",
-                "chroot",
-                "--format",
-                "docker",
-                "--network",
-                "host",
-                # pip in the build stage needs the machine's CA bundle to reach the index.
-                "-v",
-                f"{CA_BUNDLE}:{CA_BUNDLE}:ro",
-                "--build-arg",
-                f"BASE={RUN_BASE}",
-                "--build-arg",
-                f"BUILD_BASE={BUILD_BASE}",
-                "-t",
-                "localhost/pullthrough:test",
-                str(REPO),
-            ]  # fmt: skip
-        )
-        build_seconds = time.monotonic() - start
-        ref = "localhost/pullthrough:test"
-        size = int(containers.podman(["image", "inspect", "--format", "{{.Size}}", ref]).stdout)
-        packages = containers.podman(
-            [
-                "run",
-                "--rm",
-                *ULIMITS,
-                "--network",
-                "none",
-                "--entrypoint",
-                "dpkg-query",
-                ref,
-                "-f",
-                "${Package}\\n",
-                "-W",
-            ]  # fmt: skip
-        ).stdout.split()
-        built = BuiltImage(ref, containers, size, len(packages), base_seconds, build_seconds)
-        print(
-            f"\nimage: {size / 1e6:.0f} MB, {len(packages)} Debian packages; base rootfs "
-            f"{base_seconds:.0f} s, build {build_seconds:.0f} s"
-        )
-        yield built
+        built = _build(containers, "localhost/pullthrough:test", RUN_BASE, BUILD_BASE)
+        print(f"base rootfs {base_seconds:.0f} s")
+        yield dataclasses.replace(built, base_seconds=base_seconds)
     finally:
         containers.close()
+
+
+# python:3.11-slim's layout, which the default BASE has and Debian's python3 has not: a
+# CPython built from source into /usr/local, with a shared libpython found through the
+# loader's cache. The suite's own CPython is one (the machine's, built with --enable-shared);
+# stripped as the official images strip theirs.
+SLIM_BASE = "localhost/pullthrough-slim-base:test"
+SLIM_BUILD_BASE = "localhost/pullthrough-slim-build:test"
+
+
+def _usr_local_python(stage: Path) -> None:
+    """The running CPython (standard library without tests, site-packages or caches) laid out
+    under ``stage``/usr/local as the official images have it."""
+    prefix = Path(sys.base_prefix)
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    library = str(sysconfig.get_config_var("INSTSONAME"))
+    bin_dir, lib_dir = stage / "usr/local/bin", stage / "usr/local/lib"
+    bin_dir.mkdir(parents=True)
+    lib_dir.mkdir()
+    shutil.copy2(prefix / "bin" / version, bin_dir / version)
+    (bin_dir / "python3").symlink_to(version)
+    shutil.copy2(prefix / "lib" / library, lib_dir / library)
+    skipped = shutil.ignore_patterns("site-packages", "test", "tests", "__pycache__", "*.pyc")
+    shutil.copytree(prefix / "lib" / version, lib_dir / version, symlinks=True, ignore=skipped)
+    elf = [bin_dir / version, lib_dir / library, *(lib_dir / version).rglob("*.so")]
+    subprocess.run(["strip", "--strip-unneeded", *map(str, elf)], check=True)
+
+
+@pytest.fixture(scope="session")
+def slim_like_image(
+    built_image: BuiltImage, tmp_path_factory: pytest.TempPathFactory
+) -> BuiltImage:
+    """The image built on the test bases with a /usr/local CPython added (the build base
+    also gets a pip.conf naming the machine's CA bundle: Debian's pip reads the system's,
+    CPython's its own certifi)."""
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        pytest.skip("the suite's CPython has no shared libpython (--enable-shared)")
+    containers = built_image.containers
+    stage = tmp_path_factory.mktemp("usr-local")
+    _usr_local_python(stage)
+    pip_conf = stage / "pip.conf"
+    pip_conf.write_text(f"[global]\ncert = {CA_BUNDLE}\n")
+    for base, made in ((RUN_BASE, SLIM_BASE), (BUILD_BASE, SLIM_BUILD_BASE)):
+        container = containers.buildah(["from", base]).strip()
+        containers.buildah(["copy", container, str(stage / "usr"), "/usr"])
+        if made == SLIM_BUILD_BASE:
+            containers.buildah(["copy", container, str(pip_conf), "/etc/pip.conf"])
+        containers.buildah(["run", "--isolation", "chroot", container, "--", "/sbin/ldconfig"])
+        containers.buildah(["commit", "-q", container, made])
+        containers.buildah(["rm", container])
+    return _build(containers, "localhost/pullthrough:slim-like", SLIM_BASE, SLIM_BUILD_BASE)
+
+
+PYTHON = "/opt/pullthrough/bin/python"  # the only program in the image but pullthrough
+
+
+def python_in_image(containers: Containers, ref: str, code: str, *args: str) -> str:
+    """What ``python -c code args`` prints, run in a new container of the image (no network)."""
+    run = ["run", "--rm", *ULIMITS, "--network", "none", "--entrypoint", PYTHON, ref]
+    return containers.podman([*run, "-c", code, *args]).stdout
 
 
 class Container:
@@ -259,13 +317,13 @@ class Container:
 
 @pytest.fixture
 def run_container(built_image: BuiltImage) -> Iterator[object]:
-    """``run_container(*podman_run_args) -> Container``; each is removed (by name) after
-    the test, its log printed."""
+    """``run_container(*podman_run_args, image=built_image) -> Container``; each is removed
+    (by name) after the test, its log printed."""
     made: list[Container] = []
 
-    def factory(*args: str) -> Container:
+    def factory(*args: str, image: BuiltImage = built_image) -> Container:
         name = f"pt-test-{os.getpid()}-{len(made)}"
-        container = Container(built_image, name, args)
+        container = Container(image, name, args)
         made.append(container)
         return container
 

@@ -1,0 +1,57 @@
+"""The Dockerfile's last step: what the server needs, asked of the finished image itself.
+
+The image holds only what ``runtime_root.py`` copied from the base and the venv, so a file
+left out must fail the build here rather than a request later: every pullthrough module is
+imported (but ``__main__``, which runs the CLI), the status page's templates and static files
+are loaded, the compiled extensions are loaded and used, TLS finds CA certificates, SQLite
+and the event loop run, rich draws its progress bars without Pygments, and the ``pullthrough``
+command starts.
+"""
+
+import asyncio
+import hashlib
+import importlib
+import io
+import pkgutil
+import sqlite3
+import ssl
+import subprocess
+import sys
+
+import bcrypt
+import obstore  # noqa: F401  (storage.s3)
+import uvloop
+from aiohttp import web
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+import pullthrough
+
+
+def main() -> None:
+    for module in pkgutil.walk_packages(pullthrough.__path__, "pullthrough."):
+        if module.name != "pullthrough.__main__":
+            importlib.import_module(module.name)
+
+    from pullthrough.progress import Reporter
+    from pullthrough.server.status.page import add_page_routes
+
+    add_page_routes(web.Application())
+    assert bcrypt.checkpw(b"pw", bcrypt.hashpw(b"pw", bcrypt.gensalt(4)))
+    key = ec.generate_private_key(ec.SECP256R1())
+    signature = ec.ECDSA(hashes.SHA256())
+    key.public_key().verify(key.sign(b"m", signature), b"m", signature)
+    assert ssl.create_default_context().cert_store_stats()["x509_ca"] > 0, "no CA certificates"
+    with sqlite3.connect(":memory:") as db:
+        assert db.execute("select sqlite_version()").fetchone()
+    assert uvloop.run(asyncio.sleep(0, result=hashlib.sha256(b"").hexdigest()))
+    reporter = Reporter(tty=True, out=io.StringIO())
+    with reporter:
+        reporter.advance(reporter.add("check", 2), 1)
+        reporter.line("ok")
+    for command in ([sys.executable, "-m", "pullthrough"], ["pullthrough"]):
+        subprocess.run([*command, "--version"], check=True)
+
+
+if __name__ == "__main__":
+    main()
