@@ -14,8 +14,9 @@ library versions, the loader's /lib64 link):
   the extensions for tests, terminals (curses, readline), NIS and dbm files, the base's
   site-packages (pip, setuptools) and its static library;
 - every shared library the interpreter and any extension module (the standard library's and
-  the venv's) loads, as ``ldd`` resolves them, and an ld.so cache of them (a CPython in
-  /usr/local finds its libpython through it);
+  the venv's) loads, as the base's dynamic loader resolves them (``ld.so --list``, what
+  ``ldd`` runs), and an ld.so cache of them (a CPython in /usr/local finds its libpython
+  through it);
 - CA certificates (where this Python's OpenSSL looks, and /etc/ssl), OpenSSL's config, time
   zones, the name-service and network files, os-release;
 - dpkg's status entries of the Debian packages those files come from, so image scanners
@@ -34,6 +35,7 @@ import os
 import re
 import shutil
 import ssl
+import struct
 import subprocess
 import sys
 from collections.abc import Collection, Iterator
@@ -61,6 +63,7 @@ SYSTEM_FILES = (
 )  # fmt: skip
 # tzdata's leap-second copy of every zone: glibc and Python read the plain ones.
 SYSTEM_DROPPED = {"right"}
+SHARED_OBJECT = re.compile(r"\.so(\.[0-9.]+)?$")
 LDD_PATH = re.compile(r"(?:=>\s*)?(/\S+)\s+\(0x[0-9a-f]+\)")
 
 
@@ -122,10 +125,32 @@ class Root:
                     self.copy(os.path.join(directory, name))
 
 
-def shared_libraries(path: str) -> list[str] | None:
-    """What ``ldd`` says ``path`` loads (the loader included): [] when it is not a dynamic
+def elf_interpreter(executable: str) -> str:
+    """The dynamic loader an ELF executable names (its PT_INTERP): with ``--list`` it says
+    what a file loads, as ``ldd`` (a bash script around it, not on every base) does."""
+    with open(executable, "rb") as file:
+        elf = file.read()
+    order = "<" if elf[5] == 1 else ">"
+    # Where ELF64 or ELF32 keep e_phoff, e_phentsize and e_phnum, then a program header's
+    # p_offset and p_filesz, and the size of an address.
+    phoff_at, phent_at, offset_at, size_at, word = (
+        (0x20, 0x36, 8, 32, "Q") if elf[4] == 2 else (0x1C, 0x2A, 4, 16, "I")
+    )
+    (phoff,) = struct.unpack_from(order + word, elf, phoff_at)
+    phentsize, phnum = struct.unpack_from(order + "HH", elf, phent_at)
+    for index in range(phnum):
+        entry = phoff + index * phentsize
+        if struct.unpack_from(order + "I", elf, entry)[0] == 3:  # PT_INTERP
+            (offset,) = struct.unpack_from(order + word, elf, entry + offset_at)
+            (size,) = struct.unpack_from(order + word, elf, entry + size_at)
+            return elf[offset : offset + size].rstrip(b"\0").decode()
+    sys.exit(f"runtime_root: {executable} names no dynamic loader (a static python?)")
+
+
+def shared_libraries(loader: str, path: str) -> list[str] | None:
+    """What the loader says ``path`` loads (itself included): [] when it is not a dynamic
     ELF file, None when the base lacks one of them."""
-    proc = subprocess.run(["ldd", path], capture_output=True, text=True, check=False)
+    proc = subprocess.run([loader, "--list", path], capture_output=True, text=True, check=False)
     if proc.returncode != 0:  # not dynamic (a static binary, a script)
         return []
     if "not found" in proc.stdout:
@@ -134,17 +159,19 @@ def shared_libraries(path: str) -> list[str] | None:
 
 
 def extension_modules(top: str) -> Iterator[str]:
+    """Shared objects under ``top``: extension modules and the libraries wheels bundle."""
     for directory, _, files in os.walk(top):
-        yield from (os.path.join(directory, f) for f in files if ".so" in f)
+        yield from (os.path.join(directory, f) for f in files if SHARED_OBJECT.search(f))
 
 
-def copy_python(root: Root, venv: Path) -> list[str]:
+def copy_python(root: Root, venv: Path) -> tuple[str, list[str]]:
     """The interpreter the venv's ``python`` links to, and its standard library (pruned);
-    returns the ELF files among them."""
+    returns the dynamic loader and the ELF files copied."""
     python = str(venv / "bin" / "python")
     while os.path.islink(python) and python.startswith(f"{venv}/"):  # the venv's own links
         python = os.path.normpath(os.path.join(os.path.dirname(python), os.readlink(python)))
     root.copy(python)
+    loader = elf_interpreter(os.path.realpath(python))
     # Where this interpreter finds them, not where it was built to (sysconfig's DESTSHARED
     # is the build's path, wrong for a relocated CPython).
     stdlib = os.path.dirname(os.__file__)
@@ -157,12 +184,12 @@ def copy_python(root: Root, venv: Path) -> list[str]:
     for path in sorted(extension_modules(dynload)):
         if DYNLOAD_DROPPED.match(os.path.basename(path)):
             continue
-        if shared_libraries(path) is None:  # cannot load on the base either
+        if shared_libraries(loader, path) is None:  # cannot load on the base either
             print(f"runtime_root: left out {path}: the base lacks a library it needs")
             continue
         root.copy(path)
         modules.append(path)
-    return [os.path.realpath(python), *modules]
+    return loader, [os.path.realpath(python), *modules]
 
 
 def compile_stdlib(root: Root) -> None:
@@ -262,7 +289,7 @@ def main() -> None:
     args = parser.parse_args()
     root = Root(args.root.resolve())
     root.dir.mkdir(parents=True, exist_ok=True)
-    elf = copy_python(root, args.venv)
+    loader, elf = copy_python(root, args.venv)
     compile_stdlib(root)
     copy_certificates(root)
     for path in SYSTEM_FILES:
@@ -270,11 +297,11 @@ def main() -> None:
             root.copy_tree(path, SYSTEM_DROPPED)
     libraries: set[str] = set()
     for path in [*elf, *extension_modules(str(args.venv))]:
-        needed = shared_libraries(path)
+        needed = shared_libraries(loader, path)
         if needed is None:
             # As on the base: the package falls back to pure Python, or the final check
             # fails on the import.
-            print(f"runtime_root: {path} cannot load: the base lacks a library (ldd {path})")
+            print(f"runtime_root: {path} cannot load: the base lacks a library it needs")
             continue
         libraries.update(needed)
     for library in sorted(libraries):
