@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.clients import BUILDAH, PODMAN, require, require_root
+from tests.support.host import host_entries
 from tests.support.net import clean_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,6 +80,9 @@ class Containers:
                 "CONTAINERS_STORAGE_CONF": str(workdir / "storage.conf"),
                 "CONTAINERS_CONF": str(workdir / "containers.conf"),
                 "TMPDIR": str(workdir / "tmp"),
+                # util-linux's mount (mmdebstrap's, for /proc and /dev in its chroot)
+                # records mounts in /run/mount/utab, which it makes on the host otherwise.
+                "LIBMOUNT_UTAB": str(workdir / "utab"),
             }
         )
         self.store = [
@@ -163,8 +167,7 @@ def _import_bases(containers: Containers) -> None:
             _suite(),
             str(rootfs),
         ]  # fmt: skip
-        env = clean_env({"TMPDIR": str(containers.workdir / "tmp")})
-        made.append((ref, rootfs, subprocess.Popen(cmd, env=env)))
+        made.append((ref, rootfs, subprocess.Popen(cmd, env=containers.env)))
     try:
         for ref, _, proc in made:
             assert proc.wait(timeout=300) == 0, f"mmdebstrap for {ref}: exit {proc.returncode}"
@@ -218,12 +221,15 @@ def built_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltImage
     require_root()
     require(PODMAN, BUILDAH, MMDEBSTRAP)
     containers = Containers(tmp_path_factory.mktemp("image"))
+    # Made before any test's own check of the host (host_untouched), so checked here.
+    host_before = host_entries()
     try:
         start = time.monotonic()
         _import_bases(containers)
         base_seconds = time.monotonic() - start
         built = _build(containers, "localhost/pullthrough:test", RUN_BASE, BUILD_BASE)
         print(f"base rootfs {base_seconds:.0f} s")
+        assert sorted(host_entries() - host_before) == []
         yield dataclasses.replace(built, base_seconds=base_seconds)
     finally:
         containers.close()
