@@ -13,7 +13,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pullthrough.config import Config
 from pullthrough.reference import parse_digest
@@ -24,6 +24,9 @@ from pullthrough.store.index import IndexBackend
 
 if TYPE_CHECKING:  # storage.s3 only (it loads obstore)
     from pullthrough.store.bucket import Bucket, BucketObject
+
+# What became of one unreferenced blob: its size when removed (or removable, dry), or why not.
+Outcome = int | Literal["fresh", "held", "absent", "replaced"]
 
 
 @dataclass(slots=True)
@@ -80,7 +83,9 @@ async def collect_hosted(
         outcome = await asyncio.to_thread(
             _remove, path, store, digest, now - grace, dry_run, store.bucket is not None
         )
-        if store.bucket is not None and outcome != "fresh":
+        if store.bucket is not None and (
+            outcome == "absent" or (isinstance(outcome, int) and not dry_run)
+        ):
             # storage.s3: the bucket's copy is the blob; the local file was a cache of it.
             if listed is None:
                 listed = {o.digest: o async for o in store.bucket.objects()}
@@ -119,24 +124,23 @@ async def _remove_from_bucket(
     listed: BucketObject | None,
     placed_before: float,
     dry_run: bool,
-    local: int | str | None,
-) -> int | str | None:
-    """The bucket's part of ``_remove``: the object goes once the local file went (or
-    there was none), unless a hosted repository holds the digest again or the object was
-    placed within the grace period. ``local`` is ``_remove``'s outcome."""
-    if local is None:  # no local file: the bucket's object decides
-        if listed is None:
+    local: int | Literal["absent"],
+) -> Outcome:
+    """The bucket's part of ``_remove``, once the local file went (``local``, its size; not
+    with ``dry_run``) or when there was none ("absent"): the object goes too, unless, with
+    no local file to judge by, the object was placed within the grace period or a hosted
+    repository holds the digest again."""
+    if local == "absent":
+        if listed is None:  # nothing here or there: only the rows are left
             if not dry_run:
                 await asyncio.to_thread(_settle, path, digest)
-            return None
+            return "absent"
         if listed.modified >= placed_before:
             return "fresh"
         if dry_run:
             return listed.size
         if await asyncio.to_thread(_held, path, digest):
-            return None
-    elif not isinstance(local, int) or dry_run:
-        return local
+            return "held"
     await bucket.delete(parse_digest(digest))
     await asyncio.to_thread(_settle, path, digest)
     return listed.size if listed is not None else local
@@ -157,11 +161,12 @@ def _remove(
     placed_before: float,
     dry_run: bool,
     in_bucket: bool = False,
-) -> int | str | None:
-    """Remove ``digest``'s file unless a hosted repository holds it again or it was
-    placed within the grace period; its size when removed (or removable, dry), "fresh"
-    when kept for its age, None when there is nothing to remove (or, ``in_bucket``, no
-    local file: the bucket's copy is left to the caller, and the rows with it)."""
+) -> Outcome:
+    """Remove ``digest``'s file unless a hosted repository holds it again ("held") or it
+    was placed within the grace period ("fresh"): its size when removed (or removable,
+    dry); "absent" when there is no file (with ``in_bucket`` the bucket's copy is left to
+    the caller, and the rows with it); "replaced" when a push put a new copy in place
+    meanwhile."""
     parsed = parse_digest(digest)
     file = store.path_for(parsed)
     db = connect(path)
@@ -171,7 +176,7 @@ def _remove(
         except FileNotFoundError:
             if not dry_run and not in_bucket:
                 settled(db, digest)
-            return None
+            return "absent"
         # ctime: a rename into place sets it, so a blob a push has just committed (even
         # one written long ago in a paused upload) counts as fresh.
         if max(st.st_mtime, st.st_ctime) >= placed_before:
@@ -180,11 +185,11 @@ def _remove(
             # Its rows are still there (nothing was swept): ``collect`` saw through them.
             return st.st_size
         if held(db, digest):
-            return None
+            return "held"
         # Removed only if still the file looked at: a push that renamed a fresh copy
         # into place since then keeps it.
         removed = store.remove_if_same_sync(parsed, (st.st_dev, st.st_ino))
         settled(db, digest)
-        return st.st_size if removed else None
+        return st.st_size if removed else "replaced"
     finally:
         db.close()
