@@ -67,24 +67,30 @@ ARG UID=10001
 COPY --from=build /opt/pullthrough /opt/pullthrough
 COPY deploy/image/runtime_root.py /src/
 RUN /opt/pullthrough/bin/python -I /src/runtime_root.py \
-      --venv /opt/pullthrough --uid ${UID} /runtime
+      --venv /opt/pullthrough --uid ${UID} /runtime \
+ && mkdir /empty
 
 FROM scratch AS image
 # A fixed UID, so a volume's ownership means the same in every container and on the host.
 ARG UID=10001
-# The base's part, the volume's mount point owned by the server's user, then the venv.
+# The base's part; the volume's mount point, made here by --chown so that it is the server's
+# user's (an empty directory's contents copied); then the venv.
 COPY --from=root /runtime /
-COPY --from=root --chown=${UID}:${UID} /runtime/var/lib/registry /var/lib/registry
+COPY --from=root --chown=${UID}:${UID} /empty /var/lib/registry
 COPY --from=build /opt/pullthrough /opt/pullthrough
 COPY deploy/image/config.yml /etc/docker/registry/config.yml
 ENV PATH=/opt/pullthrough/bin \
+    LANG=C.UTF-8 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# What the server needs, asked of a copy of the image, so the check's file stays out of it:
-# a file runtime_root.py left out fails the build here, not a request.
+# What the server needs, asked of a copy of the image as the server's user, so the check's
+# file stays out of the image: a file runtime_root.py left out (or one the user cannot
+# read) fails the build here, not a request.
 FROM image AS checked
+ARG UID=10001
 COPY deploy/image/check.py /check/
+USER ${UID}:${UID}
 RUN ["/opt/pullthrough/bin/python", "-B", "/check/check.py"]
 
 FROM image

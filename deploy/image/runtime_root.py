@@ -14,18 +14,19 @@ library versions, the loader's /lib64 link):
   the extensions for tests, terminals (curses, readline), NIS and dbm files, the base's
   site-packages (pip, setuptools) and its static library;
 - every shared library the interpreter and any extension module (the standard library's and
-  the venv's) loads, as the base's dynamic loader resolves them (``ld.so --list``, what
-  ``ldd`` runs), and an ld.so cache of them (a CPython in /usr/local finds its libpython
-  through it);
+  the venv's) loads, as the base's dynamic loader resolves them (traced as ``ldd``, a bash
+  script not every base has, does), glibc's name-service modules where they are apart from
+  libc, and an ld.so cache of them (a CPython in /usr/local finds its libpython through it);
 - CA certificates (where this Python's OpenSSL looks, and /etc/ssl), OpenSSL's config, time
   zones, the name-service and network files, os-release;
-- dpkg's status entries of the Debian packages those files come from, so image scanners
-  (trivy, grype) still see which packages' files the image carries;
+- dpkg's status entries of the Debian packages those files (but config files) come from,
+  so image scanners (trivy, grype) still see which packages' files the image carries;
 
-and writes /etc/passwd and /etc/group (root and the server's user), an empty /tmp (1777) and
-/var/lib/registry owned by the server's user. No shell, no package manager: nothing in the
-image runs one. A file the server needs and this leaves out fails the Dockerfile's final
-check, which imports and exercises every module in the finished image.
+and writes /etc/passwd and /etc/group (root and the server's user) and an empty /tmp (1777);
+the Dockerfile adds /var/lib/registry, owned by the server's user. No shell, no package
+manager: nothing in the image runs one. A file the server needs and this leaves out fails
+the Dockerfile's final check, which imports and exercises every module in the finished
+image as the server's user.
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ class Root:
         parts = Path(path).parts[1:]
         for index, part in enumerate(parts):
             current = current / part
+            if not os.path.lexists(current):  # a link to nothing: nothing to copy
+                return
             target = self.inside(str(current))
             if current.is_symlink():
                 link = os.readlink(current)
@@ -126,10 +129,12 @@ class Root:
 
 
 def elf_interpreter(executable: str) -> str:
-    """The dynamic loader an ELF executable names (its PT_INTERP): with ``--list`` it says
-    what a file loads, as ``ldd`` (a bash script around it, not on every base) does."""
+    """The dynamic loader an ELF executable names (its PT_INTERP), which says what a file
+    loads (``shared_libraries``)."""
     with open(executable, "rb") as file:
         elf = file.read()
+    if elf[:4] != b"\x7fELF":
+        sys.exit(f"runtime_root: {executable} is not an ELF executable (a wrapper script?)")
     order = "<" if elf[5] == 1 else ">"
     # Where ELF64 or ELF32 keep e_phoff, e_phentsize and e_phnum, then a program header's
     # p_offset and p_filesz, and the size of an address.
@@ -149,8 +154,15 @@ def elf_interpreter(executable: str) -> str:
 
 def shared_libraries(loader: str, path: str) -> list[str] | None:
     """What the loader says ``path`` loads (itself included): [] when it is not a dynamic
-    ELF file, None when the base lacks one of them."""
-    proc = subprocess.run([loader, "--list", path], capture_output=True, text=True, check=False)
+    ELF file, None when the base lacks one of them. Traced as ``ldd`` traces: with
+    ``--list`` instead, a missing library is an error like any other."""
+    proc = subprocess.run(
+        [loader, path],
+        env={**os.environ, "LD_TRACE_LOADED_OBJECTS": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:  # not dynamic (a static binary, a script)
         return []
     if "not found" in proc.stdout:
@@ -234,6 +246,16 @@ def copy_certificates(root: Root) -> None:
             root.copy(config)
 
 
+def copy_name_service(root: Root, libraries: Collection[str]) -> None:
+    """glibc before 2.34 (Debian before bookworm) looks hosts and users up through modules
+    it opens when asked, which no loader listing shows; from 2.34 they are in libc."""
+    for libc in (lib for lib in libraries if os.path.basename(lib).startswith("libc.so.")):
+        for name in ("libnss_files.so.2", "libnss_dns.so.2", "libresolv.so.2"):
+            module = os.path.join(os.path.dirname(libc), name)
+            if os.path.exists(module):
+                root.copy(module)
+
+
 def write_accounts(root: Root, uid: int) -> None:
     etc = root.inside("/etc")
     etc.mkdir(exist_ok=True)
@@ -246,9 +268,6 @@ def write_accounts(root: Root, uid: int) -> None:
     tmp = root.inside("/tmp")
     tmp.mkdir(exist_ok=True)
     tmp.chmod(0o1777)
-    data = root.inside("/var/lib/registry")
-    data.mkdir(parents=True, exist_ok=True)
-    os.chown(data, uid, uid)
     root.inside("/etc/docker/registry").mkdir(parents=True, exist_ok=True)
 
 
@@ -268,7 +287,10 @@ def write_dpkg_status(root: Root, dpkg: Path = Path("/var/lib/dpkg")) -> list[st
     if not (dpkg / "status").is_file():
         return []  # not a Debian base
     owners = package_owners(dpkg / "info")
-    packages = {owners[path] for path in map(os.path.realpath, root.copied) if path in owners}
+    # By what they carry but config (a package of which only /etc files came along, such
+    # as libc-bin for ld.so.conf, is not in the image for a scanner to judge).
+    carried = (os.path.realpath(p) for p in root.copied)
+    packages = {owners[p] for p in carried if p in owners and not p.startswith("/etc/")}
     names = {p.partition(":")[0] for p in packages}
     entries = []
     for entry in (dpkg / "status").read_text().split("\n\n"):
@@ -304,11 +326,15 @@ def main() -> None:
             print(f"runtime_root: {path} cannot load: the base lacks a library it needs")
             continue
         libraries.update(needed)
+    # Libraries wheels bundle (``*.libs``) come with the venv, which the image copies itself.
+    libraries = {lib for lib in libraries if not lib.startswith(f"{args.venv}/")}
     for library in sorted(libraries):
         root.copy(library)
+    copy_name_service(root, libraries)
     write_accounts(root, args.uid)
-    # The loader's cache, for libraries outside its default directories (/usr/local/lib).
-    subprocess.run(["ldconfig", "-r", str(root.dir)], check=True)
+    # The loader's cache, for libraries outside its default directories (/usr/local/lib);
+    # -X: the links between library versions stay as the base has them.
+    subprocess.run(["ldconfig", "-X", "-r", str(root.dir)], check=True)
     packages = write_dpkg_status(root)
     print(
         f"runtime_root: {len(root.copied)} files, {len(libraries)} shared libraries, "
