@@ -176,14 +176,15 @@ def extension_modules(top: str) -> Iterator[str]:
         yield from (os.path.join(directory, f) for f in files if SHARED_OBJECT.search(f))
 
 
-def copy_python(root: Root, venv: Path) -> tuple[str, list[str]]:
+def copy_python(root: Root, venv: Path) -> tuple[str, set[str]]:
     """The interpreter the venv's ``python`` links to, and its standard library (pruned);
-    returns the dynamic loader and the ELF files copied."""
+    returns the dynamic loader and the shared libraries what was copied loads."""
     python = str(venv / "bin" / "python")
     while os.path.islink(python) and python.startswith(f"{venv}/"):  # the venv's own links
         python = os.path.normpath(os.path.join(os.path.dirname(python), os.readlink(python)))
     root.copy(python)
     loader = elf_interpreter(os.path.realpath(python))
+    libraries = set(shared_libraries(loader, os.path.realpath(python)) or ())
     # Where this interpreter finds them, not where it was built to (sysconfig's DESTSHARED
     # is the build's path, wrong for a relocated CPython).
     stdlib = os.path.dirname(os.__file__)
@@ -192,40 +193,25 @@ def copy_python(root: Root, venv: Path) -> tuple[str, list[str]]:
     # Dereferenced: Debian links sitecustomize.py to /etc, and the link is compiled away.
     dropped = STDLIB_DROPPED | static | {os.path.basename(dynload)}
     root.copy_tree(stdlib, dropped, dereference=True)
-    modules = []
     for path in sorted(extension_modules(dynload)):
         if DYNLOAD_DROPPED.match(os.path.basename(path)):
             continue
-        if shared_libraries(loader, path) is None:  # cannot load on the base either
+        needed = shared_libraries(loader, path)
+        if needed is None:  # cannot load on the base either
             print(f"runtime_root: left out {path}: the base lacks a library it needs")
             continue
         root.copy(path)
-        modules.append(path)
-    return loader, [os.path.realpath(python), *modules]
+        libraries.update(needed)
+    return loader, libraries
 
 
 def compile_stdlib(root: Root) -> None:
     """Bytecode beside each module (``compileall -b``: imported without the source), with
     the base's paths in it for tracebacks; then the sources go."""
     stdlib = root.inside(os.path.dirname(os.__file__))
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "compileall",
-            "-q",
-            "-b",
-            "-f",
-            "-j",
-            "0",
-            "-s",
-            str(root.dir),
-            "-p",
-            "/",
-            str(stdlib),
-        ],  # fmt: skip
-        check=True,
-    )
+    compileall = [sys.executable, "-m", "compileall", "-q", "-b", "-f", "-j", "0"]
+    base_paths = ["-s", str(root.dir), "-p", "/"]
+    subprocess.run([*compileall, *base_paths, str(stdlib)], check=True)
     for directory, _, files in os.walk(stdlib):
         for name in files:
             path = os.path.join(directory, name)
@@ -268,7 +254,6 @@ def write_accounts(root: Root, uid: int) -> None:
     tmp = root.inside("/tmp")
     tmp.mkdir(exist_ok=True)
     tmp.chmod(0o1777)
-    root.inside("/etc/docker/registry").mkdir(parents=True, exist_ok=True)
 
 
 def package_owners(dpkg_info: Path) -> dict[str, str]:
@@ -311,14 +296,13 @@ def main() -> None:
     args = parser.parse_args()
     root = Root(args.root.resolve())
     root.dir.mkdir(parents=True, exist_ok=True)
-    loader, elf = copy_python(root, args.venv)
+    loader, libraries = copy_python(root, args.venv)
     compile_stdlib(root)
     copy_certificates(root)
     for path in SYSTEM_FILES:
         if os.path.lexists(path):
             root.copy_tree(path, SYSTEM_DROPPED)
-    libraries: set[str] = set()
-    for path in [*elf, *extension_modules(str(args.venv))]:
+    for path in extension_modules(str(args.venv)):
         needed = shared_libraries(loader, path)
         if needed is None:
             # As on the base: the package falls back to pure Python, or the final check
